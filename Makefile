@@ -1,0 +1,43 @@
+# What people and CI run. `make demo` and `make test` each build .venv from nothing on a
+# fresh machine with Python 3.11, and are quick when it is already there.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS := worker,onnx,operator,dev
+
+.PHONY: demo test test-all lint crds bench models clean venv
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+models: $(STAMP)
+	$(BIN)/python examples/build_models.py examples/models
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check worker operator tests e2e bench examples
+	$(BIN)/ruff format --check worker operator tests e2e bench examples
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+# Default run: everything but tests marked slow. pytest exit 5 (no tests ran) fails.
+test: lint
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-all: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py --out bench/RESULTS.md
+
+clean:
+	rm -rf $(VENV) examples/models .pytest_cache .mypy_cache .ruff_cache

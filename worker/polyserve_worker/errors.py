@@ -1,0 +1,53 @@
+"""The worker's one error hierarchy.
+
+The core raises these and knows nothing of HTTP or gRPC; each transport maps them to its
+status codes with a single table (``transport.rest.STATUS``, ``transport.grpc.STATUS``).
+
+    PolyserveError
+    ├── ClientError               the caller can fix it
+    │   ├── InvalidArgument       bad input: shape, dtype, size, JSON, parameters (400)
+    │   ├── NotFound              unknown model, version or region (404)
+    │   ├── Unavailable           not ready, queue full, timed out, shutting down (503)
+    │   ├── Unsupported           not implemented by this server (501)
+    │   └── PayloadTooLarge       body over --http-max-input-size (413)
+    └── ServerError               our fault or the backend's (500)
+        └── ModelLoadError        a model failed to load; the rest keep serving
+"""
+
+from __future__ import annotations
+
+
+class PolyserveError(Exception):
+    """Root of every error the worker raises on purpose."""
+
+
+class ClientError(PolyserveError):
+    """The request is at fault; logged without a traceback."""
+
+
+class InvalidArgument(ClientError):
+    pass
+
+
+class NotFound(ClientError):
+    pass
+
+
+class Unavailable(ClientError):
+    pass
+
+
+class Unsupported(ClientError):
+    pass
+
+
+class PayloadTooLarge(ClientError):
+    pass
+
+
+class ServerError(PolyserveError):
+    """The server or a backend failed; logged once with a traceback."""
+
+
+class ModelLoadError(ServerError):
+    pass
