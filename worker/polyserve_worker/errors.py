@@ -9,9 +9,9 @@ status codes with a single table (``transport.rest.STATUS``, ``transport.grpc.ST
     │   ├── NotFound              unknown model, version or region (404)
     │   ├── Unavailable           not ready, queue full, timed out, shutting down (503)
     │   ├── Unsupported           not implemented by this server (501)
-    │   └── PayloadTooLarge       body over --http-max-input-size (413)
+    │   ├── PayloadTooLarge       body over --http-max-input-size (413)
+    │   └── ModelLoadError        a model's files or config are wrong; the rest keep serving (400)
     └── ServerError               our fault or the backend's (500)
-        └── ModelLoadError        a model failed to load; the rest keep serving
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ class PayloadTooLarge(ClientError):
     pass
 
 
+class ModelLoadError(ClientError):
+    """The repository holds something that cannot be served; its owner must fix it."""
+
+
 class ServerError(PolyserveError):
     """The server or a backend failed; logged once with a traceback."""
-
-
-class ModelLoadError(ServerError):
-    pass

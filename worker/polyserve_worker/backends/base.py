@@ -1,0 +1,178 @@
+"""The backend contract: what every framework module implements, and nothing more.
+
+Batch-first, as Triton's ``execute(requests)``: an instance gets the requests of one batch
+and returns one result per request; an error it can pin on one request fails only that
+request. The batcher owns queues, futures and timing; backends never know how a batch was
+formed. ``BlockingInstance`` does the common work for frameworks with a blocking ``run``:
+concatenate along the batch dimension, run on the instance's own thread, split back, and
+on failure rerun the requests one by one to find the culprit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from polyserve_worker import errors
+from polyserve_worker.tensors import Array
+
+logger = logging.getLogger(__name__)
+
+Outputs = dict[str, Array]
+
+
+@dataclass(frozen=True)
+class Timings:
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+
+
+@dataclass(frozen=True)
+class ExecuteResult:
+    results: list[Outputs | errors.PolyserveError]
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Where one instance runs: its name, device kind and device id."""
+
+    name: str
+    kind: str  # "KIND_CPU" or "KIND_GPU"
+    device_id: int = 0
+
+
+class ModelInstance(Protocol):
+    """One loaded copy of a model version that executes one batch at a time."""
+
+    async def execute(
+        self, requests: Sequence[Mapping[str, Array]], outputs: Sequence[str]
+    ) -> ExecuteResult: ...
+
+    async def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """A framework: fills in a config from the model file and loads instances."""
+
+    name: str
+    default_filename: str
+
+    def complete_config(self, config: Any, model_path: Path) -> None:
+        """Fill inputs, outputs and max_batch_size the config leaves out (blocking)."""
+        ...
+
+    async def load(self, config: Any, model_path: Path, instance: InstanceSpec) -> ModelInstance: ...
+
+
+class BlockingInstance(ABC):
+    """Base for frameworks whose inference call blocks (it runs off the event loop)."""
+
+    def __init__(self, model_name: str, batched: bool) -> None:
+        self.model_name = model_name
+        self.batched = batched
+        # One thread per instance: an instance runs one batch at a time, and N instances
+        # run N batches at once (the frameworks release the GIL while computing).
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"instance-{model_name}"
+        )
+
+    @abstractmethod
+    def run(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> Outputs:
+        """Run the framework once on (possibly concatenated) inputs. Blocking."""
+
+    def release(self) -> None:  # noqa: B027 - optional hook
+        """Free framework resources; called once on the instance thread at close."""
+
+    async def execute(
+        self, requests: Sequence[Mapping[str, Array]], outputs: Sequence[str]
+    ) -> ExecuteResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._execute, requests, outputs)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.release)
+        self._executor.shutdown(wait=True)
+
+    def _execute(
+        self, requests: Sequence[Mapping[str, Array]], outputs: Sequence[str]
+    ) -> ExecuteResult:
+        start = time.perf_counter_ns()
+        if len(requests) == 1 or not self.batched:
+            merged = requests[0] if len(requests) == 1 else None
+        else:
+            merged = {
+                name: np.concatenate([r[name] for r in requests], axis=0) for name in requests[0]
+            }
+        prepared = time.perf_counter_ns()
+        if merged is None:  # not batched: one run per request (the batcher sends one)
+            results = [self._run_one(r, outputs) for r in requests]
+            done = time.perf_counter_ns()
+            return ExecuteResult(results, Timings(prepared - start, done - prepared, 0))
+        try:
+            produced = self.run(merged, outputs)
+        except Exception as exc:
+            if len(requests) == 1:
+                return ExecuteResult([self._failure(exc)], Timings(prepared - start, 0, 0))
+            # Rerun each request alone so the failure lands on the request that caused it.
+            logger.info("batch of %d failed on %s; isolating", len(requests), self.model_name)
+            results = [self._run_one(r, outputs) for r in requests]
+            done = time.perf_counter_ns()
+            return ExecuteResult(results, Timings(prepared - start, done - prepared, 0))
+        computed = time.perf_counter_ns()
+        results_split: list[Outputs | errors.PolyserveError]
+        if len(requests) == 1:
+            results_split = [produced]
+        else:
+            sizes = [int(next(iter(r.values())).shape[0]) for r in requests]
+            results_split = _split(produced, sizes, self.model_name)
+        finished = time.perf_counter_ns()
+        return ExecuteResult(
+            results_split, Timings(prepared - start, computed - prepared, finished - computed)
+        )
+
+    def _run_one(
+        self, request: Mapping[str, Array], outputs: Sequence[str]
+    ) -> Outputs | errors.PolyserveError:
+        try:
+            return self.run(request, outputs)
+        except Exception as exc:
+            return self._failure(exc)
+
+    def _failure(self, exc: Exception) -> errors.PolyserveError:
+        if isinstance(exc, errors.PolyserveError):
+            return exc
+        logger.warning("model '%s' failed to execute: %s", self.model_name, exc)
+        error = errors.ServerError(f"model '{self.model_name}' failed to execute: {exc}")
+        error.__cause__ = exc
+        return error
+
+
+def _split(
+    produced: Outputs, sizes: list[int], model_name: str
+) -> list[Outputs | errors.PolyserveError]:
+    total = sum(sizes)
+    for name, array in produced.items():
+        if array.ndim == 0 or array.shape[0] != total:
+            error = errors.ServerError(
+                f"model '{model_name}' output '{name}' has shape {list(array.shape)}, which "
+                f"does not start with the batch size {total}; set max_batch_size: 0 if the "
+                "model has no batch dimension"
+            )
+            return [error for _ in sizes]
+    offsets = np.cumsum([0, *sizes])
+    return [
+        {name: array[offsets[i] : offsets[i + 1]] for name, array in produced.items()}
+        for i in range(len(sizes))
+    ]

@@ -1,0 +1,195 @@
+"""ONNX Runtime backend: ``model.onnx`` on CPU, or on GPU through the CUDA/TensorRT providers.
+
+The only module that imports onnxruntime. Thread counts come from the model's
+``parameters`` (Triton's ORT backend names: ``intra_op_thread_count``,
+``inter_op_thread_count``); the execution provider follows the instance kind and
+``optimization.execution_accelerators`` as in Triton.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from polyserve_worker import config as model_config
+from polyserve_worker import errors
+from polyserve_worker.backends import base
+from polyserve_worker.tensors import Array
+
+logger = logging.getLogger(__name__)
+
+#: Triton's default for autocompleted models that batch (--backend-config default-max-batch-size).
+DEFAULT_MAX_BATCH_SIZE = 4
+
+# ONNX Runtime element type strings -> Triton config types.
+_ORT_TYPES = {
+    "tensor(bool)": "TYPE_BOOL",
+    "tensor(uint8)": "TYPE_UINT8",
+    "tensor(uint16)": "TYPE_UINT16",
+    "tensor(uint32)": "TYPE_UINT32",
+    "tensor(uint64)": "TYPE_UINT64",
+    "tensor(int8)": "TYPE_INT8",
+    "tensor(int16)": "TYPE_INT16",
+    "tensor(int32)": "TYPE_INT32",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(bfloat16)": "TYPE_BF16",
+    "tensor(float)": "TYPE_FP32",
+    "tensor(double)": "TYPE_FP64",
+    "tensor(string)": "TYPE_STRING",
+}
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise errors.ModelLoadError(
+            "ONNX Runtime is not installed in this worker: pip install 'polyserve[onnx]' "
+            "(or 'polyserve[onnx-gpu]' for GPUs)"
+        ) from exc
+    return onnxruntime
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    default_filename = "model.onnx"
+
+    def complete_config(self, config: Any, model_path: Path) -> None:
+        ort = _ort()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            session = ort.InferenceSession(
+                str(model_path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise errors.ModelLoadError(f"{model_path}: ONNX Runtime cannot read it: {exc}") from exc
+        inputs = session.get_inputs()
+        outputs = session.get_outputs()
+        if config.max_batch_size == 0 and not config.input and not config.output:
+            # Triton's autocomplete: a leading dynamic dimension on every tensor means the
+            # model batches; serve it with a batcher of a moderate size.
+            if all(_leading_dynamic(t.shape) for t in (*inputs, *outputs)):
+                config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
+                config.dynamic_batching.SetInParent()
+        batched = config.max_batch_size > 0
+        if not config.input:
+            for tensor in inputs:
+                entry = config.input.add()
+                _fill(entry, tensor, batched)
+        if not config.output:
+            for tensor in outputs:
+                entry = config.output.add()
+                _fill(entry, tensor, batched)
+        del session
+
+    async def load(
+        self, config: Any, model_path: Path, instance: base.InstanceSpec
+    ) -> base.ModelInstance:
+        # Building a session compiles the graph: keep it off the event loop.
+        return await asyncio.to_thread(OnnxRuntimeInstance, config, model_path, instance)
+
+
+class OnnxRuntimeInstance(base.BlockingInstance):
+    def __init__(self, config: Any, model_path: Path, instance: base.InstanceSpec) -> None:
+        super().__init__(config.name, batched=config.max_batch_size > 0)
+        ort = _ort()
+        params = {k: v.string_value for k, v in config.parameters.items()}
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _int_param(
+            params, "intra_op_thread_count", _default_threads(config)
+        )
+        options.inter_op_num_threads = _int_param(params, "inter_op_thread_count", 1)
+        # Spinning threads steal the cores the server and other instances need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = _providers(ort, config, instance)
+        try:
+            self._session = ort.InferenceSession(str(model_path), options, providers=providers)
+        except Exception as exc:
+            raise errors.ModelLoadError(
+                f"model '{config.name}': ONNX Runtime failed to load {model_path}: {exc}"
+            ) from exc
+        self._input_names = {t.name for t in self._session.get_inputs()}
+        self._all_outputs = [t.name for t in self._session.get_outputs()]
+        logger.info(
+            "model '%s' instance %s: providers %s, %d intra-op threads",
+            config.name,
+            instance.name,
+            self._session.get_providers(),
+            options.intra_op_num_threads,
+        )
+
+    def run(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> base.Outputs:
+        names = list(outputs) or self._all_outputs
+        feed = {name: array for name, array in inputs.items() if name in self._input_names}
+        produced = self._session.run(names, feed)
+        return dict(zip(names, produced, strict=True))
+
+    def release(self) -> None:
+        del self._session
+
+
+def _providers(ort: Any, config: Any, instance: base.InstanceSpec) -> list[Any]:
+    available = ort.get_available_providers()
+    if instance.kind != "KIND_GPU":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        raise errors.ModelLoadError(
+            f"model '{config.name}': instance_group KIND_GPU needs ONNX Runtime's CUDA "
+            f"execution provider, but this worker has only {available}: install "
+            "'polyserve[onnx-gpu]' on a node with an NVIDIA GPU, or use KIND_CPU"
+        )
+    providers: list[Any] = []
+    accelerators = [a.name for a in config.optimization.execution_accelerators.gpu_execution_accelerator]
+    if "tensorrt" in accelerators:
+        if "TensorrtExecutionProvider" not in available:
+            raise errors.ModelLoadError(
+                f"model '{config.name}': the tensorrt accelerator needs ONNX Runtime's "
+                "TensorRT execution provider, which this worker lacks"
+            )
+        providers.append(("TensorrtExecutionProvider", {"device_id": instance.device_id}))
+    providers.append(("CUDAExecutionProvider", {"device_id": instance.device_id}))
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+def _default_threads(config: Any) -> int:
+    instances = sum(max(1, g.count) for g in config.instance_group) or 1
+    return max(1, (os.cpu_count() or 1) // instances)
+
+
+def _int_param(params: Mapping[str, str], key: str, default: int) -> int:
+    if key not in params:
+        return default
+    try:
+        return int(params[key])
+    except ValueError as exc:
+        raise errors.ModelLoadError(f"parameter {key} must be an integer, got {params[key]!r}") from exc
+
+
+def _leading_dynamic(shape: Sequence[Any]) -> bool:
+    return bool(shape) and not isinstance(shape[0], int)
+
+
+def _fill(entry: Any, tensor: Any, batched: bool) -> None:
+    entry.name = tensor.name
+    try:
+        entry.data_type = _config_enum(_ORT_TYPES[tensor.type])
+    except KeyError:
+        raise errors.ModelLoadError(
+            f"tensor '{tensor.name}' has type {tensor.type}, which the protocol cannot carry"
+        ) from None
+    dims = [d if isinstance(d, int) else -1 for d in tensor.shape]
+    entry.dims.extend(dims[1:] if batched else dims)
+
+
+def _config_enum(name: str) -> int:
+    value: int = model_config.model_config_pb2.DataType.Value(name)
+    return value
+

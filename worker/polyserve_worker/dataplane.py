@@ -1,0 +1,270 @@
+"""The transport-neutral core: health, metadata, inference, statistics and repository calls.
+
+REST and gRPC decode their wire formats into numpy arrays and call this module; it
+validates requests against the model config, runs them through the model's batcher and
+records statistics. It raises ``errors`` only: no HTTP or gRPC codes here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from polyserve_worker import __version__, errors, repository, stats, tensors
+from polyserve_worker import config as model_config
+from polyserve_worker.tensors import Array
+
+logger = logging.getLogger(__name__)
+
+EXTENSIONS = (
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "schedule_policy",
+    "statistics",
+)
+
+_PLATFORMS = {"onnxruntime": "onnxruntime_onnx"}
+_DATA_TYPES = model_config.model_config_pb2.DataType
+
+
+@dataclass
+class InferResult:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: dict[str, Array]
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+class DataPlane:
+    def __init__(
+        self,
+        repo: repository.Repository,
+        *,
+        strict_readiness: bool = True,
+        control_mode: str = "none",
+        server_name: str = "polyserve",
+    ) -> None:
+        self.repository = repo
+        self.strict_readiness = strict_readiness
+        self.control_mode = control_mode
+        self.server_name = server_name
+        #: Models whose readiness is the server's readiness; loading others never flips it.
+        self.required: set[str] = set()
+        self.started = False
+        self.accepting = True
+
+    # -- health and metadata -------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        if not (self.started and self.accepting):
+            return False
+        if not self.strict_readiness:
+            return True
+        return all(self.repository.is_ready(name) for name in self.required)
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": self.server_name, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.repository.resolve(name, version)
+        except errors.NotFound:
+            raise
+        except errors.ClientError:
+            return False
+        return True
+
+    def model_config(self, name: str, version: str = "") -> Any:
+        return self.repository.resolve(name, version).config
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        served = self.repository.resolve(name, version)
+        entry = self.repository.entry(name)
+        config = served.config
+        return {
+            "name": name,
+            "versions": [str(v) for v in sorted(entry.versions)],
+            "platform": config.platform or _PLATFORMS.get(config.backend, config.backend),
+            "inputs": [self._tensor_metadata(t, config) for t in config.input],
+            "outputs": [self._tensor_metadata(t, config) for t in config.output],
+        }
+
+    @staticmethod
+    def _tensor_metadata(tensor: Any, config: Any) -> dict[str, Any]:
+        dims = [int(d) for d in tensor.dims]
+        return {
+            "name": tensor.name,
+            "datatype": tensors.wire_datatype(_DATA_TYPES.Name(tensor.data_type)),
+            "shape": [-1, *dims] if config.max_batch_size > 0 else dims,
+        }
+
+    # -- inference -----------------------------------------------------------------------
+
+    async def infer(
+        self,
+        name: str,
+        version: str,
+        inputs: Mapping[str, Array],
+        outputs: Sequence[str] = (),
+        parameters: Mapping[str, Any] | None = None,
+        request_id: str = "",
+    ) -> InferResult:
+        if not self.accepting:
+            raise errors.Unavailable("the server is shutting down; retry on another replica")
+        served = self.repository.resolve(name, version)
+        params = parameters or {}
+        start = time.perf_counter_ns()
+        model_inputs, batch_size = _validate_inputs(served.config, inputs)
+        _validate_outputs(served.config, outputs)
+        priority = _int_parameter(params, "priority", 0)
+        timeout = _int_parameter(params, "timeout", -1)
+        try:
+            produced = await served.batcher.submit(
+                model_inputs,
+                outputs,
+                batch_size,
+                priority=priority,
+                timeout_us=timeout if timeout >= 0 else None,
+            )
+        except BaseException as exc:
+            served.stats.record_request(False, time.perf_counter_ns() - start)
+            if isinstance(exc, errors.ServerError):
+                logger.error("inference on '%s' failed: %s", name, exc)
+            raise
+        served.stats.record_request(True, time.perf_counter_ns() - start)
+        ordered = {t.name: produced[t.name] for t in served.config.output if t.name in produced}
+        for extra in produced.keys() - ordered.keys():
+            ordered[extra] = produced[extra]
+        return InferResult(name, served.version, request_id, ordered)
+
+    # -- statistics and repository -------------------------------------------------------
+
+    def statistics(self, name: str = "", version: str = "") -> list[stats.ModelStats]:
+        if not name:
+            return [v.stats for v in self.repository.loaded()]
+        if version:
+            return [self.repository.resolve(name, version).stats]
+        entry = self.repository.entry(name)
+        return [v.stats for _, v in sorted(entry.versions.items())]
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return self.repository.index(ready_only)
+
+    async def load(self, name: str, config_json: str | None = None) -> None:
+        self._check_explicit("load")
+        override = model_config.parse_json(config_json) if config_json else None
+        await self.repository.load(name, override)
+
+    async def unload(self, name: str) -> None:
+        self._check_explicit("unload")
+        await self.repository.unload(name)
+
+    def _check_explicit(self, action: str) -> None:
+        if self.control_mode != "explicit":
+            raise errors.Unsupported(
+                f"cannot {action} models in '{self.control_mode}' model control mode; "
+                "start the worker with --model-control-mode explicit"
+            )
+
+
+def _validate_inputs(config: Any, inputs: Mapping[str, Array]) -> tuple[dict[str, Array], int]:
+    """Check every input against the config; returns the inputs and the request's batch size."""
+    declared = {t.name: t for t in config.input}
+    unknown = sorted(set(inputs) - set(declared))
+    if unknown:
+        raise errors.InvalidArgument(
+            f"model '{config.name}' has no input named {', '.join(repr(u) for u in unknown)}; "
+            f"its inputs are {', '.join(repr(n) for n in declared)}"
+        )
+    missing = [n for n, t in declared.items() if n not in inputs and not t.optional]
+    if missing:
+        raise errors.InvalidArgument(
+            f"model '{config.name}' expects input(s) {', '.join(repr(m) for m in missing)}, "
+            "which the request does not have"
+        )
+    batched = config.max_batch_size > 0
+    batch_size = 1
+    sizes: dict[str, int] = {}
+    result: dict[str, Array] = {}
+    for name, array in inputs.items():
+        tensor = declared[name]
+        expected_type = tensors.wire_datatype(_DATA_TYPES.Name(tensor.data_type))
+        actual_type = tensors.datatype_of(array)
+        if actual_type != expected_type:
+            raise errors.InvalidArgument(
+                f"input '{name}' of model '{config.name}' has datatype {actual_type}, "
+                f"expected {expected_type}"
+            )
+        dims = [int(d) for d in tensor.dims]
+        shape = list(array.shape)
+        expected = ([-1] if batched else []) + dims
+        if len(shape) != len(expected) or any(
+            e != -1 and e != s for e, s in zip(expected, shape, strict=False)
+        ):
+            hint = ""
+            if batched and len(shape) == len(dims):
+                hint = (
+                    f"; the model batches (max_batch_size {config.max_batch_size}), so the "
+                    f"first dimension is the batch size: send [1, {', '.join(map(str, shape))}] "
+                    "for one sample"
+                )
+            elif not batched and len(shape) == len(dims) + 1:
+                hint = (
+                    "; the model does not batch (max_batch_size 0), so dims already hold "
+                    "the full shape"
+                )
+            raise errors.InvalidArgument(
+                f"input '{name}' of model '{config.name}' expects shape {expected}, "
+                f"got {shape}{hint}"
+            )
+        if batched:
+            sizes[name] = shape[0]
+            if shape[0] < 1 or shape[0] > config.max_batch_size:
+                raise errors.InvalidArgument(
+                    f"input '{name}' of model '{config.name}': batch size {shape[0]} is "
+                    f"outside 1..{config.max_batch_size} (max_batch_size); split the request"
+                )
+        if tensor.HasField("reshape"):
+            lead = [shape[0]] if batched else []
+            array = array.reshape([*lead, *[int(d) for d in tensor.reshape.shape]])
+        result[name] = array
+    if batched and sizes:
+        if len(set(sizes.values())) > 1:
+            raise errors.InvalidArgument(
+                f"model '{config.name}': inputs disagree on the batch size: "
+                + ", ".join(f"{n}={s}" for n, s in sizes.items())
+            )
+        batch_size = next(iter(sizes.values()))
+    return result, batch_size
+
+
+def _validate_outputs(config: Any, outputs: Sequence[str]) -> None:
+    declared = {t.name for t in config.output}
+    unknown = [o for o in outputs if o not in declared]
+    if unknown:
+        raise errors.InvalidArgument(
+            f"model '{config.name}' has no output named {', '.join(repr(u) for u in unknown)}; "
+            f"its outputs are {', '.join(repr(n) for n in declared)}"
+        )
+
+
+def _int_parameter(params: Mapping[str, Any], key: str, default: int) -> int:
+    if key not in params:
+        return default
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise errors.InvalidArgument(
+                f"parameter '{key}' must be an integer, got {value!r}"
+            ) from None
+    return value

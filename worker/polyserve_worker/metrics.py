@@ -1,0 +1,88 @@
+"""Prometheus metrics with Triton's names and labels, plus the histograms Triton lacks.
+
+Built at scrape time from ``stats`` (the same numbers the statistics extension reports), so
+serving pays nothing per scrape-able series. Triton's counters keep their exact names
+(``nv_inference_*``, no ``_total`` suffix) and ``model``/``version`` labels so existing
+dashboards and alerts work; our histograms use the ``polyserve_`` prefix and aggregate
+across pods, so p95/p99 can be computed fleet-wide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from polyserve_worker import stats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# name, help, value getter
+_COUNTERS: tuple[tuple[str, str, Callable[[stats.ModelStats], float]], ...] = (
+    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes", lambda s: s.success.count),
+    ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes", lambda s: s.fail.count),
+    ("nv_inference_count", "Number of inferences performed (batch elements)", lambda s: s.inference_count),
+    ("nv_inference_exec_count", "Number of model executions performed (batches)", lambda s: s.execution_count),
+    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds", lambda s: (s.success.ns + s.fail.ns) // 1000),
+    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds", lambda s: s.queue.ns // 1000),
+    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds", lambda s: s.compute_input.ns // 1000),
+    ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds", lambda s: s.compute_infer.ns // 1000),
+    ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds", lambda s: s.compute_output.ns // 1000),
+)
+
+_HISTOGRAMS: tuple[tuple[str, str, Callable[[stats.ModelStats], stats.Histogram]], ...] = (
+    ("polyserve_request_duration_seconds", "End-to-end inference request duration", lambda s: s.request_seconds),
+    ("polyserve_queue_duration_seconds", "Time requests wait in the batcher's queue", lambda s: s.queue_seconds),
+    ("polyserve_compute_duration_seconds", "Backend execution time per batch", lambda s: s.compute_seconds),
+    ("polyserve_batch_size", "Batch size of each model execution", lambda s: s.batch_size),
+)
+
+
+class StatsCollector:
+    """A prometheus_client collector over the live statistics of every loaded version."""
+
+    def __init__(self, source: Callable[[], Iterable[stats.ModelStats]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        versions = list(self._source())
+        labels = ["model", "version"]
+        for name, help_text, getter in _COUNTERS:
+            metric = Metric(name, help_text, "counter")
+            for s in versions:
+                metric.add_sample(name, {"model": s.name, "version": s.version}, float(getter(s)))
+            yield metric
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution per-model.",
+            labels=labels,
+        )
+        for s in versions:
+            pending.add_metric([s.name, s.version], s.pending)
+        yield pending
+        for name, help_text, getter in _HISTOGRAMS:
+            family = HistogramMetricFamily(name, help_text, labels=labels)
+            for s in versions:
+                hist = getter(s)
+                buckets = [(_bound(b), float(c)) for b, c in hist.cumulative()]
+                family.add_metric([s.name, s.version], buckets, hist.total)
+            yield family
+
+
+def _bound(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    return repr(float(value))
+
+
+def registry_for(source: Callable[[], Iterable[stats.ModelStats]]) -> CollectorRegistry:
+    """A registry of our own, so several workers in one process never collide."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(source))  # type: ignore[arg-type]
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    output: bytes = generate_latest(registry)
+    return output

@@ -1,0 +1,284 @@
+"""The model repository: Triton's layout on disk, versions, and the load/unload lifecycle.
+
+``<root>/<model>/config.pbtxt|config.yaml`` and ``<root>/<model>/<version>/<model file>``.
+Each loaded version gets its backend instances (per ``instance_group``) behind its own
+batcher. Loads and reloads build the new versions before the old ones are drained, so a
+reload never drops a request; a failed load leaves the model UNAVAILABLE with its reason
+and never disturbs other models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from polyserve_worker import backends, batching, errors, stats
+from polyserve_worker import clock as clocks
+from polyserve_worker import config as model_config
+from polyserve_worker.backends import base
+
+logger = logging.getLogger(__name__)
+
+READY = "READY"
+LOADING = "LOADING"
+UNLOADING = "UNLOADING"
+UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass
+class ServedVersion:
+    name: str
+    version: str
+    config: Any
+    batcher: batching.Batcher
+    stats: stats.ModelStats
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    state: str = UNAVAILABLE
+    reason: str = ""
+    config: Any = None
+    versions: dict[int, ServedVersion] = field(default_factory=dict)
+    fingerprint: tuple[Any, ...] = ()
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Repository:
+    def __init__(self, root: Path, clock: clocks.Clock | None = None) -> None:
+        self.root = root
+        self._clock = clock or clocks.MonotonicClock()
+        self._models: dict[str, ModelEntry] = {}
+
+    # -- discovery -----------------------------------------------------------------------
+
+    def scan(self) -> list[str]:
+        """Model directories present on disk, sorted."""
+        if not self.root.is_dir():
+            raise errors.NotFound(f"model repository {self.root} does not exist")
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+
+    def fingerprint(self, name: str) -> tuple[Any, ...]:
+        """What must change on disk for poll mode to reload a model."""
+        model_dir = self.root / name
+        parts: list[Any] = []
+        try:
+            for path in sorted(model_dir.rglob("*")):
+                if path.is_file():
+                    stat = path.stat()
+                    parts.append((str(path.relative_to(model_dir)), stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            return ()
+        return tuple(parts)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def load(self, name: str, override: Any | None = None) -> None:
+        """Load (or reload) a model; raises ModelLoadError and records the reason."""
+        entry = self._models.setdefault(name, ModelEntry(name))
+        async with entry.lock:
+            previous = dict(entry.versions)
+            entry.state = LOADING
+            entry.reason = ""
+            try:
+                config, built = await self._build(name, override)
+            except errors.PolyserveError as exc:
+                entry.state = READY if previous else UNAVAILABLE
+                entry.reason = str(exc)
+                logger.error("failed to load model '%s': %s", name, exc)
+                raise
+            except Exception as exc:
+                entry.state = READY if previous else UNAVAILABLE
+                entry.reason = f"unexpected error: {exc}"
+                logger.exception("failed to load model '%s'", name)
+                raise errors.ModelLoadError(f"failed to load model '{name}': {exc}") from exc
+            entry.config = config
+            entry.versions = built
+            entry.fingerprint = self.fingerprint(name)
+            entry.state = READY
+            logger.info("model '%s' ready, versions %s", name, sorted(built))
+        await self._retire(previous.values())
+
+    async def unload(self, name: str) -> None:
+        entry = self._models.get(name)
+        if entry is None or entry.state == UNAVAILABLE and not entry.versions:
+            if not (self.root / name).is_dir():
+                raise errors.NotFound(f"no model '{name}' in repository {self.root}")
+            return
+        async with entry.lock:
+            entry.state = UNLOADING
+            previous = list(entry.versions.values())
+            entry.versions = {}
+            await self._retire(previous)
+            entry.state = UNAVAILABLE
+            entry.reason = "unloaded"
+            logger.info("model '%s' unloaded", name)
+
+    async def close(self) -> None:
+        for name in list(self._models):
+            await self.unload(name)
+
+    async def _retire(self, versions: Any) -> None:
+        for served in versions:
+            await served.batcher.stop()
+        # Framework sessions hold large native buffers; release them now, not at some
+        # later collection, so memory stays flat across load/unload cycles.
+        gc.collect()
+
+    async def _build(self, name: str, override: Any | None) -> tuple[Any, dict[int, ServedVersion]]:
+        model_dir = self.root / name
+        if not model_dir.is_dir():
+            raise errors.NotFound(f"no model '{name}' in repository {self.root}")
+        config = override if override is not None else model_config.read(model_dir)
+        if not config.name:
+            config.name = name
+        if config.name != name:
+            raise errors.ModelLoadError(
+                f"model directory '{name}' holds a config named '{config.name}'; they must match"
+            )
+        if config.platform == "ensemble" or config.HasField("ensemble_scheduling"):
+            raise errors.ModelLoadError(
+                f"model '{name}': ensembles are not supported by this worker version yet"
+            )
+        available = _versions(model_dir)
+        chosen = _select(config, available)
+        if not chosen:
+            raise errors.ModelLoadError(
+                f"model '{name}': no version directory matches its version_policy "
+                f"(found {sorted(available) or 'none'}; versions are numbered directories "
+                f"such as {model_dir}/1/)"
+            )
+        latest_dir = model_dir / str(max(chosen))
+        backend_name = backends.resolve_name(config, latest_dir)
+        backend = backends.get(backend_name)
+        filename = config.default_model_filename or backend.default_filename
+        for version in chosen:
+            path = model_dir / str(version) / filename
+            if not path.exists():
+                raise errors.ModelLoadError(f"model '{name}' version {version}: {path} is missing")
+        await asyncio.to_thread(backend.complete_config, config, latest_dir / filename)
+        if not config.backend:
+            config.backend = backend_name
+        if not config.instance_group:
+            config.instance_group.add(count=1, kind=model_config.model_config_pb2.ModelInstanceGroup.KIND_CPU)
+        model_config.validate(config)
+        policy = batching.Policy.from_config(config)
+        built: dict[int, ServedVersion] = {}
+        try:
+            for version in chosen:
+                path = model_dir / str(version) / filename
+                instances = await self._instances(backend, config, path)
+                model_stats = stats.ModelStats(name, str(version))
+                batcher = batching.Batcher(name, policy, instances, model_stats, self._clock)
+                batcher.start()
+                built[version] = ServedVersion(name, str(version), config, batcher, model_stats)
+        except BaseException:
+            await self._retire(built.values())
+            raise
+        return config, built
+
+    async def _instances(self, backend: base.Backend, config: Any, path: Path) -> list[base.ModelInstance]:
+        group_kinds = model_config.model_config_pb2.ModelInstanceGroup.Kind
+        instances: list[base.ModelInstance] = []
+        try:
+            for g_index, group in enumerate(config.instance_group):
+                kind = group_kinds.Name(group.kind)
+                if kind == "KIND_AUTO":
+                    kind = "KIND_CPU"  # GPU placement is explicit: say KIND_GPU to get one
+                devices = list(group.gpus) if kind == "KIND_GPU" and group.gpus else [0]
+                for device in devices:
+                    for i in range(max(1, group.count)):
+                        spec = base.InstanceSpec(
+                            name=f"{group.name or config.name + '_' + str(g_index)}_{device}_{i}",
+                            kind=kind,
+                            device_id=device,
+                        )
+                        instances.append(await backend.load(config, path, spec))
+        except BaseException:
+            for instance in instances:
+                await instance.close()
+            raise
+        return instances
+
+    # -- queries -------------------------------------------------------------------------
+
+    def entry(self, name: str) -> ModelEntry:
+        entry = self._models.get(name)
+        if entry is None:
+            if (self.root / name).is_dir():
+                raise errors.Unavailable(f"model '{name}' is not loaded")
+            raise errors.NotFound(f"unknown model '{name}'")
+        return entry
+
+    def resolve(self, name: str, version: str = "") -> ServedVersion:
+        """The ready version a request should go to."""
+        entry = self.entry(name)
+        if entry.state != READY or not entry.versions:
+            reason = f": {entry.reason}" if entry.reason else ""
+            raise errors.Unavailable(f"model '{name}' is not ready ({entry.state}{reason})")
+        if not version:
+            return entry.versions[max(entry.versions)]
+        try:
+            number = int(version)
+        except ValueError:
+            raise errors.InvalidArgument(
+                f"model '{name}': version must be an integer, got {version!r}"
+            ) from None
+        try:
+            return entry.versions[number]
+        except KeyError:
+            raise errors.NotFound(
+                f"model '{name}' has no version {number} loaded (loaded: "
+                f"{', '.join(str(v) for v in sorted(entry.versions))})"
+            ) from None
+
+    def is_ready(self, name: str) -> bool:
+        entry = self._models.get(name)
+        return entry is not None and entry.state == READY and bool(entry.versions)
+
+    def loaded(self) -> list[ServedVersion]:
+        return [v for e in self._models.values() for v in e.versions.values()]
+
+    def entries(self) -> dict[str, ModelEntry]:
+        return dict(self._models)
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """The repository extension's index: every model on disk, loaded or not."""
+        names = set(self.scan()) | set(self._models)
+        rows: list[dict[str, str]] = []
+        for name in sorted(names):
+            entry = self._models.get(name)
+            if entry is None:
+                if not ready_only:
+                    rows.append({"name": name})
+                continue
+            if entry.versions:
+                for version in sorted(entry.versions):
+                    rows.append({"name": name, "version": str(version), "state": entry.state, "reason": entry.reason})
+            elif not ready_only:
+                rows.append({"name": name, "state": entry.state, "reason": entry.reason})
+        if ready_only:
+            rows = [r for r in rows if r.get("state") == READY]
+        return rows
+
+
+def _versions(model_dir: Path) -> set[int]:
+    return {int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+
+
+def _select(config: Any, available: set[int]) -> list[int]:
+    policy = config.version_policy
+    which = policy.WhichOneof("policy_choice")
+    if which == "all":
+        return sorted(available)
+    if which == "specific":
+        return sorted(v for v in policy.specific.versions if v in available)
+    count = policy.latest.num_versions if which == "latest" else 1
+    return sorted(available)[-max(1, count) :]

@@ -1,0 +1,1 @@
+"""Thin adapters from the wire (REST, gRPC) to the transport-neutral ``dataplane``."""

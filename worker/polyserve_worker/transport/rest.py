@@ -1,0 +1,365 @@
+"""REST transport: the Open Inference Protocol's HTTP paths plus Triton's extensions.
+
+Decodes JSON and Triton's binary tensor data extension (``Inference-Header-Content-Length``)
+into numpy arrays, calls the dataplane, and encodes the answer the way the request asked
+(``binary_data``, ``binary_data_output``). Every error is ``{"error": "..."}`` with the status
+from ``STATUS``; no error path can take the server down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from polyserve_worker import dataplane, errors, tensors
+
+logger = logging.getLogger(__name__)
+
+#: Error class -> HTTP status, the one table for this transport (most specific first).
+STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (errors.InvalidArgument, 400),
+    (errors.ModelLoadError, 400),
+    (errors.NotFound, 404),
+    (errors.PayloadTooLarge, 413),
+    (errors.Unsupported, 501),
+    (errors.Unavailable, 503),
+    (errors.ClientError, 400),
+    (errors.ServerError, 500),
+)
+
+_ACCEPTED_TYPES = {
+    "",
+    "application/json",
+    "application/octet-stream",
+    "application/x-www-form-urlencoded",  # curl -d's default; the body is still JSON
+    "text/plain",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def status_of(exc: Exception) -> int:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except errors.PolyserveError as exc:
+        status = status_of(exc)
+        if status >= 500 and not isinstance(exc, errors.ClientError):
+            logger.error("%s %s failed: %s", request.method, request.path, exc)
+        else:
+            logger.debug("%s %s refused (%d): %s", request.method, request.path, status, exc)
+        return error_response(status, str(exc))
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, f"request body too large: {exc.text}")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.reason
+        if exc.status == 404:
+            message = f"no endpoint {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"{request.method} is not allowed on {request.path}"
+        return error_response(exc.status, message)
+    except Exception as exc:  # the last line of defence: one request, one 500
+        logger.exception("%s %s crashed", request.method, request.path)
+        return error_response(500, f"internal error: {exc}")
+
+
+class RestServer:
+    def __init__(self, core: dataplane.DataPlane, max_input_size: int = 64 * 1024 * 1024) -> None:
+        self.core = core
+        self.max_input_size = max_input_size
+        self.app = web.Application(middlewares=[_errors], client_max_size=max_input_size)
+        self._routes()
+
+    def _routes(self) -> None:
+        r = self.app.router
+        r.add_get("/v2/health/live", self.live)
+        r.add_get("/v2/health/ready", self.ready)
+        r.add_get("/v2", self.server_metadata)
+        r.add_get("/v2/models/stats", self.all_stats)
+        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            r.add_get(prefix, self.model_metadata)
+            r.add_get(prefix + "/ready", self.model_ready)
+            r.add_get(prefix + "/config", self.model_config)
+            r.add_get(prefix + "/stats", self.model_stats)
+            r.add_post(prefix + "/infer", self.infer)
+        r.add_post("/v2/repository/index", self.repository_index)
+        r.add_post("/v2/repository/models/{model}/load", self.load)
+        r.add_post("/v2/repository/models/{model}/unload", self.unload)
+
+    # -- health and metadata -------------------------------------------------------------
+
+    async def live(self, request: web.Request) -> web.Response:
+        live = self.core.live()
+        return web.json_response({"live": live}, status=200 if live else 503)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ready = self.core.ready()
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(self.core.server_metadata())
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        return web.json_response(self.core.model_metadata(name, version))
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        ready = self.core.model_ready(name, version)
+        return web.json_response({"name": name, "ready": ready}, status=200 if ready else 503)
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        from polyserve_worker import config as model_config
+
+        name, version = _model(request)
+        return web.json_response(model_config.to_dict(self.core.model_config(name, version)))
+
+    async def model_stats(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        stats = self.core.statistics(name, version)
+        return web.json_response({"model_stats": [s.to_dict() for s in stats]})
+
+    async def all_stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"model_stats": [s.to_dict() for s in self.core.statistics()]})
+
+    # -- repository ----------------------------------------------------------------------
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, allow_empty=True)
+        ready = bool(body.get("ready", False))
+        return web.json_response(self.core.repository_index(ready))
+
+    async def load(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, allow_empty=True)
+        params = body.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise errors.InvalidArgument("'parameters' must be an object")
+        if any(k.startswith("file:") for k in params):
+            raise errors.Unsupported(
+                "loading model files through the request ('file:' parameters) is not "
+                "supported; put the files in the model repository"
+            )
+        config = params.get("config")
+        if config is not None and not isinstance(config, str):
+            config = json.dumps(config)
+        await self.core.load(request.match_info["model"], config)
+        return web.json_response({})
+
+    async def unload(self, request: web.Request) -> web.Response:
+        await _json_body(request, allow_empty=True)
+        await self.core.unload(request.match_info["model"])
+        return web.json_response({})
+
+    # -- inference -----------------------------------------------------------------------
+
+    async def infer(self, request: web.Request) -> web.StreamResponse:
+        name, version = _model(request)
+        content_type = request.content_type if request.headers.get("Content-Type") else ""
+        if content_type not in _ACCEPTED_TYPES:
+            raise errors.InvalidArgument(
+                f"unsupported Content-Type '{content_type}': send application/json, or "
+                "application/octet-stream with an Inference-Header-Content-Length header"
+            )
+        if request.content_length is not None and request.content_length > self.max_input_size:
+            raise errors.PayloadTooLarge(
+                f"request body of {request.content_length} bytes exceeds the limit of "
+                f"{self.max_input_size} bytes (--http-max-input-size)"
+            )
+        body = await request.read()
+        header_length = request.headers.get("Inference-Header-Content-Length")
+        inputs, outputs, binary_outputs, params, request_id = decode_request(body, header_length)
+        result = await self.core.infer(name, version, inputs, outputs, params, request_id)
+        payload, header_size = encode_response(result, binary_outputs)
+        headers = {}
+        content = "application/json"
+        if header_size is not None:
+            headers["Inference-Header-Content-Length"] = str(header_size)
+            content = "application/octet-stream"
+        return web.Response(body=payload, headers=headers, content_type=content)
+
+
+def _model(request: web.Request) -> tuple[str, str]:
+    return request.match_info["model"], request.match_info.get("version", "")
+
+
+async def _json_body(request: web.Request, allow_empty: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise errors.InvalidArgument("request body is empty")
+    return _parse_json(raw)
+
+
+def _parse_json(raw: bytes | memoryview) -> dict[str, Any]:
+    try:
+        doc = json.loads(bytes(raw))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.InvalidArgument(f"malformed JSON in request body: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise errors.InvalidArgument("request body must be a JSON object")
+    return doc
+
+
+#: Output name -> True (binary) / False (JSON) / None (follow binary_data_output).
+BinaryChoice = dict[str, bool | None]
+
+
+def decode_request(
+    body: bytes, header_length: str | None
+) -> tuple[dict[str, tensors.Array], list[str], tuple[bool, BinaryChoice], dict[str, Any], str]:
+    """Parse an infer request body (JSON, or JSON + binary tensors)."""
+    binary = memoryview(b"")
+    if header_length is not None:
+        try:
+            json_size = int(header_length)
+        except ValueError:
+            raise errors.InvalidArgument(
+                f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
+            ) from None
+        if json_size < 0 or json_size > len(body):
+            raise errors.InvalidArgument(
+                f"Inference-Header-Content-Length {json_size} is outside the body "
+                f"of {len(body)} bytes"
+            )
+        if json_size == 0:
+            raise errors.InvalidArgument(
+                "raw binary requests (Inference-Header-Content-Length: 0) are not supported; "
+                "send a JSON header describing the inputs"
+            )
+        binary = memoryview(body)[json_size:]
+        doc = _parse_json(memoryview(body)[:json_size])
+    else:
+        doc = _parse_json(body)
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise errors.InvalidArgument("request needs a non-empty 'inputs' list")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise errors.InvalidArgument("'parameters' must be an object")
+    inputs: dict[str, tensors.Array] = {}
+    offset = 0
+    for item in raw_inputs:
+        if not isinstance(item, dict):
+            raise errors.InvalidArgument("each input must be an object")
+        name = item.get("name")
+        shape = item.get("shape")
+        datatype = item.get("datatype")
+        if not isinstance(name, str) or not name:
+            raise errors.InvalidArgument("an input has no 'name'")
+        if name in inputs:
+            raise errors.InvalidArgument(f"input '{name}' appears twice")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in shape
+        ):
+            raise errors.InvalidArgument(f"input '{name}': 'shape' must be a list of integers")
+        if not isinstance(datatype, str):
+            raise errors.InvalidArgument(f"input '{name}': 'datatype' is missing")
+        in_params = item.get("parameters") or {}
+        if not isinstance(in_params, dict):
+            raise errors.InvalidArgument(f"input '{name}': 'parameters' must be an object")
+        if "shared_memory_region" in in_params:
+            raise errors.InvalidArgument(
+                f"input '{name}': shared memory is not enabled on this worker"
+            )
+        if "binary_data_size" in in_params:
+            size = in_params["binary_data_size"]
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise errors.InvalidArgument(
+                    f"input '{name}': binary_data_size must be a non-negative integer"
+                )
+            if offset + size > len(binary):
+                raise errors.InvalidArgument(
+                    f"input '{name}': binary_data_size {size} runs past the end of the body "
+                    f"({len(binary) - offset} bytes left); the payload is truncated"
+                )
+            inputs[name] = tensors.from_raw(name, binary[offset : offset + size], datatype, shape)
+            offset += size
+        elif "data" in item:
+            inputs[name] = tensors.from_json(name, item["data"], datatype, shape)
+        else:
+            raise errors.InvalidArgument(
+                f"input '{name}' has neither 'data' nor a binary_data_size parameter"
+            )
+    if offset != len(binary):
+        raise errors.InvalidArgument(
+            f"{len(binary) - offset} bytes of binary data after the last input; check "
+            "binary_data_size and Inference-Header-Content-Length"
+        )
+    outputs: list[str] = []
+    choices: BinaryChoice = {}
+    raw_outputs = doc.get("outputs") or []
+    if not isinstance(raw_outputs, list):
+        raise errors.InvalidArgument("'outputs' must be a list")
+    for item in raw_outputs:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise errors.InvalidArgument("each requested output needs a 'name'")
+        out_params = item.get("parameters") or {}
+        if not isinstance(out_params, dict):
+            raise errors.InvalidArgument(f"output '{item['name']}': 'parameters' must be an object")
+        if "shared_memory_region" in out_params:
+            raise errors.InvalidArgument(
+                f"output '{item['name']}': shared memory is not enabled on this worker"
+            )
+        if "classification" in out_params:
+            raise errors.Unsupported("the classification extension is not supported")
+        outputs.append(item["name"])
+        binary_flag = out_params.get("binary_data")
+        choices[item["name"]] = None if binary_flag is None else bool(binary_flag)
+    default_binary = bool(params.get("binary_data_output", False))
+    request_id = doc.get("id", "")
+    if not isinstance(request_id, str):
+        raise errors.InvalidArgument("'id' must be a string")
+    return inputs, outputs, (default_binary, choices), params, request_id
+
+
+def encode_response(
+    result: dataplane.InferResult, binary_outputs: tuple[bool, BinaryChoice]
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary data follows it."""
+    default_binary, choices = binary_outputs
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, array in result.outputs.items():
+        choice = choices.get(name)
+        as_binary = default_binary if choice is None else choice
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": tensors.datatype_of(array),
+            "shape": list(array.shape),
+        }
+        if as_binary:
+            blob = tensors.to_raw(array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = tensors.to_json(array)
+        outputs.append(entry)
+    doc: dict[str, Any] = {
+        "model_name": result.model_name,
+        "model_version": result.model_version,
+        "outputs": outputs,
+    }
+    if result.id:
+        doc["id"] = result.id
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
