@@ -1,0 +1,128 @@
+"""Operator settings: pool labels, taints, images and defaults, from ``POLYSERVE_OPERATOR_*``.
+
+Parsed once in ``main`` (or built explicitly by tests and ``polyserve render``) and passed
+down; nothing else reads the environment. Placement is data, not code: a cluster whose GPU
+nodes carry other labels or taints changes these, not the operator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Toleration(BaseModel):
+    """A pod toleration, in Kubernetes' field names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str
+    operator: str = "Exists"
+    value: str | None = None
+    effect: str | None = None
+
+
+class GpuPool(BaseModel):
+    """How GPU nodes are recognised and reserved."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"},
+        description="Labels every GPU node has; NVIDIA GPU Feature Discovery sets this one.",
+    )
+    product_label: str = Field(
+        default="nvidia.com/gpu.product",
+        description="Node label naming the GPU model (GFD); used when a spec asks for one.",
+    )
+    resource: str = Field(
+        default="nvidia.com/gpu",
+        description="Extended resource the NVIDIA device plugin advertises.",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", effect="NoSchedule")],
+        description="GPU pools are usually tainted so CPU work stays off them.",
+    )
+
+
+class XeonPool(BaseModel):
+    """How Xeon (CPU) nodes are recognised."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels every node of the CPU pool has; empty means any node.",
+    )
+    bf16_labels: list[str] = Field(
+        default_factory=lambda: [
+            "feature.node.kubernetes.io/cpu-cpuid.AMXBF16",
+            "feature.node.kubernetes.io/cpu-cpuid.AVX512_BF16",
+        ],
+        description=(
+            "Node Feature Discovery labels of which a node needs any one (value 'true') to "
+            "serve bf16; AMX first, AVX512_BF16 as the older fallback."
+        ),
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations for a tainted CPU pool."
+    )
+
+
+class Images(BaseModel):
+    """Worker images: one per pool, so a CPU pod never pulls CUDA."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    worker_cpu: str = Field(
+        default="ghcr.io/polyserve/worker:0.1.0-cpu",
+        description="Worker with ONNX Runtime and OpenVINO (Dockerfile.worker, VARIANT=cpu).",
+    )
+    worker_gpu: str = Field(
+        default="ghcr.io/polyserve/worker:0.1.0-gpu",
+        description="Worker with TensorRT and ONNX Runtime GPU (Dockerfile.worker, VARIANT=gpu).",
+    )
+    pull_policy: str = Field(default="IfNotPresent", description="imagePullPolicy of workers.")
+
+
+class Settings(BaseSettings):
+    """Everything the operator is told by its environment (``POLYSERVE_OPERATOR_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POLYSERVE_OPERATOR_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    gpu: GpuPool = Field(default_factory=GpuPool)
+    xeon: XeonPool = Field(default_factory=XeonPool)
+    images: Images = Field(default_factory=Images)
+    field_manager: str = Field(
+        default="polyserve-operator",
+        description="Server-side apply field manager: what `managedFields` shows as ours.",
+    )
+    annotation_prefix: str = Field(
+        default="polyserve.io",
+        description="Prefix of kopf's bookkeeping annotations, so GitOps tools can ignore them.",
+    )
+    status_interval_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description=(
+            "Seconds between re-observations of each resource's pods (status refresh and drift "
+            "repair); short enough that `kubectl get im` is fresh, long enough to spare the API."
+        ),
+    )
+    kubeconfig: Path | None = Field(
+        default=None,
+        description="Kubeconfig file; none means in-cluster credentials, else ~/.kube/config.",
+    )
+    default_shm_size: str = Field(
+        default="1Gi",
+        description="Memory-backed /dev/shm when a spec sets none; batching needs more than 64M.",
+    )
+    termination_grace_seconds: int = Field(
+        default=45,
+        ge=0,
+        description="Pod grace period: longer than the worker's exit timeout (30 s) to drain.",
+    )
