@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from polyserve_worker import config as worker_config
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
-
-from polyserve_worker import config as worker_config
 
 GROUP = "polyserve.io"
 VERSION = "v1alpha1"
@@ -27,7 +26,9 @@ CPU_BACKENDS: frozenset[str] = frozenset({"onnxruntime", "openvino"})
 # A resource quantity: `2`, `500m`, `4Gi`. Kubernetes' own schema says int-or-string.
 Quantity = Annotated[
     int | str,
-    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+    WithJsonSchema(
+        {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
+    ),
 ]
 
 ARTIFACT_URI_PATTERN = r"^(s3|gs|gcs|https?|pvc|file)://.+"

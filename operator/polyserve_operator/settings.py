@@ -87,6 +87,39 @@ class Images(BaseModel):
     pull_policy: str = Field(default="IfNotPresent", description="imagePullPolicy of workers.")
 
 
+class Webhook(BaseModel):
+    """The validating admission webhook (kopf's webhook server)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(
+        default=False,
+        description=(
+            "Serve the validating webhook. Off by default: it needs a TLS certificate "
+            "(cert-manager) the API server trusts; the CRD's CEL rules and status cover the rest."
+        ),
+    )
+    addr: str = Field(default="0.0.0.0", description="Listen address.")
+    port: int = Field(default=9443, description="Listen port (unprivileged, non-root).")
+    host: str | None = Field(
+        default=None,
+        description="Hostname the API server calls, e.g. polyserve-operator.polyserve-system.svc.",
+    )
+    certfile: Path | None = Field(default=None, description="TLS certificate (PEM).")
+    pkeyfile: Path | None = Field(default=None, description="TLS private key (PEM).")
+    cafile: Path | None = Field(
+        default=None, description="CA bundle the API server should trust (cert-manager's ca.crt)."
+    )
+    insecure: bool = Field(default=False, description="Plain HTTP: for tests only.")
+    managed_configuration: str | None = Field(
+        default="polyserve.io",
+        description=(
+            "Name of the ValidatingWebhookConfiguration the operator keeps up to date; "
+            "None leaves it to the installer."
+        ),
+    )
+
+
 class Settings(BaseSettings):
     """Everything the operator is told by its environment (``POLYSERVE_OPERATOR_*``)."""
 
@@ -97,6 +130,7 @@ class Settings(BaseSettings):
     gpu: GpuPool = Field(default_factory=GpuPool)
     xeon: XeonPool = Field(default_factory=XeonPool)
     images: Images = Field(default_factory=Images)
+    webhook: Webhook = Field(default_factory=Webhook)
     field_manager: str = Field(
         default="polyserve-operator",
         description="Server-side apply field manager: what `managedFields` shows as ours.",

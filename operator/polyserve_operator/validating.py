@@ -102,7 +102,11 @@ def ensemble(
     edges: dict[str, set[str]] = {name: set() for name in steps}
     for step in ie.steps:
         member = members.get(step.model_ref)
-        member_inputs = {t.name: t for t in (member.spec.config.input or [])} if member and member.spec.config else {}
+        member_inputs = (
+            {t.name: t for t in (member.spec.config.input or [])}
+            if member and member.spec.config
+            else {}
+        )
         for model_input, source in step.inputs.items():
             if member_inputs and model_input not in member_inputs:
                 problems.append(
@@ -114,15 +118,22 @@ def ensemble(
                 producer_name, output = source.split(".", 1)
                 producer = steps.get(producer_name)
                 if producer is None:
-                    problems.append(f"step {step.name}: input {model_input} reads {source}, but there is no step {producer_name}")
+                    problems.append(
+                        f"step {step.name}: input {model_input} reads {source}, "
+                        f"but there is no step {producer_name}"
+                    )
                     continue
                 edges[step.name].add(producer_name)
                 pmember = members.get(producer.model_ref)
-                poutputs = {t.name: t for t in (pmember.spec.config.output or [])} if pmember and pmember.spec.config else {}
+                poutputs = (
+                    {t.name: t for t in (pmember.spec.config.output or [])}
+                    if pmember and pmember.spec.config
+                    else {}
+                )
                 if poutputs and output not in poutputs:
                     problems.append(
-                        f"step {step.name}: {producer.model_ref} (step {producer_name}) has no output "
-                        f"{output} (it has {', '.join(sorted(poutputs))})"
+                        f"step {step.name}: {producer.model_ref} (step {producer_name}) has "
+                        f"no output {output} (it has {', '.join(sorted(poutputs))})"
                     )
                 elif output in poutputs:
                     source_type = poutputs[output].data_type
@@ -133,11 +144,11 @@ def ensemble(
                     f"step {step.name}: input {model_input} reads {source}, which is neither an "
                     "ensemble input nor STEP.OUTPUT"
                 )
-            target = member_inputs.get(model_input)
-            if source_type and target is not None and target.data_type != source_type:
+            wanted = member_inputs.get(model_input)
+            if source_type and wanted is not None and wanted.data_type != source_type:
                 problems.append(
                     f"step {step.name}: {source} is {source_type} but {step.model_ref} input "
-                    f"{model_input} is {target.data_type}"
+                    f"{model_input} is {wanted.data_type}"
                 )
     loop = _cycle(edges)
     if loop:
@@ -146,12 +157,14 @@ def ensemble(
     for step in ie.steps:
         for output, target in (step.outputs or {}).items():
             produced.setdefault(target, []).append(f"{step.name}.{output}")
-    for out in ie.outputs:
-        sources = produced.get(out.name, [])
+    for tensor in ie.outputs:
+        sources = produced.get(tensor.name, [])
         if not sources:
-            problems.append(f"ensemble output {out.name} is produced by no step's outputs map")
+            problems.append(f"ensemble output {tensor.name} is produced by no step's outputs map")
         elif len(sources) > 1:
-            problems.append(f"ensemble output {out.name} is produced by {', '.join(sources)}: pick one")
+            problems.append(
+                f"ensemble output {tensor.name} is produced by {', '.join(sources)}: pick one"
+            )
     for target in produced:
         if target not in {o.name for o in ie.outputs}:
             problems.append(f"a step maps to {target}, which is not in the ensemble's outputs")

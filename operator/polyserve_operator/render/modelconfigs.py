@@ -32,8 +32,12 @@ def for_model(name: str, spec: api.InferenceModelSpec) -> worker_config.ModelCon
     if base.platform is None and platform is not None:
         update["platform"] = platform
     if base.instance_group is None:
-        kind = "KIND_GPU" if spec.hardware.pool == "gpu" else "KIND_CPU"
-        update["instance_group"] = [worker_config.InstanceGroup(kind=kind, count=1)]
+        group = (
+            worker_config.InstanceGroup(kind="KIND_GPU", count=1)
+            if spec.hardware.pool == "gpu"
+            else worker_config.InstanceGroup(kind="KIND_CPU", count=1)
+        )
+        update["instance_group"] = [group]
     if spec.hardware.precision != "fp32":
         params = dict(base.parameters or {})
         params.setdefault("precision", spec.hardware.precision)
@@ -66,7 +70,10 @@ def for_ensemble(name: str, spec: api.InferenceEnsembleSpec) -> worker_config.Mo
                 consumed.setdefault(producer, set()).add(output)
     steps = []
     for step in spec.steps:
-        output_map = {out: tensor_name(f"{step.name}.{out}", exported) for out in sorted(consumed.get(step.name, set()))}
+        output_map = {
+            out: tensor_name(f"{step.name}.{out}", exported)
+            for out in sorted(consumed.get(step.name, set()))
+        }
         output_map.update(step.outputs or {})
         steps.append(
             worker_config.EnsembleStep(

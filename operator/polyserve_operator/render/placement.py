@@ -30,7 +30,11 @@ def affinity(hw: api.Hardware, cfg: settings.Settings) -> Obj | None:
         {"matchExpressions": [{"key": label, "operator": "In", "values": ["true"]}]}
         for label in cfg.xeon.bf16_labels
     ]
-    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}
+        }
+    }
 
 
 def tolerations(hw: api.Hardware, cfg: settings.Settings) -> list[Obj]:

@@ -199,7 +199,10 @@ def deployment(w: Workload, cfg: settings.Settings) -> Obj:
         {"name": "models", "emptyDir": {}},
         {"name": "config", "configMap": {"name": w.name}},
         {"name": "tmp", "emptyDir": {}},
-        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": w.shm_size or cfg.default_shm_size}},
+        {
+            "name": "shm",
+            "emptyDir": {"medium": "Memory", "sizeLimit": w.shm_size or cfg.default_shm_size},
+        },
     ]
     seen_volumes = {v["name"] for v in volumes}
     for m in w.models:
@@ -230,14 +233,20 @@ def deployment(w: Workload, cfg: settings.Settings) -> Obj:
         "image": image(w, cfg),
         "imagePullPolicy": cfg.images.pull_policy,
         "args": [
-            "--model-repository", REPOSITORY,
-            "--http-port", str(HTTP_PORT),
-            "--grpc-port", str(GRPC_PORT),
-            "--metrics-port", str(METRICS_PORT),
-            "--model-control-mode", "none",
+            "--model-repository",
+            REPOSITORY,
+            "--http-port",
+            str(HTTP_PORT),
+            "--grpc-port",
+            str(GRPC_PORT),
+            "--metrics-port",
+            str(METRICS_PORT),
+            "--model-control-mode",
+            "none",
             "--strict-readiness",
-            "--exit-timeout-secs", str(WORKER_EXIT_TIMEOUT_SECONDS),
-        ],  # fmt: skip
+            "--exit-timeout-secs",
+            str(WORKER_EXIT_TIMEOUT_SECONDS),
+        ],
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
@@ -329,7 +338,12 @@ def service(w: Workload) -> Obj:
                     "protocol": "TCP",
                     "appProtocol": "kubernetes.io/h2c",
                 },
-                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+                {
+                    "name": "metrics",
+                    "port": METRICS_PORT,
+                    "targetPort": "metrics",
+                    "protocol": "TCP",
+                },
             ],
         },
     }

@@ -1,0 +1,51 @@
+"""``polyserve-operator``: parse settings once, connect, run kopf on our own registry.
+
+Watches every namespace (``--all-namespaces``), standalone: one replica with a Recreate
+strategy, because kopf's peering pauses equal-priority replicas instead of electing a
+leader; every handler is idempotent all the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import kopf
+
+from polyserve_operator import handlers, k8s, settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="polyserve-operator", description=__doc__)
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        help="kopf's liveness endpoint for the pod's probe",
+    )
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    cfg = settings.Settings()
+    client = k8s.connect(cfg.kubeconfig, cfg.field_manager)
+    registry = handlers.build(cfg, client)
+    try:
+        asyncio.run(
+            kopf.operator(
+                registry=registry,
+                clusterwide=True,
+                standalone=True,
+                liveness_endpoint=args.liveness,
+            )
+        )
+    finally:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
