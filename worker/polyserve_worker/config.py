@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 from google.protobuf import json_format, text_format
+from google.protobuf.descriptor import FieldDescriptor
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tritonclient.grpc import model_config_pb2
 
@@ -254,9 +255,45 @@ def read(model_dir: Path) -> Any:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """JSON form with proto field names, as Triton's config endpoint returns it."""
+    """JSON form with proto field names, as Triton's config endpoint returns it.
+
+    protobuf's JSON mapping writes 64-bit integers as strings; Triton writes numbers, and
+    clients such as perf_analyzer read ``dims`` as numbers, so convert them back.
+    """
     result: dict[str, Any] = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    _int64_to_numbers(config.DESCRIPTOR, result)
     return result
+
+
+_INT64_TYPES = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+
+
+def _int64_to_numbers(descriptor: Any, data: dict[str, Any]) -> None:
+    for key, value in data.items():
+        field = descriptor.fields_by_name.get(key)
+        if field is None:
+            continue
+        if field.message_type is not None:
+            if field.message_type.GetOptions().map_entry:
+                value_field = field.message_type.fields_by_name["value"]
+                for k, v in value.items():
+                    if value_field.message_type is not None:
+                        _int64_to_numbers(value_field.message_type, v)
+                    elif value_field.type in _INT64_TYPES:
+                        value[k] = int(v)
+            elif isinstance(value, list):
+                for item in value:
+                    _int64_to_numbers(field.message_type, item)
+            else:
+                _int64_to_numbers(field.message_type, value)
+        elif field.type in _INT64_TYPES:
+            data[key] = [int(v) for v in value] if isinstance(value, list) else int(value)
 
 
 def validate(config: Any) -> None:

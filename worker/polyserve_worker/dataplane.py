@@ -108,6 +108,10 @@ class DataPlane:
 
     # -- inference -----------------------------------------------------------------------
 
+    def require(self, name: str, version: str = "") -> None:
+        """Fail fast, before decoding a body, when the model cannot take requests."""
+        self.repository.resolve(name, version)
+
     async def infer(
         self,
         name: str,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,15 @@ class ModelEntry:
 
 
 class Repository:
-    def __init__(self, root: Path, clock: clocks.Clock | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        clock: clocks.Clock | None = None,
+        extra_backends: Mapping[str, base.Backend] | None = None,
+    ) -> None:
         self.root = root
         self._clock = clock or clocks.MonotonicClock()
+        self._extra_backends = dict(extra_backends or {})
         self._models: dict[str, ModelEntry] = {}
 
     # -- discovery -----------------------------------------------------------------------
@@ -156,8 +163,8 @@ class Repository:
                 f"such as {model_dir}/1/)"
             )
         latest_dir = model_dir / str(max(chosen))
-        backend_name = backends.resolve_name(config, latest_dir)
-        backend = backends.get(backend_name)
+        backend_name = backends.resolve_name(config, latest_dir, self._extra_backends)
+        backend = backends.get(backend_name, self._extra_backends)
         filename = config.default_model_filename or backend.default_filename
         for version in chosen:
             path = model_dir / str(version) / filename

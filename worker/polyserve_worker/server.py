@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from polyserve_worker import clock as clocks
 from polyserve_worker import dataplane, errors, metrics, repository
+from polyserve_worker.backends import base
 from polyserve_worker.settings import WorkerSettings
 from polyserve_worker.transport import grpc as grpc_transport
 from polyserve_worker.transport import rest
@@ -24,9 +26,14 @@ logger = logging.getLogger(__name__)
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings, clock: clocks.Clock | None = None) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        clock: clocks.Clock | None = None,
+        extra_backends: Mapping[str, base.Backend] | None = None,
+    ) -> None:
         self.settings = settings
-        self.repository = repository.Repository(settings.model_repository, clock)
+        self.repository = repository.Repository(settings.model_repository, clock, extra_backends)
         self.core = dataplane.DataPlane(
             self.repository,
             strict_readiness=settings.strict_readiness,

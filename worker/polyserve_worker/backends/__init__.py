@@ -8,6 +8,7 @@ advice on which extra to install while the rest keep serving.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,13 @@ KNOWN_ELSEWHERE = {
 _loaded: dict[str, base.Backend] = {}
 
 
-def resolve_name(config: Any, version_dir: Path | None) -> str:
+def resolve_name(
+    config: Any, version_dir: Path | None, extra: Mapping[str, base.Backend] | None = None
+) -> str:
     """The backend a config asks for, or the one its model file implies."""
     name = config.backend or PLATFORMS.get(config.platform, "")
+    if extra and name in extra:
+        return name
     if not name and config.platform and config.platform in REGISTRY:
         name = config.platform
     if name:
@@ -68,8 +73,13 @@ def resolve_name(config: Any, version_dir: Path | None) -> str:
     )
 
 
-def get(name: str) -> base.Backend:
-    """The backend object for ``name``, importing its framework on first use."""
+def get(name: str, extra: Mapping[str, base.Backend] | None = None) -> base.Backend:
+    """The backend object for ``name``, importing its framework on first use.
+
+    ``extra`` adds backends that are not in the registry (tests inject honest fakes here).
+    """
+    if extra and name in extra:
+        return extra[name]
     if name in _loaded:
         return _loaded[name]
     module_name, class_name, extra, _ = REGISTRY[name]

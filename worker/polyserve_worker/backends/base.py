@@ -153,7 +153,6 @@ class BlockingInstance(ABC):
     def _failure(self, exc: Exception) -> errors.PolyserveError:
         if isinstance(exc, errors.PolyserveError):
             return exc
-        logger.warning("model '%s' failed to execute: %s", self.model_name, exc)
         error = errors.ServerError(f"model '{self.model_name}' failed to execute: {exc}")
         error.__cause__ = exc
         return error

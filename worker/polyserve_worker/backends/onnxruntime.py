@@ -9,14 +9,17 @@ The only module that imports onnxruntime. Thread counts come from the model's
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from polyserve_worker import config as model_config
-from polyserve_worker import errors
+from polyserve_worker import errors, tensors
 from polyserve_worker.backends import base
 from polyserve_worker.tensors import Array
 
@@ -24,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 #: Triton's default for autocompleted models that batch (--backend-config default-max-batch-size).
 DEFAULT_MAX_BATCH_SIZE = 4
+_ONNX_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
 
 # ONNX Runtime element type strings -> Triton config types.
 _ORT_TYPES = {
@@ -117,6 +121,10 @@ class OnnxRuntimeInstance(base.BlockingInstance):
             ) from exc
         self._input_names = {t.name for t in self._session.get_inputs()}
         self._all_outputs = [t.name for t in self._session.get_outputs()]
+        self._bf16 = any(
+            t.type == "tensor(bfloat16)"
+            for t in (*self._session.get_inputs(), *self._session.get_outputs())
+        )
         logger.info(
             "model '%s' instance %s: providers %s, %d intra-op threads",
             config.name,
@@ -127,12 +135,68 @@ class OnnxRuntimeInstance(base.BlockingInstance):
 
     def run(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> base.Outputs:
         names = list(outputs) or self._all_outputs
-        feed = {name: array for name, array in inputs.items() if name in self._input_names}
+        feed = {
+            name: _to_ort_strings(name, array) if array.dtype == object else array
+            for name, array in inputs.items()
+            if name in self._input_names
+        }
+        if self._bf16:
+            return self._run_bf16(feed, names)
         produced = self._session.run(names, feed)
-        return dict(zip(names, produced, strict=True))
+        return {
+            name: _from_ort_strings(array) if array.dtype == object else array
+            for name, array in zip(names, produced, strict=True)
+        }
+
+    def _run_bf16(self, feed: dict[str, Array], names: list[str]) -> base.Outputs:
+        # ONNX Runtime's Python API has no numpy bfloat16: pass BF16 tensors as OrtValues
+        # of raw uint16 and read BF16 outputs back from their buffers.
+        ort = _ort()
+        values = {
+            name: ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                np.ascontiguousarray(array).view(np.uint16), _ONNX_BFLOAT16
+            )
+            if array.dtype == tensors.BF16
+            else ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+            for name, array in feed.items()
+        }
+        produced = self._session.run_with_ort_values(names, values)
+        result: base.Outputs = {}
+        for name, value in zip(names, produced, strict=True):
+            if value.data_type() == "tensor(bfloat16)":
+                count = int(np.prod(value.shape()))
+                buffer = (ctypes.c_uint16 * count).from_address(value.data_ptr())
+                raw = np.ctypeslib.as_array(buffer).copy()
+                result[name] = raw.view(tensors.BF16).reshape(value.shape())
+            else:
+                result[name] = value.numpy()
+        return result
 
     def release(self) -> None:
         del self._session
+
+
+def _to_ort_strings(name: str, array: Array) -> Array:
+    # ONNX Runtime string tensors take Python str (it would str() a bytes object).
+    out = np.empty(array.shape, dtype=object)
+    flat_in = array.reshape(-1)
+    flat_out = out.reshape(-1)
+    for i, item in enumerate(flat_in):
+        try:
+            flat_out[i] = item.decode() if isinstance(item, bytes) else str(item)
+        except UnicodeDecodeError as exc:
+            raise errors.InvalidArgument(
+                f"input '{name}': ONNX Runtime string tensors must be UTF-8 text"
+            ) from exc
+    return out
+
+
+def _from_ort_strings(array: Array) -> Array:
+    out = np.empty(array.shape, dtype=object)
+    flat_out = out.reshape(-1)
+    for i, item in enumerate(array.reshape(-1)):
+        flat_out[i] = item.encode() if isinstance(item, str) else bytes(item)
+    return out
 
 
 def _providers(ort: Any, config: Any, instance: base.InstanceSpec) -> list[Any]:

@@ -210,6 +210,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return await _guard(context, call)
 
     async def _infer(self, request: Any) -> Any:
+        self.core.require(request.model_name, request.model_version)
         inputs, outputs, params = decode_request(request)
         result = await self.core.infer(
             request.model_name, request.model_version, inputs, outputs, params, request.id

@@ -59,10 +59,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except errors.PolyserveError as exc:
         status = status_of(exc)
-        if status >= 500 and not isinstance(exc, errors.ClientError):
-            logger.error("%s %s failed: %s", request.method, request.path, exc)
-        else:
-            logger.debug("%s %s refused (%d): %s", request.method, request.path, status, exc)
+        # Server faults were logged once where they happened (the dataplane).
+        logger.debug("%s %s answered %d: %s", request.method, request.path, status, exc)
         return error_response(status, str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(413, f"request body too large: {exc.text}")
@@ -171,6 +169,7 @@ class RestServer:
 
     async def infer(self, request: web.Request) -> web.StreamResponse:
         name, version = _model(request)
+        self.core.require(name, version)
         content_type = request.content_type if request.headers.get("Content-Type") else ""
         if content_type not in _ACCEPTED_TYPES:
             raise errors.InvalidArgument(

@@ -1,0 +1,105 @@
+"""Fixtures: a real worker on 127.0.0.1 port 0, in its own thread and event loop.
+
+The worker runs on a background loop so tests can drive it with tritonclient's ordinary
+(blocking) clients, exactly as users do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from polyserve_worker import server
+from polyserve_worker.backends import base
+from polyserve_worker.settings import WorkerSettings
+
+
+@dataclass
+class RunningWorker:
+    worker: server.Worker
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def http(self) -> str:
+        return f"127.0.0.1:{self.worker.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.worker.grpc_port}"
+
+    @property
+    def metrics(self) -> str:
+        return f"http://127.0.0.1:{self.worker.metrics_port}/metrics"
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the worker's loop and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+class WorkerThread:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        extra_backends: Mapping[str, base.Backend] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.extra_backends = extra_backends
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="worker-loop", daemon=True)
+
+    def start(self) -> RunningWorker:
+        self.thread.start()
+        started: Future[server.Worker] = asyncio.run_coroutine_threadsafe(self._start(), self.loop)
+        self.worker = started.result(60)
+        return RunningWorker(self.worker, self.loop)
+
+    async def _start(self) -> server.Worker:
+        worker = server.Worker(self.settings, extra_backends=self.extra_backends)
+        await worker.start()
+        return worker
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.worker.stop(), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def settings_for(repo: Path, **overrides: Any) -> WorkerSettings:
+    values: dict[str, Any] = {
+        "model_repository": repo,
+        "host": "127.0.0.1",
+        "http_port": 0,
+        "grpc_port": 0,
+        "metrics_port": 0,
+        "exit_timeout_secs": 5,
+    }
+    values.update(overrides)
+    return WorkerSettings(**values)
+
+
+StartWorker = Callable[..., RunningWorker]
+
+
+@pytest.fixture
+def start_worker() -> Iterator[StartWorker]:
+    """Start workers on a repository; every one is stopped at teardown."""
+    threads: list[WorkerThread] = []
+
+    def start(
+        repo: Path, extra_backends: Mapping[str, base.Backend] | None = None, **overrides: Any
+    ) -> RunningWorker:
+        thread = WorkerThread(settings_for(repo, **overrides), extra_backends)
+        threads.append(thread)
+        return thread.start()
+
+    yield start
+    for thread in threads:
+        thread.stop()
