@@ -112,3 +112,17 @@ def scale_versions(root: Path, versions: dict[int, float], policy: str = "") -> 
     config = "max_batch_size: 4\n" + (f"version_policy: {policy}\n" if policy else "")
     (root / "scale" / "config.yaml").write_text(config)
     return root
+
+
+def mlp_like(path: Path, width: int = 1024, seed: int = 0) -> None:
+    """A 4 MB fully connected layer: enough weight to make a leaked session visible."""
+    rng = np.random.default_rng(seed)
+    weights = rng.standard_normal((width, width)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["INPUT0", "w"], ["OUTPUT0"])],
+        "mlp_like",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)

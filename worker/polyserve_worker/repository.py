@@ -89,6 +89,8 @@ class Repository:
 
     async def load(self, name: str, override: Any | None = None) -> None:
         """Load (or reload) a model; raises ModelLoadError and records the reason."""
+        if not (self.root / name).is_dir() or name.startswith(".") or "/" in name:
+            raise errors.NotFound(f"no model '{name}' in repository {self.root}")
         entry = self._models.setdefault(name, ModelEntry(name))
         async with entry.lock:
             previous = dict(entry.versions)
@@ -129,8 +131,9 @@ class Repository:
             logger.info("model '%s' unloaded", name)
 
     async def close(self) -> None:
-        for name in list(self._models):
-            await self.unload(name)
+        for name, entry in list(self._models.items()):
+            if entry.versions:
+                await self.unload(name)
 
     async def _retire(self, versions: Any) -> None:
         for served in versions:

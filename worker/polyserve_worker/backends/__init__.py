@@ -44,11 +44,9 @@ def resolve_name(
     config: Any, version_dir: Path | None, extra: Mapping[str, base.Backend] | None = None
 ) -> str:
     """The backend a config asks for, or the one its model file implies."""
-    name = config.backend or PLATFORMS.get(config.platform, "")
+    name = config.backend or PLATFORMS.get(config.platform, config.platform)
     if extra and name in extra:
         return name
-    if not name and config.platform and config.platform in REGISTRY:
-        name = config.platform
     if name:
         if name not in REGISTRY:
             if name in KNOWN_ELSEWHERE or config.platform in KNOWN_ELSEWHERE:

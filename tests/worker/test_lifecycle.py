@@ -1,0 +1,176 @@
+"""Kubernetes-facing lifecycle: live vs ready, required models, draining on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from polyserve_worker.backends import base
+from polyserve_worker.tensors import Array
+from tests.worker import models
+from tests.worker.conftest import StartWorker
+
+
+def status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_readiness_follows_required_models_only(tmp_path: Path, start_worker: StartWorker) -> None:
+    models.triton_repository(tmp_path)
+    models.scale_versions(tmp_path, {1: 1.0})
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"junk")
+    worker = start_worker(tmp_path, model_control_mode="explicit", load_model=("simple",))
+    client = httpclient.InferenceServerClient(worker.http)
+    assert client.is_server_live() and client.is_server_ready()
+    client.load_model("scale")
+    with pytest.raises(Exception, match="broken"):
+        client.load_model("broken")
+    assert client.is_server_ready(), "an optional model's failure must not flip readiness"
+    client.unload_model("scale")
+    assert client.is_server_ready()
+    client.unload_model("simple")
+    assert client.is_server_live()
+    assert not client.is_server_ready(), "unloading a required model must flip readiness"
+    assert status(f"http://{worker.http}/v2/health/ready") == 503
+
+
+def test_a_failed_required_model_keeps_the_server_unready_but_live(tmp_path: Path, start_worker: StartWorker) -> None:
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"junk")
+    models.scale_versions(tmp_path, {1: 1.0})
+    worker = start_worker(tmp_path, required_model=("broken",))
+    client = httpclient.InferenceServerClient(worker.http)
+    assert client.is_server_live()
+    assert not client.is_server_ready()
+    assert client.is_model_ready("scale")
+    relaxed = start_worker(tmp_path, required_model=("broken",), strict_readiness=False)
+    assert httpclient.InferenceServerClient(relaxed.http).is_server_ready()
+
+
+class GatedBackend:
+    """Doubles its input, but only once the test opens the gate (to hold requests in flight)."""
+
+    name = "gated"
+    default_filename = "model.txt"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+
+    def complete_config(self, config: Any, model_path: Path) -> None:
+        pass
+
+    async def load(self, config: Any, model_path: Path, instance: base.InstanceSpec) -> base.ModelInstance:
+        return GatedInstance(self.gate)
+
+
+class GatedInstance(base.BlockingInstance):
+    def __init__(self, gate: threading.Event) -> None:
+        super().__init__("gated", batched=True)
+        self.gate = gate
+
+    def run(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> base.Outputs:
+        self.gate.wait(30)
+        return {"OUTPUT0": inputs["INPUT0"] * 2}
+
+
+GATED_CONFIG = """
+backend: gated
+max_batch_size: 4
+input: [{name: INPUT0, data_type: TYPE_FP32, dims: [2]}]
+output: [{name: OUTPUT0, data_type: TYPE_FP32, dims: [2]}]
+"""
+
+
+def test_stop_refuses_new_requests_and_drains_those_in_flight(tmp_path: Path, start_worker: StartWorker) -> None:
+    (tmp_path / "gated" / "1").mkdir(parents=True)
+    (tmp_path / "gated" / "1" / "model.txt").write_text("fake")
+    (tmp_path / "gated" / "config.yaml").write_text(GATED_CONFIG)
+    backend = GatedBackend()
+    worker = start_worker(tmp_path, extra_backends={"gated": backend})
+    client = httpclient.InferenceServerClient(worker.http, concurrency=2)
+    inp = httpclient.InferInput("INPUT0", [1, 2], "FP32")
+    inp.set_data_from_numpy(np.array([[1.0, 2.0]], np.float32))
+    in_flight = client.async_infer("gated", [inp])
+    served = worker.worker.repository.resolve("gated")
+    deadline = time.monotonic() + 10
+    while served.batcher.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stopping = asyncio.run_coroutine_threadsafe(worker.worker.stop(), worker.loop)
+    deadline = time.monotonic() + 10
+    while worker.worker.core.ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert status(f"http://{worker.http}/v2/health/ready") == 503
+    with pytest.raises(Exception, match="shutting down"):
+        httpclient.InferenceServerClient(worker.http).infer("gated", [inp])
+    backend.gate.set()
+    np.testing.assert_array_equal(in_flight.get_result().as_numpy("OUTPUT0"), [[2.0, 4.0]])
+    stopping.result(30)
+    client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_worker_process_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
+    models.triton_repository(tmp_path)
+    http = free_port()
+    env = {**os.environ, "POLYSERVE_HTTP_PORT": str(http), "POLYSERVE_HOST": "127.0.0.1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "polyserve_worker.main",
+            "--model-repository",
+            str(tmp_path),
+            "--grpc-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if status(f"http://127.0.0.1:{http}/v2/health/ready") == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        else:
+            raise AssertionError("worker never became ready")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0
+        log = out.decode()
+        assert "draining" in log and "worker stopped" in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
