@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def mlp_model(seed: int = 0) -> onnx.ModelProto:
     sizes = [256, 1024, 1024, 10]
     nodes, inits = [], []
     current = "INPUT0"
-    for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         inits.append(_init(f"w{i}", rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)))
         inits.append(_init(f"b{i}", rng.standard_normal(fan_out) * 0.01))
         out = "OUTPUT0" if i == len(sizes) - 2 else f"h{i}"

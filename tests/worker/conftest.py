@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from polyserve_worker import server
 from polyserve_worker.backends import base
 from polyserve_worker.settings import WorkerSettings
@@ -52,7 +51,9 @@ class WorkerThread:
         self.settings = settings
         self.extra_backends = extra_backends
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="worker-loop", daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="worker-loop", daemon=True
+        )
 
     def start(self) -> RunningWorker:
         self.thread.start()

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from polyserve_worker import batching, errors, stats
 from polyserve_worker.backends import base
 from polyserve_worker.clock import FakeClock
@@ -25,7 +24,9 @@ class SumInstance:
         self.gate.set()
         self.log: list[tuple[str, list[int]]] = []
 
-    async def execute(self, requests: Sequence[Mapping[str, Array]], outputs: Sequence[str]) -> base.ExecuteResult:
+    async def execute(
+        self, requests: Sequence[Mapping[str, Array]], outputs: Sequence[str]
+    ) -> base.ExecuteResult:
         self.batches.append([int(r["x"].shape[0]) for r in requests])
         await self.gate.wait()
         results: list[base.Outputs | errors.PolyserveError] = [
@@ -37,12 +38,12 @@ class SumInstance:
         pass
 
 
-def make(
-    instances: Sequence[Any], clock: FakeClock, **policy: Any
-) -> batching.Batcher:
+def make(instances: Sequence[Any], clock: FakeClock, **policy: Any) -> batching.Batcher:
     defaults: dict[str, Any] = {"max_batch_size": 8, "dynamic": True}
     defaults.update(policy)
-    batcher = batching.Batcher("m", batching.Policy(**defaults), instances, stats.ModelStats("m", "1"), clock)
+    batcher = batching.Batcher(
+        "m", batching.Policy(**defaults), instances, stats.ModelStats("m", "1"), clock
+    )
     batcher.start()
     return batcher
 
@@ -57,7 +58,9 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def submit(batcher: batching.Batcher, value: float, batch: int = 1, **kw: Any) -> asyncio.Task[base.Outputs]:
+def submit(
+    batcher: batching.Batcher, value: float, batch: int = 1, **kw: Any
+) -> asyncio.Task[base.Outputs]:
     return asyncio.create_task(batcher.submit(x(value, batch), (), batch, **kw))
 
 
@@ -66,7 +69,9 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-async def test_requests_arriving_while_the_instance_is_busy_form_one_batch(clock: FakeClock) -> None:
+async def test_requests_arriving_while_the_instance_is_busy_form_one_batch(
+    clock: FakeClock,
+) -> None:
     inst = SumInstance()
     inst.gate.clear()
     b = make([inst], clock)
@@ -322,7 +327,9 @@ class NegativeFails(base.BlockingInstance):
         return {"y": inputs["x"] * 2}
 
 
-async def test_a_failure_the_backend_pins_on_one_request_fails_only_that_request(clock: FakeClock) -> None:
+async def test_a_failure_the_backend_pins_on_one_request_fails_only_that_request(
+    clock: FakeClock,
+) -> None:
     inst = NegativeFails()
     result = await inst.execute([x(1), x(-1), x(3, batch=2)], [])
     good, bad, other = result.results

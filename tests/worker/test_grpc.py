@@ -74,7 +74,9 @@ def test_infer_with_typed_contents(simple: RunningWorker) -> None:
     np.testing.assert_array_equal(out, np.arange(16) + 2)
 
 
-def test_stream_infer_answers_every_request_and_reports_errors_in_stream(simple: RunningWorker) -> None:
+def test_stream_infer_answers_every_request_and_reports_errors_in_stream(
+    simple: RunningWorker,
+) -> None:
     client = grpcclient.InferenceServerClient(simple.grpc)
     answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)))

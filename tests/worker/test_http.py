@@ -38,17 +38,24 @@ def raw(
         conn.close()
 
 
-def error_of(worker: RunningWorker, method: str, path: str, body: bytes | None = None, **kw: Any) -> tuple[int, str]:
+def error_of(
+    worker: RunningWorker, method: str, path: str, body: bytes | None = None, **kw: Any
+) -> tuple[int, str]:
     status, _, payload = raw(worker, method, path, body, **kw)
     doc = json.loads(payload)
     assert set(doc) == {"error"}, doc
     return status, doc["error"]
 
 
-def simple_inputs(batch: int = 1, binary: bool = True) -> tuple[list[httpclient.InferInput], np.ndarray, np.ndarray]:
+def simple_inputs(
+    batch: int = 1, binary: bool = True
+) -> tuple[list[httpclient.InferInput], np.ndarray, np.ndarray]:
     a = np.arange(16 * batch, dtype=np.int32).reshape(batch, 16)
     b = np.ones((batch, 16), dtype=np.int32)
-    inputs = [httpclient.InferInput("INPUT0", a.shape, "INT32"), httpclient.InferInput("INPUT1", b.shape, "INT32")]
+    inputs = [
+        httpclient.InferInput("INPUT0", a.shape, "INT32"),
+        httpclient.InferInput("INPUT1", b.shape, "INT32"),
+    ]
     inputs[0].set_data_from_numpy(a, binary_data=binary)
     inputs[1].set_data_from_numpy(b, binary_data=binary)
     return inputs, a, b
@@ -77,7 +84,9 @@ def test_health_metadata_and_config_follow_the_protocol(simple: RunningWorker) -
 def test_infer_returns_sum_and_difference(simple: RunningWorker, binary: bool) -> None:
     client = httpclient.InferenceServerClient(simple.http)
     inputs, a, b = simple_inputs(batch=3, binary=binary)
-    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("OUTPUT0", "OUTPUT1")]
+    outputs = [
+        httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("OUTPUT0", "OUTPUT1")
+    ]
     result = client.infer("simple", inputs, outputs=outputs, request_id="req-7")
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
@@ -132,7 +141,10 @@ def test_concurrent_requests_are_batched_and_split_back(simple: RunningWorker) -
     for i in range(32):
         a = np.full((1, 16), i, dtype=np.int32)
         b = np.arange(16, dtype=np.int32).reshape(1, 16)
-        inputs = [httpclient.InferInput("INPUT0", [1, 16], "INT32"), httpclient.InferInput("INPUT1", [1, 16], "INT32")]
+        inputs = [
+            httpclient.InferInput("INPUT0", [1, 16], "INT32"),
+            httpclient.InferInput("INPUT1", [1, 16], "INT32"),
+        ]
         inputs[0].set_data_from_numpy(a)
         inputs[1].set_data_from_numpy(b)
         pending.append(client.async_infer("simple", inputs))
@@ -161,6 +173,11 @@ def test_model_ready_of_unknown_model_is_404(simple: RunningWorker) -> None:
     assert not client.is_model_ready("nope")
 
 
+def one_input(**fields: object) -> bytes:
+    """An infer body with one input INPUT0 built from ``fields``."""
+    return json.dumps({"inputs": [{"name": "INPUT0", **fields}]}).encode()
+
+
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
@@ -168,15 +185,35 @@ def test_model_ready_of_unknown_model_is_404(simple: RunningWorker) -> None:
         (b"[1, 2]", "JSON object"),
         (b"{}", "'inputs'"),
         (b'{"inputs": [{"name": "INPUT0"}]}', "'shape'"),
-        (b'{"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32"}]}', "neither 'data'"),
-        (b'{"inputs": [{"name": "INPUT0", "shape": [1, -16], "datatype": "INT32", "data": []}]}', "negative"),
-        (b'{"inputs": [{"name": "INPUT0", "shape": [4000000, 4000000, 4000000], "datatype": "INT32", "data": []}]}', "more than"),
-        (b'{"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": [1, 2]}]}', "needs 16 elements"),
-        (b'{"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "WAT", "data": []}]}', "unknown datatype"),
-        (b'{"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": ["x"]}]}', "needs 16"),
+        (
+            b'{"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32"}]}',
+            "neither 'data'",
+        ),
+        (
+            one_input(shape=[1, -16], datatype="INT32", data=[]),
+            "negative",
+        ),
+        (
+            one_input(shape=[4000000, 4000000, 4000000], datatype="INT32", data=[]),
+            "more than",
+        ),
+        (
+            one_input(shape=[1, 16], datatype="INT32", data=[1, 2]),
+            "needs 16 elements",
+        ),
+        (
+            one_input(shape=[1, 16], datatype="WAT", data=[]),
+            "unknown datatype",
+        ),
+        (
+            one_input(shape=[1, 16], datatype="INT32", data=["x"]),
+            "needs 16",
+        ),
     ],
 )
-def test_malformed_requests_get_400_with_a_reason(simple: RunningWorker, body: bytes, fragment: str) -> None:
+def test_malformed_requests_get_400_with_a_reason(
+    simple: RunningWorker, body: bytes, fragment: str
+) -> None:
     status, message = error_of(simple, "POST", "/v2/models/simple/infer", body)
     assert status == 400
     assert fragment in message
@@ -198,10 +235,14 @@ def test_shape_mistakes_explain_the_batch_dimension(simple: RunningWorker) -> No
 
 def test_wrong_datatype_batch_size_and_names_are_400(simple: RunningWorker) -> None:
     def request(*inputs: dict[str, Any]) -> tuple[int, str]:
-        return error_of(simple, "POST", "/v2/models/simple/infer", json.dumps({"inputs": list(inputs)}).encode())
+        return error_of(
+            simple, "POST", "/v2/models/simple/infer", json.dumps({"inputs": list(inputs)}).encode()
+        )
 
     good = {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": [0] * 16}
-    status, message = request({"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0.0] * 16}, good)
+    status, message = request(
+        {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0.0] * 16}, good
+    )
     assert status == 400 and "expected INT32" in message
     big = {"name": "INPUT0", "shape": [9, 16], "datatype": "INT32", "data": [0] * 144}
     status, message = request(big, {**good, "shape": [9, 16], "data": [0] * 144})
@@ -218,25 +259,47 @@ def test_truncated_binary_payload_is_400(simple: RunningWorker) -> None:
     header = json.dumps(
         {
             "inputs": [
-                {"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "parameters": {"binary_data_size": 64}},
-                {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "parameters": {"binary_data_size": 64}},
+                {
+                    "name": "INPUT0",
+                    "shape": [1, 16],
+                    "datatype": "INT32",
+                    "parameters": {"binary_data_size": 64},
+                },
+                {
+                    "name": "INPUT1",
+                    "shape": [1, 16],
+                    "datatype": "INT32",
+                    "parameters": {"binary_data_size": 64},
+                },
             ]
         }
     ).encode()
     body = header + b"\0" * 100
     status, message = error_of(
-        simple, "POST", "/v2/models/simple/infer", body, headers={"Inference-Header-Content-Length": str(len(header))}
+        simple,
+        "POST",
+        "/v2/models/simple/infer",
+        body,
+        headers={"Inference-Header-Content-Length": str(len(header))},
     )
     assert status == 400 and "truncated" in message
     status, message = error_of(
-        simple, "POST", "/v2/models/simple/infer", body, headers={"Inference-Header-Content-Length": "99999"}
+        simple,
+        "POST",
+        "/v2/models/simple/infer",
+        body,
+        headers={"Inference-Header-Content-Length": "99999"},
     )
     assert status == 400 and "outside the body" in message
 
 
 def test_unsupported_content_type_is_400(simple: RunningWorker) -> None:
     status, message = error_of(
-        simple, "POST", "/v2/models/simple/infer", b"<xml/>", headers={"Content-Type": "application/xml"}
+        simple,
+        "POST",
+        "/v2/models/simple/infer",
+        b"<xml/>",
+        headers={"Content-Type": "application/xml"},
     )
     assert status == 400 and "Content-Type" in message
 

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-
 from polyserve_worker.backends import base
 from polyserve_worker.tensors import Array
+
 from tests.worker import models
 from tests.worker.conftest import StartWorker
 
@@ -54,7 +54,9 @@ def test_readiness_follows_required_models_only(tmp_path: Path, start_worker: St
     assert status(f"http://{worker.http}/v2/health/ready") == 503
 
 
-def test_a_failed_required_model_keeps_the_server_unready_but_live(tmp_path: Path, start_worker: StartWorker) -> None:
+def test_a_failed_required_model_keeps_the_server_unready_but_live(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
     (tmp_path / "broken" / "1").mkdir(parents=True)
     (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"junk")
     models.scale_versions(tmp_path, {1: 1.0})
@@ -79,7 +81,9 @@ class GatedBackend:
     def complete_config(self, config: Any, model_path: Path) -> None:
         pass
 
-    async def load(self, config: Any, model_path: Path, instance: base.InstanceSpec) -> base.ModelInstance:
+    async def load(
+        self, config: Any, model_path: Path, instance: base.InstanceSpec
+    ) -> base.ModelInstance:
         return GatedInstance(self.gate)
 
 
@@ -101,7 +105,9 @@ output: [{name: OUTPUT0, data_type: TYPE_FP32, dims: [2]}]
 """
 
 
-def test_stop_refuses_new_requests_and_drains_those_in_flight(tmp_path: Path, start_worker: StartWorker) -> None:
+def test_stop_refuses_new_requests_and_drains_those_in_flight(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
     (tmp_path / "gated" / "1").mkdir(parents=True)
     (tmp_path / "gated" / "1" / "model.txt").write_text("fake")
     (tmp_path / "gated" / "config.yaml").write_text(GATED_CONFIG)

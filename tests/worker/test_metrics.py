@@ -13,7 +13,9 @@ from tests.worker import models
 from tests.worker.conftest import StartWorker
 
 
-def test_metrics_use_triton_names_and_add_histograms(tmp_path: Path, start_worker: StartWorker) -> None:
+def test_metrics_use_triton_names_and_add_histograms(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
     worker = start_worker(models.triton_repository(tmp_path))
     client = httpclient.InferenceServerClient(worker.http)
     inputs = [httpclient.InferInput(n, [2, 16], "INT32") for n in ("INPUT0", "INPUT1")]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from polyserve_worker import errors, repository
 from tritonclient.utils import InferenceServerException
 
-from polyserve_worker import errors, repository
 from tests.worker import models
 from tests.worker.conftest import RunningWorker, StartWorker
 
@@ -37,16 +37,26 @@ def test_version_policy_all_and_specific(tmp_path: Path, start_worker: StartWork
     worker = start_worker(models.scale_versions(tmp_path / "a", {1: 1.0, 2: 2.0}, "{all: {}}"))
     assert scale_infer(worker, "1") == 1.0 and scale_infer(worker, "2") == 2.0
     worker = start_worker(
-        models.scale_versions(tmp_path / "b", {1: 1.0, 2: 2.0, 3: 3.0}, "{specific: {versions: [1, 3]}}")
+        models.scale_versions(
+            tmp_path / "b", {1: 1.0, 2: 2.0, 3: 3.0}, "{specific: {versions: [1, 3]}}"
+        )
     )
     client = httpclient.InferenceServerClient(worker.http)
     assert client.get_model_metadata("scale")["versions"] == ["1", "3"]
     assert scale_infer(worker) == 3.0
-    worker = start_worker(models.scale_versions(tmp_path / "c", {1: 1.0, 2: 2.0, 3: 3.0}, "{latest: {num_versions: 2}}"))
-    assert httpclient.InferenceServerClient(worker.http).get_model_metadata("scale")["versions"] == ["2", "3"]
+    worker = start_worker(
+        models.scale_versions(
+            tmp_path / "c", {1: 1.0, 2: 2.0, 3: 3.0}, "{latest: {num_versions: 2}}"
+        )
+    )
+    assert httpclient.InferenceServerClient(worker.http).get_model_metadata("scale")[
+        "versions"
+    ] == ["2", "3"]
 
 
-def test_a_triton_repository_with_config_pbtxt_serves_unchanged(tmp_path: Path, start_worker: StartWorker) -> None:
+def test_a_triton_repository_with_config_pbtxt_serves_unchanged(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
     worker = start_worker(models.triton_repository(tmp_path))
     client = grpcclient.InferenceServerClient(worker.grpc)
     config = client.get_model_config("simple").config
@@ -59,7 +69,9 @@ def test_a_triton_repository_with_config_pbtxt_serves_unchanged(tmp_path: Path, 
     np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), a * 2)
 
 
-def test_a_model_without_config_is_completed_from_the_model_file(tmp_path: Path, start_worker: StartWorker) -> None:
+def test_a_model_without_config_is_completed_from_the_model_file(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
     models.add_sub(tmp_path / "bare" / "1" / "model.onnx")
     worker = start_worker(tmp_path)
     config = httpclient.InferenceServerClient(worker.http).get_model_config("bare")
@@ -88,7 +100,9 @@ def test_a_broken_model_fails_alone_and_says_why(tmp_path: Path, start_worker: S
         client.get_model_metadata("broken")
 
 
-def test_an_unavailable_backend_names_what_to_install(tmp_path: Path, start_worker: StartWorker) -> None:
+def test_an_unavailable_backend_names_what_to_install(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
     (tmp_path / "tf" / "1").mkdir(parents=True)
     (tmp_path / "tf" / "config.pbtxt").write_text('platform: "tensorflow_savedmodel"')
     worker = start_worker(tmp_path, strict_readiness=False)
@@ -96,7 +110,9 @@ def test_an_unavailable_backend_names_what_to_install(tmp_path: Path, start_work
     assert "not available" in index[0]["reason"]
 
 
-def test_explicit_mode_loads_and_unloads_through_both_protocols(tmp_path: Path, start_worker: StartWorker) -> None:
+def test_explicit_mode_loads_and_unloads_through_both_protocols(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
     models.triton_repository(tmp_path)
     models.scale_versions(tmp_path, {1: 2.0})
     worker = start_worker(tmp_path, model_control_mode="explicit", load_model=("simple",))
@@ -118,16 +134,23 @@ def test_explicit_mode_loads_and_unloads_through_both_protocols(tmp_path: Path, 
         http.load_model("ghost")
 
 
-def test_load_with_a_config_override_replaces_the_config_on_disk(tmp_path: Path, start_worker: StartWorker) -> None:
+def test_load_with_a_config_override_replaces_the_config_on_disk(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
     models.scale_versions(tmp_path, {1: 1.0, 2: 2.0})
     worker = start_worker(tmp_path, model_control_mode="explicit")
     client = httpclient.InferenceServerClient(worker.http)
-    client.load_model("scale", config=json.dumps({"max_batch_size": 2, "version_policy": {"specific": {"versions": [1]}}}))
+    client.load_model(
+        "scale",
+        config=json.dumps({"max_batch_size": 2, "version_policy": {"specific": {"versions": [1]}}}),
+    )
     assert client.get_model_config("scale")["max_batch_size"] == 2
     assert scale_infer(worker) == 1.0
 
 
-def test_poll_mode_picks_up_new_changed_and_removed_models(tmp_path: Path, start_worker: StartWorker) -> None:
+def test_poll_mode_picks_up_new_changed_and_removed_models(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
     models.scale_versions(tmp_path, {1: 1.0})
     worker = start_worker(tmp_path, model_control_mode="poll", repository_poll_secs=0.1)
     client = httpclient.InferenceServerClient(worker.http)

@@ -7,14 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from polyserve_worker import config, errors, main, tensors
 
 
 def test_bytes_tensors_round_trip_through_the_length_prefixed_form() -> None:
     array = np.array([b"a", b"", b"\xff\x00"], dtype=object)
     raw = tensors.to_raw(array)
-    assert raw == struct.pack("<I", 1) + b"a" + struct.pack("<I", 0) + struct.pack("<I", 2) + b"\xff\x00"
+    assert (
+        raw
+        == struct.pack("<I", 1) + b"a" + struct.pack("<I", 0) + struct.pack("<I", 2) + b"\xff\x00"
+    )
     back = tensors.from_raw("x", raw, "BYTES", [3])
     assert list(back) == list(array)
 
@@ -98,10 +100,23 @@ def test_spec_renders_pbtxt_that_parses_back() -> None:
     assert message.input[0].data_type == config.model_config_pb2.TYPE_FP16
 
 
-def test_flags_override_environment_which_overrides_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_flags_override_environment_which_overrides_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("POLYSERVE_HTTP_PORT", "9000")
     monkeypatch.setenv("POLYSERVE_GRPC_PORT", "9001")
-    settings = main.settings_from(["--model-repository", str(tmp_path), "--grpc-port", "7001", "--load-model", "a", "--load-model", "b"])
+    settings = main.settings_from(
+        [
+            "--model-repository",
+            str(tmp_path),
+            "--grpc-port",
+            "7001",
+            "--load-model",
+            "a",
+            "--load-model",
+            "b",
+        ]
+    )
     assert settings.http_port == 9000
     assert settings.grpc_port == 7001
     assert settings.metrics_port == 8002

@@ -162,7 +162,9 @@ class Batcher:
         try:
             await asyncio.wait_for(self._idle.wait(), drain_timeout)
         except TimeoutError:
-            logger.warning("model '%s': %d requests still in flight at stop", self.model, self._in_flight)
+            logger.warning(
+                "model '%s': %d requests still in flight at stop", self.model, self._in_flight
+            )
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -17,7 +17,7 @@ import yaml
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import FieldDescriptor
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from tritonclient.grpc import model_config_pb2
+from tritonclient.grpc import model_config_pb2 as model_config_pb2  # re-exported
 
 from polyserve_worker import errors, tensors
 
@@ -327,8 +327,7 @@ def validate(config: Any) -> None:
         levels = batching.priority_levels
         if levels and not 1 <= batching.default_priority_level <= levels:
             raise errors.ModelLoadError(
-                f"{where}: default_priority_level must be between 1 and priority_levels "
-                f"({levels})"
+                f"{where}: default_priority_level must be between 1 and priority_levels ({levels})"
             )
         for level in batching.priority_queue_policy:
             if not 1 <= level <= levels:

@@ -20,21 +20,69 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # name, help, value getter
 _COUNTERS: tuple[tuple[str, str, Callable[[stats.ModelStats], float]], ...] = (
-    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes", lambda s: s.success.count),
-    ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes", lambda s: s.fail.count),
-    ("nv_inference_count", "Number of inferences performed (batch elements)", lambda s: s.inference_count),
-    ("nv_inference_exec_count", "Number of model executions performed (batches)", lambda s: s.execution_count),
-    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds", lambda s: (s.success.ns + s.fail.ns) // 1000),
-    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds", lambda s: s.queue.ns // 1000),
-    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds", lambda s: s.compute_input.ns // 1000),
-    ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds", lambda s: s.compute_infer.ns // 1000),
-    ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds", lambda s: s.compute_output.ns // 1000),
+    (
+        "nv_inference_request_success",
+        "Number of successful inference requests, all batch sizes",
+        lambda s: s.success.count,
+    ),
+    (
+        "nv_inference_request_failure",
+        "Number of failed inference requests, all batch sizes",
+        lambda s: s.fail.count,
+    ),
+    (
+        "nv_inference_count",
+        "Number of inferences performed (batch elements)",
+        lambda s: s.inference_count,
+    ),
+    (
+        "nv_inference_exec_count",
+        "Number of model executions performed (batches)",
+        lambda s: s.execution_count,
+    ),
+    (
+        "nv_inference_request_duration_us",
+        "Cumulative inference request duration in microseconds",
+        lambda s: (s.success.ns + s.fail.ns) // 1000,
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "Cumulative inference queuing duration in microseconds",
+        lambda s: s.queue.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_input_duration_us",
+        "Cumulative compute input duration in microseconds",
+        lambda s: s.compute_input.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative compute inference duration in microseconds",
+        lambda s: s.compute_infer.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "Cumulative inference compute output duration in microseconds",
+        lambda s: s.compute_output.ns // 1000,
+    ),
 )
 
 _HISTOGRAMS: tuple[tuple[str, str, Callable[[stats.ModelStats], stats.Histogram]], ...] = (
-    ("polyserve_request_duration_seconds", "End-to-end inference request duration", lambda s: s.request_seconds),
-    ("polyserve_queue_duration_seconds", "Time requests wait in the batcher's queue", lambda s: s.queue_seconds),
-    ("polyserve_compute_duration_seconds", "Backend execution time per batch", lambda s: s.compute_seconds),
+    (
+        "polyserve_request_duration_seconds",
+        "End-to-end inference request duration",
+        lambda s: s.request_seconds,
+    ),
+    (
+        "polyserve_queue_duration_seconds",
+        "Time requests wait in the batcher's queue",
+        lambda s: s.queue_seconds,
+    ),
+    (
+        "polyserve_compute_duration_seconds",
+        "Backend execution time per batch",
+        lambda s: s.compute_seconds,
+    ),
     ("polyserve_batch_size", "Batch size of each model execution", lambda s: s.batch_size),
 )
 
@@ -61,10 +109,10 @@ class StatsCollector:
         for s in versions:
             pending.add_metric([s.name, s.version], s.pending)
         yield pending
-        for name, help_text, getter in _HISTOGRAMS:
-            family = HistogramMetricFamily(name, help_text, labels=labels)
+        for hist_name, hist_help, hist_of in _HISTOGRAMS:
+            family = HistogramMetricFamily(hist_name, hist_help, labels=labels)
             for s in versions:
-                hist = getter(s)
+                hist = hist_of(s)
                 buckets = [(_bound(b), float(c)) for b, c in hist.cumulative()]
                 family.add_metric([s.name, s.version], buckets, hist.total)
             yield family
@@ -79,7 +127,7 @@ def _bound(value: float) -> str:
 def registry_for(source: Callable[[], Iterable[stats.ModelStats]]) -> CollectorRegistry:
     """A registry of our own, so several workers in one process never collide."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(source))  # type: ignore[arg-type]
+    registry.register(StatsCollector(source))
     return registry
 
 

@@ -117,7 +117,7 @@ class Repository:
 
     async def unload(self, name: str) -> None:
         entry = self._models.get(name)
-        if entry is None or entry.state == UNAVAILABLE and not entry.versions:
+        if entry is None or (entry.state == UNAVAILABLE and not entry.versions):
             if not (self.root / name).is_dir():
                 raise errors.NotFound(f"no model '{name}' in repository {self.root}")
             return
@@ -177,7 +177,9 @@ class Repository:
         if not config.backend:
             config.backend = backend_name
         if not config.instance_group:
-            config.instance_group.add(count=1, kind=model_config.model_config_pb2.ModelInstanceGroup.KIND_CPU)
+            config.instance_group.add(
+                count=1, kind=model_config.model_config_pb2.ModelInstanceGroup.KIND_CPU
+            )
         model_config.validate(config)
         policy = batching.Policy.from_config(config)
         built: dict[int, ServedVersion] = {}
@@ -194,7 +196,9 @@ class Repository:
             raise
         return config, built
 
-    async def _instances(self, backend: base.Backend, config: Any, path: Path) -> list[base.ModelInstance]:
+    async def _instances(
+        self, backend: base.Backend, config: Any, path: Path
+    ) -> list[base.ModelInstance]:
         group_kinds = model_config.model_config_pb2.ModelInstanceGroup.Kind
         instances: list[base.ModelInstance] = []
         try:
@@ -271,7 +275,14 @@ class Repository:
                 continue
             if entry.versions:
                 for version in sorted(entry.versions):
-                    rows.append({"name": name, "version": str(version), "state": entry.state, "reason": entry.reason})
+                    rows.append(
+                        {
+                            "name": name,
+                            "version": str(version),
+                            "state": entry.state,
+                            "reason": entry.reason,
+                        }
+                    )
             elif not ready_only:
                 rows.append({"name": name, "state": entry.state, "reason": entry.reason})
         if ready_only:

@@ -9,6 +9,7 @@ named and supervised.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -76,7 +77,9 @@ class Worker:
             self._spawn(self._poll(), "repository-poll")
 
     async def _serve(self, app: web.Application, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.exit_timeout_secs)
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=self.settings.exit_timeout_secs
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, port, reuse_port=False)
         await site.start()
@@ -91,10 +94,9 @@ class Worker:
         if s.model_control_mode == "explicit":
             names = names if "*" in s.load_model else list(s.load_model)
         for name in names:
-            try:
+            # A failure is recorded as the model's UNAVAILABLE reason and logged.
+            with contextlib.suppress(errors.PolyserveError):
                 await self.repository.load(name)
-            except errors.PolyserveError:
-                pass  # recorded as the model's UNAVAILABLE reason and logged
         self.core.required = set(s.required_model or names)
 
     async def _poll(self) -> None:
@@ -105,10 +107,8 @@ class Worker:
             for name in sorted(on_disk):
                 entry = entries.get(name)
                 if entry is None or entry.fingerprint != self.repository.fingerprint(name):
-                    try:
+                    with contextlib.suppress(errors.PolyserveError):
                         await self.repository.load(name)
-                    except errors.PolyserveError:
-                        pass
             for name, entry in entries.items():
                 if name not in on_disk and entry.versions:
                     await self.repository.unload(name)

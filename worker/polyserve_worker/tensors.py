@@ -132,8 +132,7 @@ def from_json(name: str, data: Any, datatype: str, shape: Sequence[int]) -> Arra
     flat = _flatten(data)
     if len(flat) != count:
         raise errors.InvalidArgument(
-            f"input '{name}': shape {list(dims)} needs {count} elements, "
-            f"got {len(flat)} in 'data'"
+            f"input '{name}': shape {list(dims)} needs {count} elements, got {len(flat)} in 'data'"
         )
     try:
         if datatype == "BYTES":
@@ -141,9 +140,8 @@ def from_json(name: str, data: Any, datatype: str, shape: Sequence[int]) -> Arra
             for i, item in enumerate(flat):
                 values[i] = item.encode() if isinstance(item, str) else bytes(item)
             return values.reshape(dims)
-        if datatype == "BOOL":
-            if not all(isinstance(v, bool) or v in (0, 1) for v in flat):
-                raise ValueError("BOOL data must be true/false")
+        if datatype == "BOOL" and not all(isinstance(v, bool) or v in (0, 1) for v in flat):
+            raise ValueError("BOOL data must be true/false")
         return np.asarray(flat, dtype=dtype).reshape(dims)
     except (TypeError, ValueError, OverflowError) as exc:
         raise errors.InvalidArgument(

@@ -17,7 +17,12 @@ from polyserve_worker.backends import base
 
 #: backend name -> (module, class, extra to install, default model file name)
 REGISTRY: dict[str, tuple[str, str, str, str]] = {
-    "onnxruntime": ("polyserve_worker.backends.onnxruntime", "OnnxRuntimeBackend", "onnx", "model.onnx"),
+    "onnxruntime": (
+        "polyserve_worker.backends.onnxruntime",
+        "OnnxRuntimeBackend",
+        "onnx",
+        "model.onnx",
+    ),
 }
 
 #: Triton platform names -> backend names.
@@ -46,7 +51,7 @@ def resolve_name(
     """The backend a config asks for, or the one its model file implies."""
     name = config.backend or PLATFORMS.get(config.platform, config.platform)
     if extra and name in extra:
-        return name
+        return str(name)
     if name:
         if name not in REGISTRY:
             if name in KNOWN_ELSEWHERE or config.platform in KNOWN_ELSEWHERE:
@@ -59,7 +64,7 @@ def resolve_name(
                 f"'{config.backend or config.platform}'; known: "
                 f"{', '.join(sorted({*REGISTRY, *PLATFORMS}))}"
             )
-        return name
+        return str(name)
     if version_dir is not None:
         for backend_name, (_, _, _, filename) in REGISTRY.items():
             if (version_dir / filename).exists():
@@ -80,12 +85,12 @@ def get(name: str, extra: Mapping[str, base.Backend] | None = None) -> base.Back
         return extra[name]
     if name in _loaded:
         return _loaded[name]
-    module_name, class_name, extra, _ = REGISTRY[name]
+    module_name, class_name, extra_name, _ = REGISTRY[name]
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise errors.ModelLoadError(
-            f"backend '{name}' cannot be imported ({exc}): pip install 'polyserve[{extra}]'"
+            f"backend '{name}' cannot be imported ({exc}): pip install 'polyserve[{extra_name}]'"
         ) from exc
     backend: base.Backend = getattr(module, class_name)()
     _loaded[name] = backend

@@ -72,7 +72,9 @@ class Backend(Protocol):
         """Fill inputs, outputs and max_batch_size the config leaves out (blocking)."""
         ...
 
-    async def load(self, config: Any, model_path: Path, instance: InstanceSpec) -> ModelInstance: ...
+    async def load(
+        self, config: Any, model_path: Path, instance: InstanceSpec
+    ) -> ModelInstance: ...
 
 
 class BlockingInstance(ABC):

@@ -73,15 +73,17 @@ class OnnxRuntimeBackend:
                 str(model_path), options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:
-            raise errors.ModelLoadError(f"{model_path}: ONNX Runtime cannot read it: {exc}") from exc
+            raise errors.ModelLoadError(
+                f"{model_path}: ONNX Runtime cannot read it: {exc}"
+            ) from exc
         inputs = session.get_inputs()
         outputs = session.get_outputs()
-        if config.max_batch_size == 0 and not config.input and not config.output:
-            # Triton's autocomplete: a leading dynamic dimension on every tensor means the
-            # model batches; serve it with a batcher of a moderate size.
-            if all(_leading_dynamic(t.shape) for t in (*inputs, *outputs)):
-                config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
-                config.dynamic_batching.SetInParent()
+        # Triton's autocomplete: a leading dynamic dimension on every tensor means the
+        # model batches; serve it with a batcher of a moderate size.
+        unconfigured = config.max_batch_size == 0 and not config.input and not config.output
+        if unconfigured and all(_leading_dynamic(t.shape) for t in (*inputs, *outputs)):
+            config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
+            config.dynamic_batching.SetInParent()
         batched = config.max_batch_size > 0
         if not config.input:
             for tensor in inputs:
@@ -210,7 +212,9 @@ def _providers(ort: Any, config: Any, instance: base.InstanceSpec) -> list[Any]:
             "'polyserve[onnx-gpu]' on a node with an NVIDIA GPU, or use KIND_CPU"
         )
     providers: list[Any] = []
-    accelerators = [a.name for a in config.optimization.execution_accelerators.gpu_execution_accelerator]
+    accelerators = [
+        a.name for a in config.optimization.execution_accelerators.gpu_execution_accelerator
+    ]
     if "tensorrt" in accelerators:
         if "TensorrtExecutionProvider" not in available:
             raise errors.ModelLoadError(
@@ -234,7 +238,9 @@ def _int_param(params: Mapping[str, str], key: str, default: int) -> int:
     try:
         return int(params[key])
     except ValueError as exc:
-        raise errors.ModelLoadError(f"parameter {key} must be an integer, got {params[key]!r}") from exc
+        raise errors.ModelLoadError(
+            f"parameter {key} must be an integer, got {params[key]!r}"
+        ) from exc
 
 
 def _leading_dynamic(shape: Sequence[Any]) -> bool:
@@ -256,4 +262,3 @@ def _fill(entry: Any, tensor: Any, batched: bool) -> None:
 def _config_enum(name: str) -> int:
     value: int = model_config.model_config_pb2.DataType.Value(name)
     return value
-

@@ -182,7 +182,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             )
             for key, target in (("inputs", response.inputs), ("outputs", response.outputs)):
                 for tensor in meta[key]:
-                    target.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+                    target.add(
+                        name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"]
+                    )
             return response
 
         return await _guard(context, call)
@@ -231,14 +233,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 await answers.put(pb.ModelStreamInferResponse(infer_response=response))
             except errors.PolyserveError as exc:
                 echo = pb.ModelInferResponse(
-                    id=request.id, model_name=request.model_name, model_version=request.model_version
+                    id=request.id,
+                    model_name=request.model_name,
+                    model_version=request.model_version,
                 )
                 await answers.put(
                     pb.ModelStreamInferResponse(error_message=str(exc), infer_response=echo)
                 )
             except Exception as exc:
                 logger.exception("stream request failed")
-                await answers.put(pb.ModelStreamInferResponse(error_message=f"internal error: {exc}"))
+                await answers.put(
+                    pb.ModelStreamInferResponse(error_message=f"internal error: {exc}")
+                )
 
         async def read() -> None:
             try:
