@@ -255,13 +255,15 @@ def build(cfg: settings.Settings, client: k8s.Client) -> kopf.OperatorRegistry:
     def reconcile_ensemble(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         reconciler.ensemble(body, patch)
 
-    @kopf.on.validate(*MODELS, id="validate-inferencemodel", registry=registry)
-    def admit_model(body: kopf.Body, **_: Any) -> None:
-        # Validation has no side effects, so dry-run requests are answered the same way.
-        reconciler.admit_model(body)
+    if cfg.webhook.enabled:  # kopf refuses to start with validators and no webhook server
 
-    @kopf.on.validate(*ENSEMBLES, id="validate-inferenceensemble", registry=registry)
-    def admit_ensemble(body: kopf.Body, **_: Any) -> None:
-        reconciler.admit_ensemble(body)
+        @kopf.on.validate(*MODELS, id="validate-inferencemodel", registry=registry)
+        def admit_model(body: kopf.Body, **_: Any) -> None:
+            # Validation has no side effects, so dry-run requests are answered the same way.
+            reconciler.admit_model(body)
+
+        @kopf.on.validate(*ENSEMBLES, id="validate-inferenceensemble", registry=registry)
+        def admit_ensemble(body: kopf.Body, **_: Any) -> None:
+            reconciler.admit_ensemble(body)
 
     return registry

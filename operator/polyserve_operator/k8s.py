@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 PLURALS = {
+    "Namespace": "namespaces",
     "ConfigMap": "configmaps",
     "Service": "services",
     "Pod": "pods",
@@ -128,6 +129,22 @@ class Client:
             query=[("fieldManager", self.field_manager), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
+
+    def patch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        body: Obj,
+        *,
+        subresource: str | None = None,
+    ) -> Obj | None:
+        """A JSON merge patch, optionally of a subresource such as ``status``."""
+        url = path(api_version, kind, namespace, name)
+        if subresource:
+            url += f"/{subresource}"
+        return self._call("PATCH", url, body=body, content_type="application/merge-patch+json")
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         """One object, or None when it does not exist."""
