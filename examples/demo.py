@@ -126,18 +126,18 @@ def main() -> int:
                 result, p50, p95 = timed(call)
                 answers.append(result)
                 top = int(np.argmax(result[0]))
+                first = [round(float(v), 4) for v in result[0, :3]]
                 print(
-                    f"   {label}: output {list(result.shape)}, argmax {top}, "
-                    f"first {[round(float(v), 4) for v in result[0, :3]]}, p50 {p50:.2f} ms, p95 {p95:.2f} ms"
+                    f"   {label}: output {list(result.shape)}, argmax {top}, first {first}, "
+                    f"p50 {p50:.2f} ms, p95 {p95:.2f} ms"
                 )
             for other in answers[1:]:
                 np.testing.assert_allclose(other, answers[0], rtol=1e-5, atol=1e-5)
             print("   all three protocols agree")
         stats = http.get_inference_statistics()["model_stats"]
         for s in stats:
-            print(
-                f"\n== {s['name']}: {s['inference_count']} inferences in {s['execution_count']} executions"
-            )
+            runs = f"{s['inference_count']} inferences in {s['execution_count']} executions"
+            print(f"\n== {s['name']}: {runs}")
     finally:
         print("\n== stopping the worker (SIGTERM)")
         proc.send_signal(signal.SIGTERM)
