@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -102,8 +103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    asyncio.run(_run(settings))
+    _event_loop_runner()(_run(settings))
     return 0
+
+
+def _event_loop_runner() -> Any:
+    """uvloop where installed (the worker extra brings it): it roughly doubles REST throughput
+    on the same cores by running the event loop and HTTP parsing in C."""
+    try:
+        import uvloop
+    except ImportError:
+        logger.info("uvloop not installed; using the standard asyncio event loop")
+        return asyncio.run
+    return uvloop.run
 
 
 if __name__ == "__main__":
