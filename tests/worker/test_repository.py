@@ -211,3 +211,17 @@ async def test_resolve_explains_missing_and_unready_models(tmp_path: Path) -> No
     with pytest.raises(errors.InvalidArgument, match="integer"):
         repo.resolve("scale", "latest")
     await repo.close()
+
+
+def test_a_precision_the_backend_cannot_run_fails_the_load_and_lists_alternatives(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    models.scale_versions(tmp_path, {1: 1.0})
+    (tmp_path / "scale" / "config.yaml").write_text(
+        "max_batch_size: 4\nparameters: {precision: bf16}\n"
+    )
+    worker = start_worker(tmp_path, strict_readiness=False)
+    index = httpclient.InferenceServerClient(worker.http).get_model_repository_index()
+    reason = index[0]["reason"]
+    assert "cannot run precision bf16 on KIND_CPU" in reason
+    assert "onnxruntime: KIND_CPU fp32" in reason

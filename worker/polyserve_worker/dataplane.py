@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from polyserve_worker import __version__, errors, repository, stats, tensors
+from polyserve_worker import __version__, backends, errors, repository, stats, tensors
 from polyserve_worker import config as model_config
 from polyserve_worker.tensors import Array
 
@@ -27,7 +27,6 @@ EXTENSIONS = (
     "statistics",
 )
 
-_PLATFORMS = {"onnxruntime": "onnxruntime_onnx"}
 _DATA_TYPES = model_config.model_config_pb2.DataType
 
 
@@ -92,7 +91,7 @@ class DataPlane:
         return {
             "name": name,
             "versions": [str(v) for v in sorted(entry.versions)],
-            "platform": config.platform or _PLATFORMS.get(config.backend, config.backend),
+            "platform": config.platform or backends.platform_of(config.backend),
             "inputs": [self._tensor_metadata(t, config) for t in config.input],
             "outputs": [self._tensor_metadata(t, config) for t in config.output],
         }

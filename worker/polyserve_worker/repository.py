@@ -181,6 +181,11 @@ class Repository:
                 count=1, kind=model_config.model_config_pb2.ModelInstanceGroup.KIND_CPU
             )
         model_config.validate(config)
+        if "precision" in config.parameters:
+            kinds = [_kind(g.kind) for g in config.instance_group]
+            backends.check_precision(
+                backend_name, config.parameters["precision"].string_value, kinds, name
+            )
         policy = batching.Policy.from_config(config)
         built: dict[int, ServedVersion] = {}
         try:
@@ -199,13 +204,10 @@ class Repository:
     async def _instances(
         self, backend: base.Backend, config: Any, path: Path
     ) -> list[base.ModelInstance]:
-        group_kinds = model_config.model_config_pb2.ModelInstanceGroup.Kind
         instances: list[base.ModelInstance] = []
         try:
             for g_index, group in enumerate(config.instance_group):
-                kind = group_kinds.Name(group.kind)
-                if kind == "KIND_AUTO":
-                    kind = "KIND_CPU"  # GPU placement is explicit: say KIND_GPU to get one
+                kind = _kind(group.kind)
                 devices = list(group.gpus) if kind == "KIND_GPU" and group.gpus else [0]
                 for device in devices:
                     for i in range(max(1, group.count)):
@@ -288,6 +290,12 @@ class Repository:
         if ready_only:
             rows = [r for r in rows if r.get("state") == READY]
         return rows
+
+
+def _kind(value: int) -> str:
+    kind = str(model_config.model_config_pb2.ModelInstanceGroup.Kind.Name(value))
+    # GPU placement is explicit: say KIND_GPU to get one.
+    return "KIND_CPU" if kind == "KIND_AUTO" else kind
 
 
 def _versions(model_dir: Path) -> set[int]:

@@ -2,35 +2,55 @@
 
 Framework modules are imported only when a model needs them, so a worker starts with just
 the frameworks its repository uses, and a missing framework fails that model's load with
-advice on which extra to install while the rest keep serving.
+advice on which extra to install while the rest keep serving. What each backend can do
+(file names, devices, precisions) is static data here, so a config can be checked and an
+error can list the alternatives without importing any framework.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from polyserve_worker import errors
 from polyserve_worker.backends import base
 
-#: backend name -> (module, class, extra to install, default model file name)
-REGISTRY: dict[str, tuple[str, str, str, str]] = {
-    "onnxruntime": (
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    module: str
+    cls: str
+    extra: str  # pip extra that installs the framework
+    filename: str  # Triton's default model file (or directory) name
+    platform: str  # Triton's platform name
+    #: instance kind -> precisions the backend can run there
+    precisions: Mapping[str, frozenset[str]]
+
+
+def _p(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+REGISTRY: dict[str, BackendInfo] = {
+    "onnxruntime": BackendInfo(
         "polyserve_worker.backends.onnxruntime",
         "OnnxRuntimeBackend",
         "onnx",
         "model.onnx",
+        "onnxruntime_onnx",
+        {"KIND_CPU": _p("fp32"), "KIND_GPU": _p("fp32", "fp16")},
     ),
 }
 
 #: Triton platform names -> backend names.
-PLATFORMS: dict[str, str] = {
-    "onnxruntime_onnx": "onnxruntime",
-}
+PLATFORMS: dict[str, str] = {info.platform: name for name, info in REGISTRY.items()}
 
-#: Backends that exist in Triton but not (yet) here: a clear answer instead of a guess.
+#: Backends Triton has that this worker does not: a clear answer instead of a guess.
 KNOWN_ELSEWHERE = {
     "pytorch_libtorch": "pytorch",
     "pytorch": "pytorch",
@@ -49,9 +69,9 @@ def resolve_name(
     config: Any, version_dir: Path | None, extra: Mapping[str, base.Backend] | None = None
 ) -> str:
     """The backend a config asks for, or the one its model file implies."""
-    name = config.backend or PLATFORMS.get(config.platform, config.platform)
+    name = str(config.backend or PLATFORMS.get(config.platform, config.platform))
     if extra and name in extra:
-        return str(name)
+        return name
     if name:
         if name not in REGISTRY:
             if name in KNOWN_ELSEWHERE or config.platform in KNOWN_ELSEWHERE:
@@ -64,16 +84,44 @@ def resolve_name(
                 f"'{config.backend or config.platform}'; known: "
                 f"{', '.join(sorted({*REGISTRY, *PLATFORMS}))}"
             )
-        return str(name)
+        return name
     if version_dir is not None:
-        for backend_name, (_, _, _, filename) in REGISTRY.items():
-            if (version_dir / filename).exists():
+        for backend_name, info in REGISTRY.items():
+            if (version_dir / info.filename).exists():
                 return backend_name
     raise errors.ModelLoadError(
         f"model '{config.name}': cannot tell its framework; set 'backend' in its config "
         f"(one of {', '.join(sorted(REGISTRY))}) or name the file "
-        f"{' or '.join(v[3] for v in REGISTRY.values())}"
+        f"{' or '.join(info.filename for info in REGISTRY.values())}"
     )
+
+
+def check_precision(name: str, precision: str, kinds: list[str], model: str) -> None:
+    """Refuse a precision the backend cannot run on an instance kind, listing who can."""
+    if precision not in PRECISIONS:
+        raise errors.ModelLoadError(
+            f"model '{model}': precision '{precision}' is not one of {', '.join(PRECISIONS)}"
+        )
+    info = REGISTRY.get(name)
+    if info is None:
+        return  # an injected backend checks for itself
+    for kind in kinds:
+        if precision not in info.precisions.get(kind, frozenset()):
+            raise errors.ModelLoadError(
+                f"model '{model}': backend '{name}' cannot run precision {precision} on "
+                f"{kind}. Supported: {support_table()}"
+            )
+
+
+def support_table() -> str:
+    """'backend: KIND_CPU fp32, KIND_GPU fp16/fp32; ...' for error messages and docs."""
+    parts = []
+    for name, info in sorted(REGISTRY.items()):
+        kinds = ", ".join(
+            f"{kind} {'/'.join(sorted(p))}" for kind, p in sorted(info.precisions.items())
+        )
+        parts.append(f"{name}: {kinds}")
+    return "; ".join(parts)
 
 
 def get(name: str, extra: Mapping[str, base.Backend] | None = None) -> base.Backend:
@@ -85,13 +133,18 @@ def get(name: str, extra: Mapping[str, base.Backend] | None = None) -> base.Back
         return extra[name]
     if name in _loaded:
         return _loaded[name]
-    module_name, class_name, extra_name, _ = REGISTRY[name]
+    info = REGISTRY[name]
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(info.module)
     except ImportError as exc:
         raise errors.ModelLoadError(
-            f"backend '{name}' cannot be imported ({exc}): pip install 'polyserve[{extra_name}]'"
+            f"backend '{name}' cannot be imported ({exc}): pip install 'polyserve[{info.extra}]'"
         ) from exc
-    backend: base.Backend = getattr(module, class_name)()
+    backend: base.Backend = getattr(module, info.cls)()
     _loaded[name] = backend
     return backend
+
+
+def platform_of(name: str) -> str:
+    info = REGISTRY.get(name)
+    return info.platform if info else name
