@@ -124,29 +124,74 @@ class DataPlane:
             raise errors.Unavailable("the server is shutting down; retry on another replica")
         served = self.repository.resolve(name, version)
         params = parameters or {}
+        produced = await self._submit(served, inputs, outputs, params, log_failures=True)
+        ordered = {t.name: produced[t.name] for t in served.config.output if t.name in produced}
+        for extra in produced.keys() - ordered.keys():
+            ordered[extra] = produced[extra]
+        return InferResult(name, served.version, request_id, ordered)
+
+    async def _submit(
+        self,
+        served: repository.ServedVersion,
+        inputs: Mapping[str, Array],
+        outputs: Sequence[str],
+        params: Mapping[str, Any],
+        log_failures: bool,
+    ) -> dict[str, Array]:
+        """Validate and run one request on one model version (or ensemble), with statistics."""
         start = time.perf_counter_ns()
         model_inputs, batch_size = _validate_inputs(served.config, inputs)
         _validate_outputs(served.config, outputs)
         priority = _int_parameter(params, "priority", 0)
         timeout = _int_parameter(params, "timeout", -1)
         try:
-            produced = await served.batcher.submit(
-                model_inputs,
-                outputs,
-                batch_size,
-                priority=priority,
-                timeout_us=timeout if timeout >= 0 else None,
-            )
+            if served.ensemble is not None:
+                produced = await self._run_ensemble(
+                    served, model_inputs, outputs, priority, timeout
+                )
+                served.stats.record_execution(batch_size, 1, 0, time.perf_counter_ns() - start, 0)
+            else:
+                assert served.batcher is not None
+                produced = await served.batcher.submit(
+                    model_inputs,
+                    outputs,
+                    batch_size,
+                    priority=priority,
+                    timeout_us=timeout if timeout >= 0 else None,
+                )
         except BaseException as exc:
             served.stats.record_request(False, time.perf_counter_ns() - start)
-            if isinstance(exc, errors.ServerError):
-                logger.error("inference on '%s' failed: %s", name, exc)
+            if log_failures and isinstance(exc, errors.ServerError):
+                logger.error("inference on '%s' failed: %s", served.name, exc)
             raise
         served.stats.record_request(True, time.perf_counter_ns() - start)
-        ordered = {t.name: produced[t.name] for t in served.config.output if t.name in produced}
-        for extra in produced.keys() - ordered.keys():
-            ordered[extra] = produced[extra]
-        return InferResult(name, served.version, request_id, ordered)
+        return produced
+
+    async def _run_ensemble(
+        self,
+        served: repository.ServedVersion,
+        inputs: dict[str, Array],
+        outputs: Sequence[str],
+        priority: int,
+        timeout_us: int,
+    ) -> dict[str, Array]:
+        graph = served.ensemble
+        assert graph is not None
+        member_params = {"priority": priority} if priority else {}
+
+        async def call_member(
+            model: str, version: str, feed: dict[str, Array], wanted: list[str]
+        ) -> dict[str, Array]:
+            member = self.repository.resolve(model, version)
+            return await self._submit(member, feed, wanted, member_params, log_failures=False)
+
+        served.stats.pending += 1
+        try:
+            return await graph.run(
+                inputs, outputs, call_member, timeout_us / 1e6 if timeout_us >= 0 else None
+            )
+        finally:
+            served.stats.pending -= 1
 
     # -- statistics and repository -------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Any
 from polyserve_worker import backends, batching, errors, stats
 from polyserve_worker import clock as clocks
 from polyserve_worker import config as model_config
+from polyserve_worker import ensemble as ensembles
 from polyserve_worker.backends import base
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,13 @@ class ServedVersion:
     name: str
     version: str
     config: Any
-    batcher: batching.Batcher
+    batcher: batching.Batcher | None  # None for an ensemble, which runs its members'
     stats: stats.ModelStats
+    ensemble: ensembles.Ensemble | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self.batcher.in_flight if self.batcher else self.stats.pending
 
 
 @dataclass
@@ -60,6 +66,7 @@ class Repository:
         self.root = root
         self._clock = clock or clocks.MonotonicClock()
         self._extra_backends = dict(extra_backends or {})
+        self._loading: set[str] = set()  # ensembles being loaded, to refuse cycles
         self._models: dict[str, ModelEntry] = {}
 
     # -- discovery -----------------------------------------------------------------------
@@ -137,7 +144,8 @@ class Repository:
 
     async def _retire(self, versions: Any) -> None:
         for served in versions:
-            await served.batcher.stop()
+            if served.batcher is not None:
+                await served.batcher.stop()
         # Framework sessions hold large native buffers; release them now, not at some
         # later collection, so memory stays flat across load/unload cycles.
         gc.collect()
@@ -153,10 +161,8 @@ class Repository:
             raise errors.ModelLoadError(
                 f"model directory '{name}' holds a config named '{config.name}'; they must match"
             )
-        if config.platform == "ensemble" or config.HasField("ensemble_scheduling"):
-            raise errors.ModelLoadError(
-                f"model '{name}': ensembles are not supported by this worker version yet"
-            )
+        if ensembles.is_ensemble(config):
+            return config, await self._build_ensemble(name, config)
         available = _versions(model_dir)
         chosen = _select(config, available)
         if not chosen:
@@ -201,6 +207,38 @@ class Repository:
             raise
         return config, built
 
+    async def _build_ensemble(self, name: str, config: Any) -> dict[int, ServedVersion]:
+        """Validate the graph against its members, loading members that are not loaded."""
+        if name in self._loading:
+            raise errors.ModelLoadError(f"ensemble '{name}' contains itself (a cycle)")
+        config.platform = "ensemble"
+        graph = ensembles.Ensemble(config)
+        self._loading.add(name)
+        try:
+            for member in graph.members:
+                if member == name:
+                    raise errors.ModelLoadError(f"ensemble '{name}' lists itself as a step")
+                if not self.is_ready(member):
+                    try:
+                        await self.load(member)
+                    except errors.NotFound:
+                        raise errors.ModelLoadError(
+                            f"ensemble '{name}': member model '{member}' is not in the repository"
+                        ) from None
+                    except errors.PolyserveError as exc:
+                        raise errors.ModelLoadError(
+                            f"ensemble '{name}': member model '{member}' failed to load: {exc}"
+                        ) from exc
+        finally:
+            self._loading.discard(name)
+        graph.validate({m: self._models[m].config for m in graph.members})
+        versions = _versions(self.root / name) or {1}  # Triton wants an empty 1/; be lenient
+        version = max(versions)
+        served = ServedVersion(
+            name, str(version), config, None, stats.ModelStats(name, str(version)), graph
+        )
+        return {version: served}
+
     async def _instances(
         self, backend: base.Backend, config: Any, path: Path
     ) -> list[base.ModelInstance]:
@@ -239,6 +277,9 @@ class Repository:
         if entry.state != READY or not entry.versions:
             reason = f": {entry.reason}" if entry.reason else ""
             raise errors.Unavailable(f"model '{name}' is not ready ({entry.state}{reason})")
+        member = self.unready_member(name)
+        if member is not None:
+            raise errors.Unavailable(f"ensemble '{name}' is not ready: member {member}")
         if not version:
             return entry.versions[max(entry.versions)]
         try:
@@ -257,7 +298,28 @@ class Repository:
 
     def is_ready(self, name: str) -> bool:
         entry = self._models.get(name)
-        return entry is not None and entry.state == READY and bool(entry.versions)
+        if entry is None or entry.state != READY or not entry.versions:
+            return False
+        return self.unready_member(name) is None
+
+    def unready_member(self, name: str, seen: frozenset[str] = frozenset()) -> str | None:
+        """For an ensemble, the first member (at any depth) that is not ready."""
+        entry = self._models.get(name)
+        if entry is None or not entry.versions:
+            return None
+        graph = next(iter(entry.versions.values())).ensemble
+        if graph is None or name in seen:
+            return None
+        for member in graph.members:
+            member_entry = self._models.get(member)
+            if member_entry is None or member_entry.state != READY or not member_entry.versions:
+                state = member_entry.state if member_entry else UNAVAILABLE
+                reason = f": {member_entry.reason}" if member_entry and member_entry.reason else ""
+                return f"'{member}' is {state}{reason}"
+            deeper = self.unready_member(member, seen | {name})
+            if deeper is not None:
+                return deeper
+        return None
 
     def loaded(self) -> list[ServedVersion]:
         return [v for e in self._models.values() for v in e.versions.values()]

@@ -129,7 +129,7 @@ class Worker:
         self.core.accepting = False
         timeout = self.settings.exit_timeout_secs
         deadline = asyncio.get_running_loop().time() + timeout
-        while any(v.batcher.in_flight for v in self.repository.loaded()):
+        while any(v.in_flight for v in self.repository.loaded()):
             if asyncio.get_running_loop().time() > deadline:
                 logger.warning("exit timeout reached with requests still in flight")
                 break
