@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from polyserve_worker import __version__, backends, errors, repository, stats, tensors
+from polyserve_worker import __version__, backends, errors, repository, shm, stats, tensors
 from polyserve_worker import config as model_config
 from polyserve_worker.tensors import Array
 
@@ -47,8 +47,10 @@ class DataPlane:
         strict_readiness: bool = True,
         control_mode: str = "none",
         server_name: str = "polyserve",
+        shared_memory: shm.Registry | None = None,
     ) -> None:
         self.repository = repo
+        self.shm = shared_memory or shm.Registry(enabled=False)
         self.strict_readiness = strict_readiness
         self.control_mode = control_mode
         self.server_name = server_name
@@ -70,7 +72,10 @@ class DataPlane:
         return all(self.repository.is_ready(name) for name in self.required)
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": self.server_name, "version": __version__, "extensions": list(EXTENSIONS)}
+        extensions = list(EXTENSIONS)
+        if self.shm.enabled:
+            extensions.append("system_shared_memory")
+        return {"name": self.server_name, "version": __version__, "extensions": sorted(extensions)}
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:

@@ -45,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-timeout-secs", type=float, help="drain time on SIGTERM (default 30)")
     p.add_argument("--repository-poll-secs", type=float, help="poll interval (default 15)")
     p.add_argument("--http-max-input-size", type=int, help="largest request body in bytes")
+    p.add_argument(
+        "--allow-client-shm",
+        type=_bool,
+        nargs="?",
+        const=True,
+        help="serve system shared memory to clients on this node (default false)",
+    )
     p.add_argument("--log-verbose", type=int, help="1: log every batch and why it closed")
     return p
 

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from polyserve_worker import clock as clocks
-from polyserve_worker import dataplane, errors, metrics, repository
+from polyserve_worker import dataplane, errors, metrics, repository, shm
 from polyserve_worker.backends import base
 from polyserve_worker.settings import WorkerSettings
 from polyserve_worker.transport import grpc as grpc_transport
@@ -39,6 +39,7 @@ class Worker:
             self.repository,
             strict_readiness=settings.strict_readiness,
             control_mode=settings.model_control_mode,
+            shared_memory=shm.Registry(settings.allow_client_shm),
         )
         self.http_port = 0
         self.grpc_port = 0

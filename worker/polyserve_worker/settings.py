@@ -62,4 +62,11 @@ class WorkerSettings(BaseSettings):
         gt=0,
         description="Largest accepted request body in bytes (Triton's 64 MiB default).",
     )
+    allow_client_shm: bool = Field(
+        default=False,
+        description=(
+            "Serve the system shared memory extension. Off by default, as in Triton: a "
+            "registered region gives clients on this node access to worker memory mappings."
+        ),
+    )
     log_verbose: int = Field(default=0, ge=0, description="1 logs each batch and why it closed.")

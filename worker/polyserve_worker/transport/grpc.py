@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from polyserve_worker import dataplane, errors, tensors
+from polyserve_worker import dataplane, errors, shm, tensors
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ def _param_value(param: Any) -> Any:
 
 
 def decode_request(
-    request: Any,
-) -> tuple[dict[str, tensors.Array], list[str], dict[str, Any]]:
+    request: Any, lease: shm.Lease
+) -> tuple[dict[str, tensors.Array], list[str], dict[str, Any], dict[str, shm.Placement]]:
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise errors.InvalidArgument(
@@ -92,11 +92,11 @@ def decode_request(
         name = tensor.name
         if name in inputs:
             raise errors.InvalidArgument(f"input '{name}' appears twice")
-        if "shared_memory_region" in tensor.parameters:
-            raise errors.InvalidArgument(
-                f"input '{name}': shared memory is not enabled on this worker"
-            )
         shape = list(tensor.shape)
+        if "shared_memory_region" in tensor.parameters:
+            params = {k: _param_value(v) for k, v in tensor.parameters.items()}
+            inputs[name] = lease.read(name, params, tensor.datatype, shape)
+            continue
         if raw:
             if tensor.HasField("contents"):
                 raise errors.InvalidArgument(
@@ -127,19 +127,21 @@ def decode_request(
         else:
             inputs[name] = np.asarray(values, dtype=tensors.DTYPES[tensor.datatype]).reshape(dims)
     outputs = []
+    placements: dict[str, shm.Placement] = {}
     for output in request.outputs:
         if "shared_memory_region" in output.parameters:
-            raise errors.InvalidArgument(
-                f"output '{output.name}': shared memory is not enabled on this worker"
-            )
+            out_params = {k: _param_value(v) for k, v in output.parameters.items()}
+            placements[output.name] = lease.place(output.name, out_params)
         if "classification" in output.parameters:
             raise errors.Unsupported("the classification extension is not supported")
         outputs.append(output.name)
     params = {key: _param_value(value) for key, value in request.parameters.items()}
-    return inputs, outputs, params
+    return inputs, outputs, params, placements
 
 
-def encode_response(result: dataplane.InferResult) -> Any:
+def encode_response(
+    result: dataplane.InferResult, placements: dict[str, shm.Placement] | None = None
+) -> Any:
     response = pb.ModelInferResponse(
         model_name=result.model_name, model_version=result.model_version, id=result.id
     )
@@ -148,7 +150,16 @@ def encode_response(result: dataplane.InferResult) -> Any:
         out.name = name
         out.datatype = tensors.datatype_of(array)
         out.shape.extend(array.shape)
-        response.raw_output_contents.append(tensors.to_raw(array))
+        placement = placements.get(name) if placements else None
+        if placement is None:
+            response.raw_output_contents.append(tensors.to_raw(array))
+            continue
+        for key, value in placement.write(name, array).items():
+            if isinstance(value, str):
+                out.parameters[key].string_param = value
+            else:
+                out.parameters[key].int64_param = value
+        response.raw_output_contents.append(b"")  # keeps raw contents aligned with outputs
     return response
 
 
@@ -213,11 +224,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def _infer(self, request: Any) -> Any:
         self.core.require(request.model_name, request.model_version)
-        inputs, outputs, params = decode_request(request)
-        result = await self.core.infer(
-            request.model_name, request.model_version, inputs, outputs, params, request.id
-        )
-        return encode_response(result)
+        lease = self.core.shm.lease()
+        try:
+            inputs, outputs, params, placements = decode_request(request, lease)
+            result = await self.core.infer(
+                request.model_name, request.model_version, inputs, outputs, params, request.id
+            )
+            return encode_response(result, placements)
+        finally:
+            lease.release()
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: Any
@@ -303,13 +318,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         )
 
     async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "system shared memory")
+        async def call() -> Any:
+            response = pb.SystemSharedMemoryStatusResponse()
+            for region in self.core.shm.status(request.name):
+                response.regions[region["name"]].CopyFrom(
+                    pb.SystemSharedMemoryStatusResponse.RegionStatus(**region)
+                )
+            return response
+
+        return await _guard(context, call)
 
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "system shared memory")
+        async def call() -> Any:
+            self.core.shm.register(request.name, request.key, request.offset, request.byte_size)
+            return pb.SystemSharedMemoryRegisterResponse()
+
+        return await _guard(context, call)
 
     async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "system shared memory")
+        async def call() -> Any:
+            self.core.shm.unregister(request.name)
+            return pb.SystemSharedMemoryUnregisterResponse()
+
+        return await _guard(context, call)
 
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
         return await self._unimplemented(context, "CUDA shared memory")

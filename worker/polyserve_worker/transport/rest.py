@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from polyserve_worker import dataplane, errors, tensors
+from polyserve_worker import dataplane, errors, shm, tensors
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,11 @@ class RestServer:
             r.add_get(prefix + "/config", self.model_config)
             r.add_get(prefix + "/stats", self.model_stats)
             r.add_post(prefix + "/infer", self.infer)
+        r.add_get("/v2/systemsharedmemory/status", self.shm_status)
+        r.add_get("/v2/systemsharedmemory/region/{region}/status", self.shm_status)
+        r.add_post("/v2/systemsharedmemory/region/{region}/register", self.shm_register)
+        r.add_post("/v2/systemsharedmemory/unregister", self.shm_unregister)
+        r.add_post("/v2/systemsharedmemory/region/{region}/unregister", self.shm_unregister)
         r.add_post("/v2/repository/index", self.repository_index)
         r.add_post("/v2/repository/models/{model}/load", self.load)
         r.add_post("/v2/repository/models/{model}/unload", self.unload)
@@ -165,6 +170,25 @@ class RestServer:
         await self.core.unload(request.match_info["model"])
         return web.json_response({})
 
+    # -- shared memory -------------------------------------------------------------------
+
+    async def shm_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.core.shm.status(request.match_info.get("region", "")))
+
+    async def shm_register(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        key = body.get("key")
+        if not isinstance(key, str):
+            raise errors.InvalidArgument("register needs a string 'key'")
+        self.core.shm.register(
+            request.match_info["region"], key, body.get("offset", 0), body.get("byte_size")
+        )
+        return web.json_response({})
+
+    async def shm_unregister(self, request: web.Request) -> web.Response:
+        self.core.shm.unregister(request.match_info.get("region", ""))
+        return web.json_response({})
+
     # -- inference -----------------------------------------------------------------------
 
     async def infer(self, request: web.Request) -> web.StreamResponse:
@@ -183,9 +207,14 @@ class RestServer:
             )
         body = await request.read()
         header_length = request.headers.get("Inference-Header-Content-Length")
-        inputs, outputs, binary_outputs, params, request_id = decode_request(body, header_length)
-        result = await self.core.infer(name, version, inputs, outputs, params, request_id)
-        payload, header_size = encode_response(result, binary_outputs)
+        lease = self.core.shm.lease()
+        try:
+            decoded = decode_request(body, header_length, lease)
+            inputs, outputs, binary_outputs, params, request_id, placements = decoded
+            result = await self.core.infer(name, version, inputs, outputs, params, request_id)
+            payload, header_size = encode_response(result, binary_outputs, placements)
+        finally:
+            lease.release()
         headers = {}
         content = "application/json"
         if header_size is not None:
@@ -221,10 +250,18 @@ def _parse_json(raw: bytes | memoryview) -> dict[str, Any]:
 BinaryChoice = dict[str, bool | None]
 
 
-def decode_request(
-    body: bytes, header_length: str | None
-) -> tuple[dict[str, tensors.Array], list[str], tuple[bool, BinaryChoice], dict[str, Any], str]:
-    """Parse an infer request body (JSON, or JSON + binary tensors)."""
+Decoded = tuple[
+    dict[str, tensors.Array],
+    list[str],
+    tuple[bool, BinaryChoice],
+    dict[str, Any],
+    str,
+    dict[str, shm.Placement],
+]
+
+
+def decode_request(body: bytes, header_length: str | None, lease: shm.Lease) -> Decoded:
+    """Parse an infer request body (JSON, or JSON + binary tensors, or shared memory)."""
     binary = memoryview(b"")
     if header_length is not None:
         try:
@@ -275,10 +312,8 @@ def decode_request(
         if not isinstance(in_params, dict):
             raise errors.InvalidArgument(f"input '{name}': 'parameters' must be an object")
         if "shared_memory_region" in in_params:
-            raise errors.InvalidArgument(
-                f"input '{name}': shared memory is not enabled on this worker"
-            )
-        if "binary_data_size" in in_params:
+            inputs[name] = lease.read(name, in_params, datatype, shape)
+        elif "binary_data_size" in in_params:
             size = in_params["binary_data_size"]
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise errors.InvalidArgument(
@@ -304,6 +339,7 @@ def decode_request(
         )
     outputs: list[str] = []
     choices: BinaryChoice = {}
+    placements: dict[str, shm.Placement] = {}
     raw_outputs = doc.get("outputs") or []
     if not isinstance(raw_outputs, list):
         raise errors.InvalidArgument("'outputs' must be a list")
@@ -314,9 +350,7 @@ def decode_request(
         if not isinstance(out_params, dict):
             raise errors.InvalidArgument(f"output '{item['name']}': 'parameters' must be an object")
         if "shared_memory_region" in out_params:
-            raise errors.InvalidArgument(
-                f"output '{item['name']}': shared memory is not enabled on this worker"
-            )
+            placements[item["name"]] = lease.place(item["name"], out_params)
         if "classification" in out_params:
             raise errors.Unsupported("the classification extension is not supported")
         outputs.append(item["name"])
@@ -326,11 +360,13 @@ def decode_request(
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):
         raise errors.InvalidArgument("'id' must be a string")
-    return inputs, outputs, (default_binary, choices), params, request_id
+    return inputs, outputs, (default_binary, choices), params, request_id, placements
 
 
 def encode_response(
-    result: dataplane.InferResult, binary_outputs: tuple[bool, BinaryChoice]
+    result: dataplane.InferResult,
+    binary_outputs: tuple[bool, BinaryChoice],
+    placements: dict[str, shm.Placement] | None = None,
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary data follows it."""
     default_binary, choices = binary_outputs
@@ -344,7 +380,10 @@ def encode_response(
             "datatype": tensors.datatype_of(array),
             "shape": list(array.shape),
         }
-        if as_binary:
+        placement = placements.get(name) if placements else None
+        if placement is not None:
+            entry["parameters"] = placement.write(name, array)
+        elif as_binary:
             blob = tensors.to_raw(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
