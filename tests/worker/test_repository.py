@@ -103,8 +103,8 @@ def test_a_broken_model_fails_alone_and_says_why(tmp_path: Path, start_worker: S
 def test_an_unavailable_backend_names_what_to_install(
     tmp_path: Path, start_worker: StartWorker
 ) -> None:
-    (tmp_path / "tf" / "1").mkdir(parents=True)
-    (tmp_path / "tf" / "config.pbtxt").write_text('platform: "tensorflow_savedmodel"')
+    (tmp_path / "py" / "1").mkdir(parents=True)
+    (tmp_path / "py" / "config.pbtxt").write_text('backend: "python"')
     worker = start_worker(tmp_path, strict_readiness=False)
     index = httpclient.InferenceServerClient(worker.http).get_model_repository_index()
     assert "not available" in index[0]["reason"]

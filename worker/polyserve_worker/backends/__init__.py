@@ -30,6 +30,9 @@ class BackendInfo:
     platform: str  # Triton's platform name
     #: instance kind -> precisions the backend can run there
     precisions: Mapping[str, frozenset[str]]
+    #: other file names that identify the backend (``model.pt2``); one found on disk
+    #: becomes the config's ``default_model_filename``
+    alternatives: tuple[str, ...] = ()
 
 
 def _p(*names: str) -> frozenset[str]:
@@ -43,7 +46,19 @@ REGISTRY: dict[str, BackendInfo] = {
         "onnx",
         "model.onnx",
         "onnxruntime_onnx",
+        # fp16 on GPU runs through the TensorRT execution provider (trt_fp16_enable).
         {"KIND_CPU": _p("fp32"), "KIND_GPU": _p("fp32", "fp16")},
+    ),
+    "pytorch": BackendInfo(
+        "polyserve_worker.backends.pytorch",
+        "PyTorchBackend",
+        "torch",
+        "model.pt",
+        "pytorch_libtorch",
+        # Weights and floating inputs cast to the precision; int8 needs a quantized model,
+        # which runs as fp32 says (the file decides), so it is not offered as a switch.
+        {"KIND_CPU": _p("fp32", "fp16", "bf16"), "KIND_GPU": _p("fp32", "fp16", "bf16")},
+        alternatives=("model.pt2",),
     ),
 }
 
@@ -52,8 +67,6 @@ PLATFORMS: dict[str, str] = {info.platform: name for name, info in REGISTRY.item
 
 #: Backends Triton has that this worker does not: a clear answer instead of a guess.
 KNOWN_ELSEWHERE = {
-    "pytorch_libtorch": "pytorch",
-    "pytorch": "pytorch",
     "tensorflow_savedmodel": "tensorflow",
     "tensorflow": "tensorflow",
     "tensorrt_plan": "tensorrt",
@@ -87,12 +100,17 @@ def resolve_name(
         return name
     if version_dir is not None:
         for backend_name, info in REGISTRY.items():
-            if (version_dir / info.filename).exists():
-                return backend_name
+            for filename in (info.filename, *info.alternatives):
+                if config.default_model_filename not in ("", filename):
+                    continue
+                if (version_dir / filename).exists():
+                    if filename != info.filename:
+                        config.default_model_filename = filename
+                    return backend_name
     raise errors.ModelLoadError(
         f"model '{config.name}': cannot tell its framework; set 'backend' in its config "
         f"(one of {', '.join(sorted(REGISTRY))}) or name the file "
-        f"{' or '.join(info.filename for info in REGISTRY.values())}"
+        f"{' or '.join(f for i in REGISTRY.values() for f in (i.filename, *i.alternatives))}"
     )
 
 

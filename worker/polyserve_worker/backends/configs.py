@@ -1,0 +1,122 @@
+"""Reading a model config the same way in every backend: parameters, precision, tensor types.
+
+Backends never import each other, so what they share in how they read a ``ModelConfig``
+lives here: integer and choice parameters with errors that name the model, the precision
+asked for, the default thread split, Triton's autocomplete batch size, and the table from
+Triton's ``TYPE_*`` names to numpy dtypes. It knows no framework.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from polyserve_worker import config as model_config
+from polyserve_worker import errors, tensors
+
+#: Triton's default for autocompleted models that batch (--backend-config default-max-batch-size).
+DEFAULT_MAX_BATCH_SIZE = 4
+
+
+def parameters(config: Any) -> dict[str, str]:
+    """The config's ``parameters`` as plain strings."""
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+def int_param(config: Any, keys: Sequence[str], default: int) -> int:
+    """The first of ``keys`` present (Triton spells some in upper case), as an integer."""
+    params = parameters(config)
+    for key in keys:
+        if key in params:
+            try:
+                value = int(params[key])
+            except ValueError:
+                raise errors.ModelLoadError(
+                    f"model '{config.name}': parameter {key} must be an integer, "
+                    f"got {params[key]!r}"
+                ) from None
+            if value < 0:
+                raise errors.ModelLoadError(
+                    f"model '{config.name}': parameter {key} must be >= 0, got {value}"
+                )
+            return value
+    return default
+
+
+def choice_param(config: Any, key: str, choices: Collection[str], default: str) -> str:
+    """A parameter that must be one of ``choices`` (compared case-insensitively)."""
+    value = parameters(config).get(key, default)
+    folded = {c.upper(): c for c in choices}
+    if value.upper() not in folded:
+        raise errors.ModelLoadError(
+            f"model '{config.name}': parameter {key} must be one of "
+            f"{', '.join(choices)}, got {value!r}"
+        )
+    return folded[value.upper()]
+
+
+def precision(config: Any) -> str:
+    """``parameters.precision`` (fp32 unless set); the repository has checked it is allowed."""
+    return parameters(config).get("precision", "fp32").lower()
+
+
+def default_threads(config: Any) -> int:
+    """Cores split evenly across the model's instances, so instances do not fight."""
+    instances = sum(max(1, g.count) for g in config.instance_group) or 1
+    return max(1, (os.cpu_count() or 1) // instances)
+
+
+def config_type(name: str) -> int:
+    """``"TYPE_FP32"`` -> the ``DataType`` enum value."""
+    value: int = model_config.model_config_pb2.DataType.Value(name)
+    return value
+
+
+def type_name(value: int) -> str:
+    """The ``DataType`` enum value -> ``"TYPE_FP32"``."""
+    return str(model_config.model_config_pb2.DataType.Name(value))
+
+
+def numpy_dtype(value: int) -> np.dtype[Any]:
+    """The numpy dtype of a config tensor type (object for TYPE_STRING)."""
+    return tensors.DTYPES[tensors.wire_datatype(type_name(value))]
+
+
+def fill(entry: Any, name: str, type_: str, shape: Sequence[int | None], batched: bool) -> None:
+    """Fill a config input/output from a model file's view of a tensor (None = dynamic)."""
+    entry.name = name
+    entry.data_type = config_type(type_)
+    dims = [-1 if d is None or d < 0 else int(d) for d in shape]
+    entry.dims.extend(dims[1:] if batched else dims)
+
+
+def autocomplete_batching(config: Any, shapes: Sequence[Sequence[int | None]]) -> bool:
+    """Triton's autocomplete: batch when the config is empty and every tensor's leading dim
+    is dynamic. Returns whether the model batches."""
+    unconfigured = config.max_batch_size == 0 and not config.input and not config.output
+    if unconfigured and shapes and all(_leading_dynamic(s) for s in shapes):
+        config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
+        config.dynamic_batching.SetInParent()
+    return bool(config.max_batch_size > 0)
+
+
+def _leading_dynamic(shape: Sequence[int | None]) -> bool:
+    return bool(shape) and (shape[0] is None or shape[0] < 0)
+
+
+def require_io(config: Any, framework: str) -> None:
+    """Refuse a config without inputs and outputs where the model file cannot tell them."""
+    if not config.input or not config.output:
+        raise errors.ModelLoadError(
+            f"model '{config.name}': a {framework} file does not record its tensor names, "
+            "types and shapes; list every input and output in the config (Triton's "
+            "INPUT__0 / OUTPUT__0 naming gives their positions)"
+        )
+
+
+def expected_types(tensors_: Sequence[Any]) -> Mapping[str, np.dtype[Any]]:
+    """Config tensor name -> numpy dtype."""
+    return {t.name: numpy_dtype(t.data_type) for t in tensors_}
