@@ -22,10 +22,12 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,7 @@ class LoadSpec:
     concurrency: int
     warmup_s: float
     duration_s: float
+    watch_pid: int = 0  # a process (the server) whose CPU time to measure over the window
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class LoadResult:
     p95_ms: float
     p99_ms: float
     mean_ms: float
+    server_cpu: float  # watched process CPU seconds per second of the window (1.0 = one core)
+    client_cpu: float  # the same for the load generator processes together
 
 
 async def _client_and_call(spec: LoadSpec) -> tuple[Any, Callable[[], Awaitable[Any]]]:
@@ -95,7 +100,33 @@ async def _client_and_call(spec: LoadSpec) -> tuple[Any, Callable[[], Awaitable[
     return http_client, http_call
 
 
-async def _run(spec: LoadSpec, start_at: float) -> tuple[list[float], int]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class _Part:
+    """What one load generator process measured."""
+
+    latencies: list[float]
+    errors: int
+    client_cpu_s: float
+    server_cpu_s: float
+
+
+async def _sample_cpu(spec: LoadSpec, measure_from: float, measure_to: float) -> tuple[float, ...]:
+    """CPU seconds used by this process and by ``spec.watch_pid`` inside the window."""
+    await asyncio.sleep(max(0.0, measure_from - time.monotonic()))
+    own, server = time.process_time(), cpu_seconds(spec.watch_pid) if spec.watch_pid else 0.0
+    await asyncio.sleep(max(0.0, measure_to - time.monotonic()))
+    own_end = time.process_time()
+    server_end = cpu_seconds(spec.watch_pid) if spec.watch_pid else 0.0
+    return own_end - own, server_end - server
+
+
+async def _run(spec: LoadSpec, start_at: float) -> _Part:
     """Run until ``start_at + warmup + duration`` (monotonic clock, shared across processes)."""
     client, call = await _client_and_call(spec)
     measure_from = start_at + spec.warmup_s
@@ -124,13 +155,15 @@ async def _run(spec: LoadSpec, start_at: float) -> tuple[list[float], int]:
         delay = start_at - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+        sampler = asyncio.create_task(_sample_cpu(spec, measure_from, measure_to))
         await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
+        client_cpu_s, server_cpu_s = await sampler
     finally:
         await client.close()
-    return latencies, errors
+    return _Part(latencies, errors, client_cpu_s, server_cpu_s)
 
 
-def _process_main(spec: LoadSpec, start_at: float) -> tuple[list[float], int]:
+def _process_main(spec: LoadSpec, start_at: float) -> _Part:
     return asyncio.run(_run(spec, start_at))
 
 
@@ -140,24 +173,24 @@ def run_load(spec: LoadSpec, processes: int = 1) -> LoadResult:
     # Give every process time to import tritonclient and connect before the shared start.
     start_at = time.monotonic() + (0.0 if processes == 1 else 2.0)
     if processes == 1:
-        latencies, errors = _process_main(spec, start_at)
+        parts = [_process_main(spec, start_at)]
     else:
         shares = [spec.concurrency // processes] * processes
         for i in range(spec.concurrency % processes):
             shares[i] += 1
+        # Only the first process watches the server, so its CPU is counted once.
         specs = [
-            LoadSpec(**{**asdict(spec), "concurrency": share, "shape": spec.shape})
-            for share in shares
+            replace(spec, concurrency=share, watch_pid=spec.watch_pid if i == 0 else 0)
+            for i, share in enumerate(shares)
         ]
         context = multiprocessing.get_context("spawn")
         with context.Pool(processes) as pool:
             parts = pool.starmap(_process_main, [(s, start_at) for s in specs])
-        latencies = [lat for part, _ in parts for lat in part]
-        errors = sum(err for _, err in parts)
-    return summarize(spec, processes, latencies, errors)
+    return summarize(spec, processes, parts)
 
 
-def summarize(spec: LoadSpec, processes: int, latencies: list[float], errors: int) -> LoadResult:
+def summarize(spec: LoadSpec, processes: int, parts: list[_Part]) -> LoadResult:
+    latencies = [latency for part in parts for latency in part.latencies]
     ms = np.asarray(latencies, dtype=np.float64) * 1000.0
     pct = np.percentile(ms, [50, 95, 99]) if ms.size else np.full(3, float("nan"))
     return LoadResult(
@@ -167,12 +200,14 @@ def summarize(spec: LoadSpec, processes: int, latencies: list[float], errors: in
         processes=processes,
         duration_s=spec.duration_s,
         requests=int(ms.size),
-        errors=errors,
+        errors=sum(part.errors for part in parts),
         infer_per_s=ms.size / spec.duration_s,
         p50_ms=float(pct[0]),
         p95_ms=float(pct[1]),
         p99_ms=float(pct[2]),
         mean_ms=float(ms.mean()) if ms.size else float("nan"),
+        server_cpu=sum(part.server_cpu_s for part in parts) / spec.duration_s,
+        client_cpu=sum(part.client_cpu_s for part in parts) / spec.duration_s,
     )
 
 
@@ -192,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds not measured")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured")
     parser.add_argument("--processes", type=int, default=1, help="client processes")
+    parser.add_argument("--watch-pid", type=int, default=0, help="server pid to measure CPU of")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     spec = LoadSpec(
@@ -204,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         warmup_s=args.warmup,
         duration_s=args.duration,
+        watch_pid=args.watch_pid,
     )
     result = run_load(spec, args.processes)
     if args.json:
@@ -212,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{result.model} {result.mode} c={result.concurrency} procs={result.processes}: "
             f"{result.infer_per_s:.0f} infer/s, p50 {result.p50_ms:.2f} ms, "
-            f"p95 {result.p95_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, errors {result.errors}"
+            f"p95 {result.p95_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, errors {result.errors}, "
+            f"CPU server {100 * result.server_cpu:.0f}% client {100 * result.client_cpu:.0f}%"
         )
     return 0
 

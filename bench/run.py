@@ -59,15 +59,33 @@ MODELS = (
 
 @dataclass
 class Row:
-    model: str
-    batching: bool
+    setup: Setup
     mode: str
     concurrency: int
     processes: int
     result: dict[str, Any]
     avg_batch: float
     load_before: float
-    note: str = ""
+
+    @property
+    def server_cpu(self) -> float:
+        return float(self.result["server_cpu"])
+
+    @property
+    def client_cpu(self) -> float:
+        return float(self.result["client_cpu"])
+
+    @property
+    def model(self) -> str:
+        return self.setup.model.name
+
+    @property
+    def batching(self) -> bool:
+        return self.setup.batching
+
+    def cpu_us_per_infer(self, share: float) -> float:
+        rate = float(self.result["infer_per_s"])
+        return 1e6 * share / rate if rate else float("nan")
 
 
 @dataclass
@@ -140,19 +158,24 @@ class Worker:
         self._log.close()
 
 
-def _repository(base: Path, target: Path, model: Model, batching: bool) -> Path:
+def _repository(base: Path, target: Path, setup: Setup) -> Path:
     """A one-model repository: the bundled model and config, with or without the batcher."""
+    model = setup.model
     shutil.copytree(base / model.name / "1", target / model.name / "1")
     config = (base / model.name / model.config_file).read_text()
-    if not batching:
-        assert model.batching_line in config, f"{model.name}: batching line not found"
+    assert model.batching_line in config, f"{model.name}: batching line not found"
+    if not setup.batching:
         config = config.replace(model.batching_line, "")
+    elif setup.queue_delay_us:
+        assert model.config_file == "config.pbtxt", "queue delay is written in pbtxt"
+        delay = f"dynamic_batching {{ max_queue_delay_microseconds: {setup.queue_delay_us} }}"
+        config = config.replace(model.batching_line, delay)
     (target / model.name / model.config_file).write_text(config)
     return target
 
 
 def _loadgen(
-    url: str, mode: str, model: Model, concurrency: int, processes: int, plan: Plan
+    url: str, mode: str, model: Model, concurrency: int, processes: int, plan: Plan, pid: int
 ) -> dict[str, Any]:
     command = [
         sys.executable,
@@ -173,6 +196,8 @@ def _loadgen(
         str(plan.duration_s),
         "--processes",
         str(processes),
+        "--watch-pid",
+        str(pid),
         "--json",
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
@@ -180,48 +205,77 @@ def _loadgen(
     return result
 
 
-def serve_and_load(base: Path, scratch: Path, plan: Plan, logs: Path) -> list[Row]:
-    rows: list[Row] = []
-    runs = [
-        (model, batching, mode, c)
-        for model in MODELS
-        for batching in (False, True)
-        for mode in MODES
-        for c in plan.concurrencies
-    ]
-    total = sum(1 for m, _, mode, c in runs if (m.name, mode, c) not in plan.skip)
-    index = 0
+@dataclass(frozen=True)
+class Setup:
+    """One worker configuration and the points measured against it."""
+
+    label: str
+    model: Model
+    batching: bool
+    points: tuple[tuple[str, int, int], ...]  # (mode, concurrency, client processes)
+    queue_delay_us: int = 0  # max_queue_delay_microseconds; 0 keeps the bundled config
+
+
+def setups(plan: Plan, extras: bool) -> list[Setup]:
+    out = []
     for model in MODELS:
+        points = tuple(
+            (mode, c, 1 if c == 1 else plan.client_processes)
+            for mode in MODES
+            for c in plan.concurrencies
+            if (model.name, mode, c) not in plan.skip
+        )
         for batching in (False, True):
             label = f"{model.name}-batching-{'on' if batching else 'off'}"
-            repo = _repository(base, scratch / label, model, batching)
-            print(f"== starting worker for {label}", flush=True)
-            worker = Worker(repo, logs / f"worker-{label}.log")
-            try:
-                for mode in MODES:
-                    for c in plan.concurrencies:
-                        if (model.name, mode, c) in plan.skip:
-                            print(f"   skip {model.name} {mode} c={c} (too slow)", flush=True)
-                            continue
-                        index += 1
-                        procs = 1 if c == 1 else plan.client_processes
-                        url = worker.grpc if mode == "grpc" else worker.http
-                        load = os.getloadavg()[0]
-                        before = _stats(worker.http, model.name)
-                        result = _loadgen(url, mode, model, c, procs, plan)
-                        after = _stats(worker.http, model.name)
-                        executions = after[1] - before[1]
-                        avg = (after[0] - before[0]) / executions if executions else float("nan")
-                        rows.append(Row(model.name, batching, mode, c, procs, result, avg, load))
-                        print(
-                            f"   [{index}/{total}] {label} {mode:11s} c={c:<2d}: "
-                            f"{result['infer_per_s']:7.0f} infer/s  p50 {result['p50_ms']:6.2f}"
-                            f"  p95 {result['p95_ms']:6.2f}  p99 {result['p99_ms']:6.2f} ms"
-                            f"  batch {avg:5.1f}  errors {result['errors']}  load {load:.2f}",
-                            flush=True,
-                        )
-            finally:
-                worker.stop()
+            out.append(Setup(label, model, batching, points))
+    if extras:
+        # What moves the mlp targets: two client processes, and a batching window.
+        top = max(plan.concurrencies)
+        mlp = MODELS[0]
+        two = (("grpc", top, 2), ("http-binary", top, 2))
+        out.append(Setup("mlp-batching-off", mlp, False, (("grpc", top, 2),)))
+        out.append(Setup("mlp-batching-on", mlp, True, two))
+        delayed = (("grpc", top, 1), ("http-binary", top, 1), ("grpc", top, 2))
+        out.append(Setup("mlp-batching-on-delay-2ms", mlp, True, delayed, queue_delay_us=2000))
+    return out
+
+
+def _point(worker: Worker, setup: Setup, mode: str, c: int, procs: int, plan: Plan) -> Row:
+    url = worker.grpc if mode == "grpc" else worker.http
+    load = os.getloadavg()[0]
+    before = _stats(worker.http, setup.model.name)
+    result = _loadgen(url, mode, setup.model, c, procs, plan, worker.process.pid)
+    after = _stats(worker.http, setup.model.name)
+    executions = after[1] - before[1]
+    avg = (after[0] - before[0]) / executions if executions else float("nan")
+    return Row(setup, mode, c, procs, result, avg, load)
+
+
+def serve_and_load(base: Path, scratch: Path, plan: Plan, logs: Path, extras: bool) -> list[Row]:
+    rows: list[Row] = []
+    plan_setups = setups(plan, extras)
+    total = sum(len(s.points) for s in plan_setups)
+    for model, mode, c in sorted(plan.skip):
+        print(f"   skipping {model} {mode} c={c}: too slow to be worth the minutes", flush=True)
+    for number, setup in enumerate(plan_setups):
+        repo = _repository(base, scratch / f"{number}-{setup.label}", setup)
+        print(f"== starting worker for {setup.label}", flush=True)
+        worker = Worker(repo, logs / f"worker-{number}-{setup.label}.log")
+        try:
+            for mode, c, procs in setup.points:
+                rows.append(_point(worker, setup, mode, c, procs, plan))
+                row, r = rows[-1], rows[-1].result
+                print(
+                    f"   [{len(rows)}/{total}] {setup.label} {mode:11s} c={c:<2d} procs={procs}:"
+                    f" {r['infer_per_s']:6.0f} infer/s  p50 {r['p50_ms']:6.2f}"
+                    f"  p95 {r['p95_ms']:6.2f}  p99 {r['p99_ms']:6.2f} ms"
+                    f"  batch {row.avg_batch:4.1f}"
+                    f"  server {row.cpu_us_per_infer(row.server_cpu):4.0f} us/inf"
+                    f"  errors {r['errors']}  load {row.load_before:.2f}",
+                    flush=True,
+                )
+        finally:
+            worker.stop()
     return rows
 
 
@@ -310,6 +364,12 @@ def targets(rows: list[Row], ceil: dict[tuple[str, int], float]) -> list[tuple[s
     return out
 
 
+def _batching_label(setup: Setup) -> str:
+    if not setup.batching:
+        return "off"
+    return f"on, delay {setup.queue_delay_us} us" if setup.queue_delay_us else "on"
+
+
 def render(
     rows: list[Row],
     ceil: dict[tuple[str, int], float],
@@ -341,6 +401,11 @@ def render(
         f"- Load average (1 min) at start: {loads[0]}; at end: {loads[1]}; `load` column = "
         "1-min load average before each point. Other engineers' tests may share the machine; "
         "a load above ~2 before a point means it was measured on a busy machine.",
+        "- `server CPU` / `client CPU`: CPU time of the worker / load generator(s) inside the "
+        "measured window per second of it (from /proc and `time.process_time`); 100% = one "
+        "core; the two together cannot pass 200%. "
+        "`server us/inf` = server CPU / infer/s: the worker's CPU cost of one inference, "
+        "which, unlike infer/s, barely moves when other processes share the cores.",
         f"- Total wall time: {elapsed / 60:.1f} min.",
     ]
     if plan.skip:
@@ -357,16 +422,18 @@ def render(
         "## Served",
         "",
         "| model | batching | protocol | c | procs | infer/s | p50 ms | p95 ms | p99 ms "
-        "| batch | errors | load |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| batch | server CPU | client CPU | server us/inf | errors | load |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         r = row.result
         lines.append(
-            f"| {row.model} | {'on' if row.batching else 'off'} | {row.mode} | "
+            f"| {row.model} | {_batching_label(row.setup)} | {row.mode} | "
             f"{row.concurrency} | {row.processes} | {r['infer_per_s']:.0f} | "
             f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{row.avg_batch:.1f} | {r['errors']} | {row.load_before:.2f} |"
+            f"{row.avg_batch:.1f} | {100 * row.server_cpu:.0f}% | {100 * row.client_cpu:.0f}% | "
+            f"{row.cpu_us_per_infer(row.server_cpu):.0f} | {r['errors']} | "
+            f"{row.load_before:.2f} |"
         )
     lines += [
         "",
@@ -389,6 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--client-processes", type=int, default=1, help="load generator processes at c>=8"
     )
+    parser.add_argument(
+        "--no-extras",
+        action="store_true",
+        help="skip the extra mlp points (2 client processes, 2 ms batching window)",
+    )
     args = parser.parse_args(argv)
     plan = Plan(
         warmup_s=args.warmup or (1.0 if args.quick else 2.0),
@@ -409,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         logs = scratch / "logs"
         logs.mkdir()
-        rows = serve_and_load(base, scratch, plan, logs)
+        rows = serve_and_load(base, scratch, plan, logs, extras=not args.no_extras)
         print("== in-process ONNX Runtime ceiling", flush=True)
         ceil = ceilings(base, rows, 2.0 if args.quick else 4.0)
     load_end = " ".join(f"{v:.2f}" for v in os.getloadavg())
