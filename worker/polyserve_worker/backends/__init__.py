@@ -60,6 +60,15 @@ REGISTRY: dict[str, BackendInfo] = {
         {"KIND_CPU": _p("fp32", "fp16", "bf16"), "KIND_GPU": _p("fp32", "fp16", "bf16")},
         alternatives=("model.pt2",),
     ),
+    "tensorflow": BackendInfo(
+        "polyserve_worker.backends.tensorflow",
+        "TensorFlowBackend",
+        "tensorflow",
+        "model.savedmodel",
+        "tensorflow_savedmodel",
+        # A SavedModel runs in the types its graph was saved with: no precision switch.
+        {"KIND_CPU": _p("fp32"), "KIND_GPU": _p("fp32")},
+    ),
 }
 
 #: Triton platform names -> backend names.
@@ -67,8 +76,6 @@ PLATFORMS: dict[str, str] = {info.platform: name for name, info in REGISTRY.item
 
 #: Backends Triton has that this worker does not: a clear answer instead of a guess.
 KNOWN_ELSEWHERE = {
-    "tensorflow_savedmodel": "tensorflow",
-    "tensorflow": "tensorflow",
     "tensorrt_plan": "tensorrt",
     "tensorrt": "tensorrt",
     "openvino": "openvino",
