@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -158,8 +160,6 @@ def test_poll_mode_picks_up_new_changed_and_removed_models(
     models.scale(tmp_path / "scale" / "2" / "model.onnx", 2.0)
     models.add_sub(tmp_path / "bare" / "1" / "model.onnx")
     wait_for(lambda: client.is_model_ready("bare") and scale_infer(worker) == 2.0)
-    import shutil
-
     shutil.rmtree(tmp_path / "bare")
     wait_for(lambda: not client.is_model_ready("bare"))
 
@@ -225,3 +225,20 @@ def test_a_precision_the_backend_cannot_run_fails_the_load_and_lists_alternative
     reason = index[0]["reason"]
     assert "cannot run precision bf16 on KIND_CPU" in reason
     assert "onnxruntime: KIND_CPU fp32" in reason
+
+
+def test_a_reload_keeps_serving_the_old_version_until_the_new_one_is_ready(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    models.scale_versions(tmp_path, {1: 1.0})
+    worker = start_worker(tmp_path, model_control_mode="explicit", load_model=("scale",))
+    client = httpclient.InferenceServerClient(worker.http)
+    models.scale(tmp_path / "scale" / "2" / "model.onnx", 2.0)
+    done = asyncio.run_coroutine_threadsafe(worker.worker.repository.load("scale"), worker.loop)
+    seen = set()
+    while not done.done():
+        seen.add(scale_infer(worker))  # never 503 while the reload runs
+    done.result(10)
+    seen.add(scale_infer(worker))
+    assert seen <= {1.0, 2.0} and 2.0 in seen
+    assert client.get_model_metadata("scale")["versions"] == ["2"]

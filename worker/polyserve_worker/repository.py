@@ -101,7 +101,9 @@ class Repository:
         entry = self._models.setdefault(name, ModelEntry(name))
         async with entry.lock:
             previous = dict(entry.versions)
-            entry.state = LOADING
+            # A reload keeps serving the old versions until the new ones are ready.
+            if not previous:
+                entry.state = LOADING
             entry.reason = ""
             try:
                 config, built = await self._build(name, override)
