@@ -69,6 +69,16 @@ REGISTRY: dict[str, BackendInfo] = {
         # A SavedModel runs in the types its graph was saved with: no precision switch.
         {"KIND_CPU": _p("fp32"), "KIND_GPU": _p("fp32")},
     ),
+    "openvino": BackendInfo(
+        "polyserve_worker.backends.openvino",
+        "OpenVinoBackend",
+        "openvino",
+        "model.xml",
+        "openvino",
+        # INFERENCE_PRECISION_HINT: bf16 where the CPU has AVX512_BF16/AMX (else it runs
+        # f32 and says so), f16 on OpenVINO's (Intel) GPU plugin.
+        {"KIND_CPU": _p("fp32", "bf16"), "KIND_GPU": _p("fp32", "fp16")},
+    ),
 }
 
 #: Triton platform names -> backend names.
@@ -78,7 +88,6 @@ PLATFORMS: dict[str, str] = {info.platform: name for name, info in REGISTRY.item
 KNOWN_ELSEWHERE = {
     "tensorrt_plan": "tensorrt",
     "tensorrt": "tensorrt",
-    "openvino": "openvino",
     "python": "python",
 }
 
