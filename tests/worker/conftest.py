@@ -104,3 +104,22 @@ def start_worker() -> Iterator[StartWorker]:
     yield start
     for thread in threads:
         thread.stop()
+
+
+def in_background(call: Callable[[], Any]) -> Future[Any]:
+    """Run a blocking client call on its own thread.
+
+    tritonclient.http's ``async_infer`` runs on gevent and sends nothing until the caller
+    yields to gevent, so tests that must hold a request in flight while they look at the
+    server use a real thread (with its own client) instead.
+    """
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="client-call", daemon=True).start()
+    return future

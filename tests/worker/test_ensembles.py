@@ -17,7 +17,7 @@ from polyserve_worker.tensors import Array
 from tritonclient.utils import InferenceServerException
 
 from tests.worker import models
-from tests.worker.conftest import RunningWorker, StartWorker
+from tests.worker.conftest import RunningWorker, StartWorker, in_background
 
 DIAMOND_PBTXT = """
 name: "diamond"
@@ -300,37 +300,41 @@ def fork_input(values: list[float]) -> httpclient.InferInput:
     return inp
 
 
+def call(worker: RunningWorker, model: str, name: str, values: list[float]) -> Any:
+    """A blocking infer on its own thread and client; returns a Future of the result."""
+
+    def run() -> Any:
+        inp = httpclient.InferInput(name, [1, 2], "FP32")
+        inp.set_data_from_numpy(np.array([values], dtype=np.float32))
+        return httpclient.InferenceServerClient(worker.http).infer(model, [inp])
+
+    return in_background(run)
+
+
 def test_independent_steps_run_concurrently(gated: tuple[RunningWorker, GatedBackend]) -> None:
     worker, backend = gated
-    client = httpclient.InferenceServerClient(worker.http, concurrency=2)
-    pending = client.async_infer("fork", [fork_input([1.0, 2.0])])
+    pending = call(worker, "fork", "X", [1.0, 2.0])
     wait_until(lambda: backend.peak == 2)
     backend.gate.set()
-    result = pending.get_result()
+    result = pending.result(30)
     np.testing.assert_allclose(result.as_numpy("A"), [[2.0, 3.0]])
     np.testing.assert_allclose(result.as_numpy("B"), [[2.0, 3.0]])
-    client.close()
 
 
 def test_ensemble_traffic_batches_with_direct_traffic(
     gated: tuple[RunningWorker, GatedBackend],
 ) -> None:
     worker, backend = gated
-    client = httpclient.InferenceServerClient(worker.http, concurrency=4)
-    direct = httpclient.InferInput("INPUT0", [1, 2], "FP32")
-    direct.set_data_from_numpy(np.array([[5.0, 6.0]], np.float32))
-    first = client.async_infer("left", [direct])
+    first = call(worker, "left", "INPUT0", [5.0, 6.0])
     wait_until(lambda: backend.active == 1)
-    via_ensemble = client.async_infer("fork", [fork_input([1.0, 1.0])])
-    second = client.async_infer("left", [direct])
+    via_ensemble = call(worker, "fork", "X", [1.0, 1.0])
+    second = call(worker, "left", "INPUT0", [5.0, 6.0])
     left = worker.worker.repository.resolve("left")
     wait_until(lambda: left.stats.pending == 2)
     backend.gate.set()
-    first.get_result()
-    second.get_result()
-    via_ensemble.get_result()
+    for pending in (first, second, via_ensemble):
+        pending.result(30)
     assert backend.batches.count(2) == 1, f"batches were {backend.batches}"
-    client.close()
 
 
 def test_a_failing_step_fails_the_request_naming_step_and_model(

@@ -23,7 +23,7 @@ from polyserve_worker.backends import base
 from polyserve_worker.tensors import Array
 
 from tests.worker import models
-from tests.worker.conftest import StartWorker
+from tests.worker.conftest import StartWorker, in_background
 
 
 def status(url: str) -> int:
@@ -113,25 +113,27 @@ def test_stop_refuses_new_requests_and_drains_those_in_flight(
     (tmp_path / "gated" / "config.yaml").write_text(GATED_CONFIG)
     backend = GatedBackend()
     worker = start_worker(tmp_path, extra_backends={"gated": backend})
-    client = httpclient.InferenceServerClient(worker.http, concurrency=2)
     inp = httpclient.InferInput("INPUT0", [1, 2], "FP32")
     inp.set_data_from_numpy(np.array([[1.0, 2.0]], np.float32))
-    in_flight = client.async_infer("gated", [inp])
+    in_flight = in_background(
+        lambda: httpclient.InferenceServerClient(worker.http).infer("gated", [inp])
+    )
     served = worker.worker.repository.resolve("gated")
     deadline = time.monotonic() + 10
-    while served.batcher.in_flight == 0 and time.monotonic() < deadline:
+    while served.in_flight == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert served.in_flight == 1, "the request never reached the model"
     stopping = asyncio.run_coroutine_threadsafe(worker.worker.stop(), worker.loop)
     deadline = time.monotonic() + 10
     while worker.worker.core.ready() and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert not stopping.done(), "stop must wait for the request in flight"
     assert status(f"http://{worker.http}/v2/health/ready") == 503
     with pytest.raises(Exception, match="shutting down"):
         httpclient.InferenceServerClient(worker.http).infer("gated", [inp])
     backend.gate.set()
-    np.testing.assert_array_equal(in_flight.get_result().as_numpy("OUTPUT0"), [[2.0, 4.0]])
+    np.testing.assert_array_equal(in_flight.result(30).as_numpy("OUTPUT0"), [[2.0, 4.0]])
     stopping.result(30)
-    client.close()
 
 
 def free_port() -> int:
