@@ -242,3 +242,15 @@ def test_a_reload_keeps_serving_the_old_version_until_the_new_one_is_ready(
     seen.add(scale_infer(worker))
     assert seen <= {1.0, 2.0} and 2.0 in seen
     assert client.get_model_metadata("scale")["versions"] == ["2"]
+
+
+def test_kind_gpu_without_a_gpu_provider_fails_the_load_with_advice(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    models.scale_versions(tmp_path, {1: 1.0})
+    (tmp_path / "scale" / "config.yaml").write_text(
+        "max_batch_size: 4\ninstance_group: [{kind: KIND_GPU, count: 1}]\n"
+    )
+    worker = start_worker(tmp_path, strict_readiness=False)
+    reason = httpclient.InferenceServerClient(worker.http).get_model_repository_index()[0]["reason"]
+    assert "KIND_GPU" in reason and "polyserve[onnx-gpu]" in reason
