@@ -79,6 +79,16 @@ REGISTRY: dict[str, BackendInfo] = {
         # f32 and says so), f16 on OpenVINO's (Intel) GPU plugin.
         {"KIND_CPU": _p("fp32", "bf16"), "KIND_GPU": _p("fp32", "fp16")},
     ),
+    "tensorrt": BackendInfo(
+        "polyserve_worker.backends.tensorrt",
+        "TensorRtBackend",
+        "tensorrt",
+        "model.plan",
+        "tensorrt_plan",
+        # GPU only, and an engine's precision is fixed when it is built (trtexec --fp16,
+        # --int8): a config parameter cannot change it, so none is offered.
+        {"KIND_GPU": _p("fp32")},
+    ),
 }
 
 #: Triton platform names -> backend names.
@@ -86,8 +96,6 @@ PLATFORMS: dict[str, str] = {info.platform: name for name, info in REGISTRY.item
 
 #: Backends Triton has that this worker does not: a clear answer instead of a guess.
 KNOWN_ELSEWHERE = {
-    "tensorrt_plan": "tensorrt",
-    "tensorrt": "tensorrt",
     "python": "python",
 }
 

@@ -3,7 +3,9 @@
 The only module that imports onnxruntime. Thread counts come from the model's
 ``parameters`` (Triton's ORT backend names: ``intra_op_thread_count``,
 ``inter_op_thread_count``); the execution provider follows the instance kind and
-``optimization.execution_accelerators`` as in Triton.
+``optimization.execution_accelerators`` as in Triton; ``parameters.precision: fp16`` on
+GPU instances selects the TensorRT provider with FP16 on, the one provider that runs an
+FP32 ONNX file in FP16.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from polyserve_worker import config as model_config
 from polyserve_worker import errors, tensors
-from polyserve_worker.backends import base
+from polyserve_worker.backends import base, configs
 from polyserve_worker.tensors import Array
 
 logger = logging.getLogger(__name__)
@@ -212,16 +214,28 @@ def _providers(ort: Any, config: Any, instance: base.InstanceSpec) -> list[Any]:
             "'polyserve[onnx-gpu]' on a node with an NVIDIA GPU, or use KIND_CPU"
         )
     providers: list[Any] = []
-    accelerators = [
-        a.name for a in config.optimization.execution_accelerators.gpu_execution_accelerator
-    ]
-    if "tensorrt" in accelerators:
+    accelerators = {
+        a.name: dict(a.parameters)
+        for a in config.optimization.execution_accelerators.gpu_execution_accelerator
+    }
+    # Two ways to ask for TensorRT: Triton's accelerator entry (with its precision_mode),
+    # or parameters.precision fp16, which only the TensorRT provider can run.
+    fp16 = (
+        configs.precision(config) == "fp16"
+        or accelerators.get("tensorrt", {}).get("precision_mode", "").upper() == "FP16"
+    )
+    if "tensorrt" in accelerators or fp16:
         if "TensorrtExecutionProvider" not in available:
+            why = "fp16 on ONNX Runtime runs through" if fp16 else "the tensorrt accelerator needs"
             raise errors.ModelLoadError(
-                f"model '{config.name}': the tensorrt accelerator needs ONNX Runtime's "
-                "TensorRT execution provider, which this worker lacks"
+                f"model '{config.name}': {why} ONNX Runtime's TensorRT execution provider, "
+                f"which this worker lacks (it has {available})"
             )
-        providers.append(("TensorrtExecutionProvider", {"device_id": instance.device_id}))
+        options: dict[str, Any] = {"device_id": instance.device_id, "trt_fp16_enable": fp16}
+        workspace = accelerators.get("tensorrt", {}).get("max_workspace_size_bytes")
+        if workspace:
+            options["trt_max_workspace_size"] = int(workspace)
+        providers.append(("TensorrtExecutionProvider", options))
     providers.append(("CUDAExecutionProvider", {"device_id": instance.device_id}))
     providers.append("CPUExecutionProvider")
     return providers
