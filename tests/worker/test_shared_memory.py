@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
+from polyserve_worker import errors
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
@@ -163,7 +165,7 @@ def test_registering_bad_regions_is_refused(served: RunningWorker, regions: dict
     client.register_system_shared_memory("twice", f"/ps_in_{tag}", 8)
     with pytest.raises(InferenceServerException, match="already registered"):
         client.register_system_shared_memory("twice", f"/ps_in_{tag}", 8)
-    with pytest.raises(InferenceServerException, match="no shared memory region 'ghost'"):
+    with pytest.raises(InferenceServerException, match="no system shared memory region 'ghost'"):
         client.unregister_system_shared_memory("ghost")
 
 
@@ -189,7 +191,7 @@ def test_unregistering_a_region_in_use_keeps_it_mapped_for_that_request(
     """The lease keeps the mapping alive: unregister mid-flight only retires the name."""
     tag = regions["tag"]
     core = served.worker.core
-    core.shm.register(f"in_{tag}", f"/ps_in_{tag}", 0, 128)
+    core.shm.register_system(f"in_{tag}", f"/ps_in_{tag}", 0, 128)
     lease = core.shm.lease()
     view = lease.read(
         "INPUT0",
@@ -200,7 +202,7 @@ def test_unregistering_a_region_in_use_keeps_it_mapped_for_that_request(
     core.shm.unregister(f"in_{tag}")
     np.testing.assert_array_equal(view, A)  # still mapped for the request in flight
     lease.release()
-    with pytest.raises(Exception, match="not registered"):
+    with pytest.raises(errors.InvalidArgument, match="not registered"):
         core.shm.lease().read(
             "INPUT0",
             {"shared_memory_region": f"in_{tag}", "shared_memory_byte_size": 64},
@@ -220,3 +222,45 @@ def test_shared_memory_is_off_unless_allowed(tmp_path: Path, start_worker: Start
     with pytest.raises(grpc.RpcError) as rpc:
         stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(), timeout=10)
     assert rpc.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with pytest.raises(grpc.RpcError) as rpc:
+        stub.CudaSharedMemoryStatus(pb.CudaSharedMemoryStatusRequest(), timeout=10)
+    assert rpc.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_cuda_regions_without_a_gpu_runtime_say_what_is_missing(served: RunningWorker) -> None:
+    client = httpclient.InferenceServerClient(served.http)
+    assert client.get_cuda_shared_memory_status() == []
+    with pytest.raises(InferenceServerException, match="NVIDIA GPU and CuPy") as caught:
+        client.register_cuda_shared_memory("gpu0", b"AAAA", 0, 64)
+    assert caught.value.status() == "501"
+    with pytest.raises(InferenceServerException, match="not base64"):
+        client.register_cuda_shared_memory("gpu0", b"!!", 0, 64)
+
+
+def test_a_cuda_region_round_trips_through_a_real_gpu(served: RunningWorker) -> None:
+    if shutil.which("nvidia-smi") is None:
+        pytest.skip("CUDA shared memory needs an NVIDIA GPU (no nvidia-smi on this machine)")
+    pytest.importorskip("cupy", reason="CUDA shared memory in the worker needs CuPy")
+    try:
+        import tritonclient.utils.cuda_shared_memory as cudashm
+    except (ImportError, RuntimeError) as exc:
+        pytest.skip(f"tritonclient's CUDA shared memory utilities are missing: {exc}")
+    client = httpclient.InferenceServerClient(served.http)
+    region = cudashm.create_shared_memory_region("gpu_in", 128, 0)
+    out = cudashm.create_shared_memory_region("gpu_out", 128, 0)
+    try:
+        cudashm.set_shared_memory_region(region, [A, B])
+        client.register_cuda_shared_memory("gpu_in", cudashm.get_raw_handle(region), 0, 128)
+        client.register_cuda_shared_memory("gpu_out", cudashm.get_raw_handle(out), 0, 128)
+        inputs = [httpclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+        inputs[0].set_shared_memory("gpu_in", 64)
+        inputs[1].set_shared_memory("gpu_in", 64, offset=64)
+        output = httpclient.InferRequestedOutput("OUTPUT0")
+        output.set_shared_memory("gpu_out", 64)
+        client.infer("simple", inputs, outputs=[output])
+        result = cudashm.get_contents_as_numpy(out, np.int32, [1, 16])
+        np.testing.assert_array_equal(result, A + B)
+    finally:
+        client.unregister_cuda_shared_memory()
+        cudashm.destroy_shared_memory_region(region)
+        cudashm.destroy_shared_memory_region(out)

@@ -74,7 +74,7 @@ class DataPlane:
     def server_metadata(self) -> dict[str, Any]:
         extensions = list(EXTENSIONS)
         if self.shm.enabled:
-            extensions.append("system_shared_memory")
+            extensions += ["system_shared_memory", "cuda_shared_memory"]
         return {"name": self.server_name, "version": __version__, "extensions": sorted(extensions)}
 
     def model_ready(self, name: str, version: str = "") -> bool:

@@ -1,26 +1,35 @@
-"""System shared-memory regions (Triton's ``system_shared_memory`` extension).
+"""Client shared-memory regions: Triton's system and CUDA shared memory extensions.
 
-A client on the same node registers a POSIX shared-memory object (``/dev/shm/<key>``) as a
-named region; requests then place inputs and outputs in it by ``shared_memory_region``,
-``shared_memory_offset`` and ``shared_memory_byte_size`` instead of sending bytes. Inputs
-are read as numpy views straight over the mapping (no copy); outputs are copied in once.
+A client on the same node registers a region once; requests then place inputs and outputs
+in it by ``shared_memory_region``, ``shared_memory_offset`` and ``shared_memory_byte_size``
+instead of sending bytes.
 
-Off unless the worker runs with ``--allow-client-shm``. Every offset and size is checked
-against the region before any access. A request holds a lease on each region it uses, so
-unregistering a region in use only retires its name: the mapping stays valid until the last
-request using it has finished.
+- System regions map a POSIX shared-memory object (``/dev/shm/<key>``). Inputs are read as
+  numpy views straight over the mapping (no copy); outputs are copied in once.
+- CUDA regions open a client's ``cudaIpcMemHandle`` on the same GPU through CuPy's CUDA
+  runtime. The backends here take host tensors, so inputs are copied device-to-host and
+  outputs host-to-device, one copy each, with no serialization.
+
+Off unless the worker runs with ``--allow-client-shm``. Region names are unique across both
+kinds, as in Triton. Every offset and size is checked against the region before any access.
+A request holds a lease on each region it uses, so unregistering a region in use only
+retires its name: the mapping stays valid until the last request using it has finished.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import mmap
 import os
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from polyserve_worker import errors, tensors
 from polyserve_worker.tensors import Array
@@ -28,17 +37,48 @@ from polyserve_worker.tensors import Array
 logger = logging.getLogger(__name__)
 
 _KEY = re.compile(r"^/?[A-Za-z0-9_.\-]+$")
+SYSTEM = "system"
+CUDA = "cuda"
+
+_MEMCPY_HOST_TO_DEVICE = 1  # cudaMemcpyHostToDevice
+_MEMCPY_DEVICE_TO_HOST = 2  # cudaMemcpyDeviceToHost
 
 
-@dataclass(eq=False)
-class Region:
-    name: str
-    key: str
-    offset: int
-    byte_size: int
-    mapping: mmap.mmap
-    users: int = 0
-    retired: bool = False
+class Region(ABC):
+    kind: str
+
+    def __init__(self, name: str, byte_size: int) -> None:
+        self.name = name
+        self.byte_size = byte_size
+        self.users = 0
+        self.retired = False
+
+    @abstractmethod
+    def status(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def read(self, start: int, size: int) -> memoryview | bytes:
+        """Bytes [start, start+size) of the region; bounds already checked."""
+
+    @abstractmethod
+    def write(self, start: int, data: bytes) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def close_if_unused(self) -> None:
+        if self.retired and self.users == 0:
+            self.close()
+
+
+class SystemRegion(Region):
+    kind = SYSTEM
+
+    def __init__(self, name: str, key: str, offset: int, byte_size: int, mapping: mmap.mmap):
+        super().__init__(name, byte_size)
+        self.key = key
+        self.offset = offset
+        self.mapping = mapping
 
     def status(self) -> dict[str, Any]:
         return {
@@ -48,17 +88,79 @@ class Region:
             "byte_size": self.byte_size,
         }
 
-    def close_if_unused(self) -> None:
-        if self.retired and self.users == 0:
-            # A numpy view may still point into it; then it closes when that view dies.
-            with contextlib.suppress(BufferError):
-                self.mapping.close()
+    def read(self, start: int, size: int) -> memoryview:
+        begin = self.offset + start
+        return memoryview(self.mapping)[begin : begin + size]
+
+    def write(self, start: int, data: bytes) -> None:
+        begin = self.offset + start
+        self.mapping[begin : begin + len(data)] = data
+
+    def close(self) -> None:
+        # A numpy view may still point into the mapping; it then closes when that view dies.
+        with contextlib.suppress(BufferError):
+            self.mapping.close()
+
+
+class CudaRegion(Region):
+    kind = CUDA
+
+    def __init__(self, name: str, device_id: int, byte_size: int, pointer: int, cupy: Any):
+        super().__init__(name, byte_size)
+        self.device_id = device_id
+        self.pointer = pointer
+        self._cupy = cupy
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "device_id": self.device_id, "byte_size": self.byte_size}
+
+    def read(self, start: int, size: int) -> bytes:
+        host = np.empty(size, dtype=np.uint8)
+        with self._cupy.cuda.Device(self.device_id):
+            self._cupy.cuda.runtime.memcpy(
+                host.ctypes.data, self.pointer + start, size, _MEMCPY_DEVICE_TO_HOST
+            )
+        return host.tobytes()
+
+    def write(self, start: int, data: bytes) -> None:
+        host = np.frombuffer(data, dtype=np.uint8)
+        with self._cupy.cuda.Device(self.device_id):
+            self._cupy.cuda.runtime.memcpy(
+                self.pointer + start, host.ctypes.data, len(data), _MEMCPY_HOST_TO_DEVICE
+            )
+
+    def close(self) -> None:
+        with self._cupy.cuda.Device(self.device_id):
+            self._cupy.cuda.runtime.ipcCloseMemHandle(self.pointer)
 
 
 def _int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise errors.InvalidArgument(f"{name} must be an integer, got {value!r}")
     return value
+
+
+def _cupy() -> Any:
+    try:
+        import cupy
+    except ImportError as exc:
+        raise errors.Unsupported(
+            "CUDA shared memory needs an NVIDIA GPU and CuPy in the worker "
+            "(pip install 'polyserve[cuda]'); use system shared memory instead"
+        ) from exc
+    return cupy
+
+
+def decode_handle(raw: Any) -> bytes:
+    """A cudaIpcMemHandle from REST's ``{"b64": ...}`` or gRPC's raw bytes."""
+    if isinstance(raw, bytes):
+        return raw
+    if isinstance(raw, dict) and isinstance(raw.get("b64"), str):
+        try:
+            return base64.b64decode(raw["b64"], validate=True)
+        except ValueError as exc:
+            raise errors.InvalidArgument(f"raw_handle.b64 is not base64: {exc}") from exc
+    raise errors.InvalidArgument('raw_handle must be {"b64": "<base64 cudaIpcMemHandle>"}')
 
 
 class Registry:
@@ -70,29 +172,31 @@ class Registry:
     def _check_enabled(self) -> None:
         if not self.enabled:
             raise errors.Unsupported(
-                "system shared memory is disabled on this worker; start it with "
+                "shared memory is disabled on this worker; start it with "
                 "--allow-client-shm (only for clients on the same node)"
             )
 
-    def register(self, name: str, key: str, offset: Any, byte_size: Any) -> None:
+    def _check_new(self, name: str, byte_size: int) -> None:
         self._check_enabled()
-        offset = _int("offset", offset)
-        byte_size = _int("byte_size", byte_size)
         if not name:
             raise errors.InvalidArgument("a shared memory region needs a name")
         if name in self._regions:
             raise errors.InvalidArgument(
                 f"shared memory region '{name}' is already registered; unregister it first"
             )
+        if byte_size <= 0:
+            raise errors.InvalidArgument(f"region '{name}': byte_size must be > 0")
+
+    def register_system(self, name: str, key: str, offset: Any, byte_size: Any) -> None:
+        offset = _int("offset", offset)
+        byte_size = _int("byte_size", byte_size)
+        self._check_new(name, byte_size)
         if not _KEY.match(key) or key.strip("/") in ("", ".", ".."):
             raise errors.InvalidArgument(
                 f"shared memory key {key!r} is not a POSIX shared memory name such as /input0"
             )
-        if offset < 0 or byte_size <= 0:
-            raise errors.InvalidArgument(
-                f"region '{name}': offset must be >= 0 and byte_size > 0 "
-                f"(got {offset}, {byte_size})"
-            )
+        if offset < 0:
+            raise errors.InvalidArgument(f"region '{name}': offset must be >= 0, got {offset}")
         path = self.root / key.lstrip("/")
         try:
             fd = os.open(path, os.O_RDWR)
@@ -113,27 +217,44 @@ class Registry:
             mapping = mmap.mmap(fd, offset + byte_size)
         finally:
             os.close(fd)
-        self._regions[name] = Region(name, key, offset, byte_size, mapping)
+        self._regions[name] = SystemRegion(name, key, offset, byte_size, mapping)
         logger.info("registered shared memory region '%s' (%s, %d bytes)", name, key, byte_size)
 
-    def unregister(self, name: str = "") -> None:
-        """Unregister one region, or all when ``name`` is empty."""
+    def register_cuda(self, name: str, raw_handle: Any, device_id: Any, byte_size: Any) -> None:
+        device_id = _int("device_id", device_id)
+        byte_size = _int("byte_size", byte_size)
+        self._check_new(name, byte_size)
+        handle = decode_handle(raw_handle)
+        cupy = _cupy()
+        try:
+            with cupy.cuda.Device(device_id):
+                pointer = int(cupy.cuda.runtime.ipcOpenMemHandle(handle))
+        except Exception as exc:
+            raise errors.InvalidArgument(
+                f"region '{name}': cannot open the CUDA IPC handle on GPU {device_id}: {exc}"
+            ) from exc
+        self._regions[name] = CudaRegion(name, device_id, byte_size, pointer, cupy)
+        logger.info("registered CUDA shared memory region '%s' (GPU %d)", name, device_id)
+
+    def unregister(self, name: str = "", kind: str = SYSTEM) -> None:
+        """Unregister one region of ``kind``, or all of them when ``name`` is empty."""
         self._check_enabled()
-        if name and name not in self._regions:
-            raise errors.NotFound(f"no shared memory region '{name}' is registered")
-        names = [name] if name else list(self._regions)
+        if name and (name not in self._regions or self._regions[name].kind != kind):
+            raise errors.NotFound(f"no {kind} shared memory region '{name}' is registered")
+        names = [name] if name else [n for n, r in self._regions.items() if r.kind == kind]
         for region_name in names:
             region = self._regions.pop(region_name)
             region.retired = True
             region.close_if_unused()
 
-    def status(self, name: str = "") -> list[dict[str, Any]]:
+    def status(self, name: str = "", kind: str = SYSTEM) -> list[dict[str, Any]]:
         self._check_enabled()
         if name:
-            if name not in self._regions:
-                raise errors.NotFound(f"no shared memory region '{name}' is registered")
-            return [self._regions[name].status()]
-        return [r.status() for r in self._regions.values()]
+            region = self._regions.get(name)
+            if region is None or region.kind != kind:
+                raise errors.NotFound(f"no {kind} shared memory region '{name}' is registered")
+            return [region.status()]
+        return [r.status() for r in self._regions.values() if r.kind == kind]
 
     def lease(self) -> Lease:
         return Lease(self)
@@ -171,23 +292,21 @@ class Lease:
                 f"{what}: offset {offset} and byte size {size} fall outside region "
                 f"'{region.name}' of {region.byte_size} bytes"
             )
-        return region.offset + offset, size
+        return offset, size
 
     def read(self, name: str, params: dict[str, Any], datatype: str, shape: list[int]) -> Array:
-        """An input tensor as a view over its region."""
+        """An input tensor from its region (a view over system shared memory)."""
         what = f"input '{name}'"
         region = self._hold(str(params["shared_memory_region"]))
         start, size = self._span(region, params, what)
-        return tensors.from_raw(
-            name, memoryview(region.mapping)[start : start + size], datatype, shape
-        )
+        return tensors.from_raw(name, region.read(start, size), datatype, shape)
 
     def place(self, name: str, params: dict[str, Any]) -> Placement:
         """Where an output goes; checked now, written after inference."""
         what = f"output '{name}'"
         region = self._hold(str(params["shared_memory_region"]))
         start, size = self._span(region, params, what)
-        return Placement(region, start, size, params.get("shared_memory_offset", 0))
+        return Placement(region, start, size)
 
     def release(self) -> None:
         for region in self.held:
@@ -199,9 +318,8 @@ class Lease:
 @dataclass(frozen=True)
 class Placement:
     region: Region
-    start: int
-    capacity: int
     offset: int
+    capacity: int
 
     def write(self, name: str, array: Array) -> dict[str, Any]:
         """Copy the output in; returns the response parameters that point at it."""
@@ -211,7 +329,7 @@ class Placement:
                 f"output '{name}' needs {len(raw)} bytes but its shared memory span holds "
                 f"{self.capacity}"
             )
-        self.region.mapping[self.start : self.start + len(raw)] = raw
+        self.region.write(self.offset, raw)
         params: dict[str, Any] = {
             "shared_memory_region": self.region.name,
             "shared_memory_byte_size": len(raw),

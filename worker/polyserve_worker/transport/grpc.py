@@ -320,7 +320,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
             response = pb.SystemSharedMemoryStatusResponse()
-            for region in self.core.shm.status(request.name):
+            for region in self.core.shm.status(request.name, shm.SYSTEM):
                 response.regions[region["name"]].CopyFrom(
                     pb.SystemSharedMemoryStatusResponse.RegionStatus(**region)
                 )
@@ -330,26 +330,46 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
-            self.core.shm.register(request.name, request.key, request.offset, request.byte_size)
+            self.core.shm.register_system(
+                request.name, request.key, request.offset, request.byte_size
+            )
             return pb.SystemSharedMemoryRegisterResponse()
 
         return await _guard(context, call)
 
     async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
-            self.core.shm.unregister(request.name)
+            self.core.shm.unregister(request.name, shm.SYSTEM)
             return pb.SystemSharedMemoryUnregisterResponse()
 
         return await _guard(context, call)
 
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "CUDA shared memory")
+        async def call() -> Any:
+            response = pb.CudaSharedMemoryStatusResponse()
+            for region in self.core.shm.status(request.name, shm.CUDA):
+                response.regions[region["name"]].CopyFrom(
+                    pb.CudaSharedMemoryStatusResponse.RegionStatus(**region)
+                )
+            return response
+
+        return await _guard(context, call)
 
     async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "CUDA shared memory")
+        async def call() -> Any:
+            self.core.shm.register_cuda(
+                request.name, bytes(request.raw_handle), request.device_id, request.byte_size
+            )
+            return pb.CudaSharedMemoryRegisterResponse()
+
+        return await _guard(context, call)
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented(context, "CUDA shared memory")
+        async def call() -> Any:
+            self.core.shm.unregister(request.name, shm.CUDA)
+            return pb.CudaSharedMemoryUnregisterResponse()
+
+        return await _guard(context, call)
 
     async def TraceSetting(self, request: Any, context: Any) -> Any:
         return await self._unimplemented(context, "the trace extension")

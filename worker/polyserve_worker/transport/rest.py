@@ -97,11 +97,13 @@ class RestServer:
             r.add_get(prefix + "/config", self.model_config)
             r.add_get(prefix + "/stats", self.model_stats)
             r.add_post(prefix + "/infer", self.infer)
-        r.add_get("/v2/systemsharedmemory/status", self.shm_status)
-        r.add_get("/v2/systemsharedmemory/region/{region}/status", self.shm_status)
-        r.add_post("/v2/systemsharedmemory/region/{region}/register", self.shm_register)
-        r.add_post("/v2/systemsharedmemory/unregister", self.shm_unregister)
-        r.add_post("/v2/systemsharedmemory/region/{region}/unregister", self.shm_unregister)
+        for kind in ("systemsharedmemory", "cudasharedmemory"):
+            base = f"/v2/{kind}"
+            r.add_get(base + "/status", self.shm_status)
+            r.add_get(base + "/region/{region}/status", self.shm_status)
+            r.add_post(base + "/region/{region}/register", self.shm_register)
+            r.add_post(base + "/unregister", self.shm_unregister)
+            r.add_post(base + "/region/{region}/unregister", self.shm_unregister)
         r.add_post("/v2/repository/index", self.repository_index)
         r.add_post("/v2/repository/models/{model}/load", self.load)
         r.add_post("/v2/repository/models/{model}/unload", self.unload)
@@ -173,20 +175,25 @@ class RestServer:
     # -- shared memory -------------------------------------------------------------------
 
     async def shm_status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.core.shm.status(request.match_info.get("region", "")))
+        regions = self.core.shm.status(request.match_info.get("region", ""), _shm_kind(request))
+        return web.json_response(regions)
 
     async def shm_register(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
+        name = request.match_info["region"]
+        if _shm_kind(request) == shm.CUDA:
+            self.core.shm.register_cuda(
+                name, body.get("raw_handle"), body.get("device_id", 0), body.get("byte_size")
+            )
+            return web.json_response({})
         key = body.get("key")
         if not isinstance(key, str):
             raise errors.InvalidArgument("register needs a string 'key'")
-        self.core.shm.register(
-            request.match_info["region"], key, body.get("offset", 0), body.get("byte_size")
-        )
+        self.core.shm.register_system(name, key, body.get("offset", 0), body.get("byte_size"))
         return web.json_response({})
 
     async def shm_unregister(self, request: web.Request) -> web.Response:
-        self.core.shm.unregister(request.match_info.get("region", ""))
+        self.core.shm.unregister(request.match_info.get("region", ""), _shm_kind(request))
         return web.json_response({})
 
     # -- inference -----------------------------------------------------------------------
@@ -221,6 +228,10 @@ class RestServer:
             headers["Inference-Header-Content-Length"] = str(header_size)
             content = "application/octet-stream"
         return web.Response(body=payload, headers=headers, content_type=content)
+
+
+def _shm_kind(request: web.Request) -> str:
+    return shm.CUDA if request.path.startswith("/v2/cudasharedmemory") else shm.SYSTEM
 
 
 def _model(request: web.Request) -> tuple[str, str]:
