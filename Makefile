@@ -4,7 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS := worker,onnx,operator,dev
+# The CPU frameworks ride along so the backend tests and the demo run everywhere; the wheels
+# are CPU builds (torch is pinned to its CPU wheel). GPU extras (onnx-gpu, tensorrt) are not.
+EXTRAS := worker,onnx,operator,dev,torch,tensorflow,openvino
 
 .PHONY: demo test test-all lint crds bench models clean venv
 
@@ -19,6 +21,7 @@ venv: $(STAMP)
 
 models: $(STAMP)
 	$(BIN)/python examples/build_models.py examples/models
+	$(BIN)/python examples/build_framework_models.py examples/models
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

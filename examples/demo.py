@@ -2,9 +2,11 @@
 
     make demo        (or: .venv/bin/python examples/demo.py)
 
-Builds ``examples/models`` (mlp and cnn, ONNX), starts ``polyserve-worker`` on it, calls
-each model with tritonclient over HTTP (JSON and binary tensors) and gRPC, prints results
-and latencies, then stops the worker with SIGTERM as Kubernetes would.
+Builds ``examples/models`` (mlp and cnn, ONNX, and the same mlp in every other framework
+installed: TorchScript, TensorFlow SavedModel, OpenVINO IR in FP32 and BF16), starts
+``polyserve-worker`` on it, calls each model with tritonclient over HTTP (JSON and binary
+tensors) and gRPC, prints results and latencies, checks that every framework's mlp answers
+like the ONNX one, then stops the worker with SIGTERM as Kubernetes would.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ import tritonclient.http as httpclient
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import build_framework_models  # noqa: E402
 import build_models  # noqa: E402
 
-SHAPES = {"mlp": (256,), "cnn": (3, 224, 224)}
+#: model -> (sample shape, input name, output name)
+MODELS = {"mlp": ((256,), "INPUT0", "OUTPUT0"), "cnn": ((3, 224, 224), "INPUT0", "OUTPUT0")}
 
 
 def free_port() -> int:
@@ -73,6 +77,9 @@ def main() -> int:
     models = HERE / "models"
     print("== building example models")
     build_models.build(models)
+    framework_models = build_framework_models.build(models)
+    for name in framework_models:
+        MODELS[name] = ((256,), *build_framework_models.NAMES[name])
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     command = [
         sys.executable,
@@ -97,23 +104,36 @@ def main() -> int:
         grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         print(f"== worker ready: HTTP {http_port}, gRPC {grpc_port}, metrics {metrics_port}")
         rng = np.random.default_rng(0)
-        for model, shape in SHAPES.items():
+        mlp_input = rng.standard_normal((1, 256)).astype(np.float32)
+        mlp_answers: dict[str, np.ndarray] = {}
+        for model, (shape, input_name, output_name) in MODELS.items():
             meta = http.get_model_metadata(model)
-            print(f"\n-- {model}: inputs {meta['inputs']} outputs {meta['outputs']}")
-            x = rng.standard_normal((1, *shape)).astype(np.float32)
+            backend = http.get_model_config(model).get("backend", "?")
+            print(f"\n-- {model} ({backend}): inputs {meta['inputs']} outputs {meta['outputs']}")
+            is_mlp = model.startswith("mlp")
+            x = mlp_input if is_mlp else rng.standard_normal((1, *shape)).astype(np.float32)
 
-            def via_http(binary: bool, model: str = model, x: np.ndarray = x) -> np.ndarray:
-                inp = httpclient.InferInput("INPUT0", list(x.shape), "FP32")
+            def via_http(
+                binary: bool,
+                model: str = model,
+                x: np.ndarray = x,
+                names: tuple[str, str] = (input_name, output_name),
+            ) -> np.ndarray:
+                inp = httpclient.InferInput(names[0], list(x.shape), "FP32")
                 inp.set_data_from_numpy(x, binary_data=binary)
-                out = httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)
-                result = http.infer(model, [inp], outputs=[out]).as_numpy("OUTPUT0")
+                out = httpclient.InferRequestedOutput(names[1], binary_data=binary)
+                result = http.infer(model, [inp], outputs=[out]).as_numpy(names[1])
                 assert result is not None
                 return result
 
-            def via_grpc(model: str = model, x: np.ndarray = x) -> np.ndarray:
-                inp = grpcclient.InferInput("INPUT0", list(x.shape), "FP32")
+            def via_grpc(
+                model: str = model,
+                x: np.ndarray = x,
+                names: tuple[str, str] = (input_name, output_name),
+            ) -> np.ndarray:
+                inp = grpcclient.InferInput(names[0], list(x.shape), "FP32")
                 inp.set_data_from_numpy(x)
-                result = grpc.infer(model, [inp]).as_numpy("OUTPUT0")
+                result = grpc.infer(model, [inp]).as_numpy(names[1])
                 assert result is not None
                 return result
 
@@ -134,6 +154,18 @@ def main() -> int:
             for other in answers[1:]:
                 np.testing.assert_allclose(other, answers[0], rtol=1e-5, atol=1e-5)
             print("   all three protocols agree")
+            if is_mlp:
+                mlp_answers[model] = answers[0]
+        if len(mlp_answers) > 1:
+            print("\n== the mlp in every framework, against ONNX Runtime")
+            for model, answer in mlp_answers.items():
+                # BF16 keeps 8 bits of mantissa: it agrees to about 1e-2, FP32 to about 1e-5.
+                tolerance = 5e-2 if model.endswith("bf16") else 1e-4
+                difference = float(np.max(np.abs(answer - mlp_answers["mlp"])))
+                np.testing.assert_allclose(
+                    answer, mlp_answers["mlp"], rtol=tolerance, atol=tolerance
+                )
+                print(f"   {model:<18} max |difference| {difference:.2e} (within {tolerance})")
         stats = http.get_inference_statistics()["model_stats"]
         for s in stats:
             runs = f"{s['inference_count']} inferences in {s['execution_count']} executions"

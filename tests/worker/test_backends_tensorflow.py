@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tests.worker import framework_models
-from tests.worker.conftest import RunningWorker, StartWorker, WorkerThread, settings_for
+from tests.worker.conftest import RunningWorker, WorkerThread, settings_for
 
 tf = pytest.importorskip("tensorflow", reason="needs TensorFlow: pip install polyserve[tensorflow]")
 
@@ -72,13 +72,24 @@ def tf_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if config is not None:
             (root / name / "config.yaml").write_text(config)
     framework_models.savedmodel_mlp(root / "mlp" / "1" / "model.savedmodel")
+    # Models that must fail to load, each for its own reason, beside the ones that serve.
+    for name, config in (
+        ("unsigned", "parameters: {signature: predict}\n"),
+        ("bf16", "parameters: {precision: bf16}\n"),
+        ("gpu", "instance_group: [{kind: KIND_GPU}]\n"),
+    ):
+        shutil.copytree(root / "mlp", root / name)
+        (root / name / "config.yaml").write_text(config)
+    (root / "corrupt" / "1" / "model.savedmodel").mkdir(parents=True)
+    (root / "corrupt" / "1" / "model.savedmodel" / "saved_model.pb").write_bytes(b"junk")
+    (root / "corrupt" / "config.yaml").write_text("backend: tensorflow\n")
     return root
 
 
 @pytest.fixture(scope="module")
 def served(tf_repo: Path) -> Iterator[RunningWorker]:
     """One worker for the module: TensorFlow loads once for every test here."""
-    thread = WorkerThread(settings_for(tf_repo))
+    thread = WorkerThread(settings_for(tf_repo, strict_readiness=False))
     yield thread.start()
     thread.stop()
 
@@ -160,34 +171,12 @@ def test_the_mlp_matches_its_numpy_reference(served: RunningWorker) -> None:
     np.testing.assert_allclose(result, framework_models.reference(x), rtol=1e-5, atol=1e-5)
 
 
-def test_broken_savedmodels_fail_alone_and_say_why(
-    tf_repo: Path, tmp_path: Path, start_worker: StartWorker
-) -> None:
-    shutil.copytree(tf_repo / "mlp", tmp_path / "good")
-    shutil.copytree(tf_repo / "mlp", tmp_path / "unsigned")
-    (tmp_path / "unsigned" / "config.yaml").write_text("parameters: {signature: predict}\n")
-    (tmp_path / "corrupt" / "1" / "model.savedmodel").mkdir(parents=True)
-    (tmp_path / "corrupt" / "1" / "model.savedmodel" / "saved_model.pb").write_bytes(b"junk")
-    (tmp_path / "corrupt" / "config.yaml").write_text("backend: tensorflow\n")
-    shutil.copytree(tf_repo / "mlp", tmp_path / "bf16")
-    (tmp_path / "bf16" / "config.yaml").write_text("parameters: {precision: bf16}\n")
-    shutil.copytree(tf_repo / "mlp", tmp_path / "gpu")
-    (tmp_path / "gpu" / "config.yaml").write_text("instance_group: [{kind: KIND_GPU}]\n")
-    worker = start_worker(tmp_path, strict_readiness=False)
-    client = httpclient.InferenceServerClient(worker.http)
+def test_broken_savedmodels_fail_alone_and_say_why(served: RunningWorker) -> None:
+    client = httpclient.InferenceServerClient(served.http)
     index = {row["name"]: row for row in client.get_model_repository_index()}
-    assert index["good"]["state"] == "READY"
+    assert index["mlp"]["state"] == "READY"
     assert "no signature 'predict'; it has serving_default" in index["unsigned"]["reason"]
     assert "TensorFlow cannot load the SavedModel" in index["corrupt"]["reason"]
     assert "cannot run precision bf16 on KIND_CPU" in index["bf16"]["reason"]
     if not tf.config.list_physical_devices("GPU"):
         assert "KIND_GPU needs a GPU" in index["gpu"]["reason"]
-    x = np.ones((1, 8), dtype=np.float32)
-    inp = httpclient.InferInput("x", [1, 8], "FP32")
-    inp.set_data_from_numpy(x)
-    np.testing.assert_allclose(
-        client.infer("good", [inp]).as_numpy("y"),
-        framework_models.reference(x),
-        rtol=1e-5,
-        atol=1e-5,
-    )
