@@ -145,9 +145,9 @@ def test_unknown_version_is_not_found(simple: RunningWorker) -> None:
 def test_unimplemented_rpcs_say_so(simple: RunningWorker) -> None:
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(simple.grpc))
     with pytest.raises(grpc.RpcError) as caught:
-        stub.CudaSharedMemoryStatus(pb.CudaSharedMemoryStatusRequest(), timeout=10)
+        stub.LogSettings(pb.LogSettingsRequest(), timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "CUDA shared memory" in caught.value.details()
+    assert "logging extension" in caught.value.details()
     with pytest.raises(grpc.RpcError) as caught:
         stub.TraceSetting(pb.TraceSettingRequest(), timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
