@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tests.worker import framework_models
-from tests.worker.conftest import RunningWorker, WorkerThread, settings_for
+from tests.worker.conftest import RunningWorker, StartWorker, WorkerThread, settings_for
 
 tf = pytest.importorskip("tensorflow", reason="needs TensorFlow: pip install polyserve[tensorflow]")
 
@@ -180,3 +180,23 @@ def test_broken_savedmodels_fail_alone_and_say_why(served: RunningWorker) -> Non
     assert "cannot run precision bf16 on KIND_CPU" in index["bf16"]["reason"]
     if not tf.config.list_physical_devices("GPU"):
         assert "KIND_GPU needs a GPU" in index["gpu"]["reason"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not tf.config.list_physical_devices("GPU"),
+    reason="needs a GPU that TensorFlow sees (pip install polyserve[tensorflow-gpu])",
+)
+def test_gpu_instances_serve_with_memory_growth(
+    tf_repo: Path, tmp_path: Path, start_worker: StartWorker
+) -> None:
+    shutil.copytree(tf_repo / "mlp", tmp_path / "mlp")
+    (tmp_path / "mlp" / "config.yaml").write_text("instance_group: [{kind: KIND_GPU}]\n")
+    worker = start_worker(tmp_path)
+    x = np.ones((2, 8), dtype=np.float32)
+    inp = grpcclient.InferInput("x", [2, 8], "FP32")
+    inp.set_data_from_numpy(x)
+    result = grpcclient.InferenceServerClient(worker.grpc).infer("mlp", [inp]).as_numpy("y")
+    np.testing.assert_allclose(result, framework_models.reference(x), rtol=1e-4, atol=1e-4)
+    gpu = tf.config.list_physical_devices("GPU")[0]
+    assert tf.config.experimental.get_memory_growth(gpu)
