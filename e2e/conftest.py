@@ -30,7 +30,6 @@ import kmock
 import pytest
 import yaml
 from kopf.testing import KopfRunner
-
 from polyserve_operator import api, crds, handlers, k8s, settings
 
 T = TypeVar("T")
@@ -169,7 +168,7 @@ class Cluster:
             pytest.skip(f"emulator only: {why}")
 
 
-@pytest.fixture(scope="module", params=["emulator", "cluster"])
+@pytest.fixture(scope="session", params=["emulator", "cluster"])
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
@@ -196,6 +195,14 @@ def free_port() -> int:
         return port
 
 
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def operator_settings(kubeconfig: Path, webhook_port: int) -> settings.Settings:
     """Fast status refreshes; the webhook over plain HTTP on 127.0.0.1, unmanaged (the
     emulator runs no admission chain: tests post AdmissionReviews to it themselves)."""
@@ -219,26 +226,46 @@ class Operator:
     webhook_url: str
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def operator(cluster: Cluster) -> Iterator[Operator]:
-    """The real operator, running for the whole module."""
+    """The real operator, running for the whole session (one per API server)."""
     port = free_port()
     cfg = operator_settings(cluster.kubeconfig, port)
     client = k8s.connect(cluster.kubeconfig, cfg.field_manager)
     registry = handlers.build(cfg, client)
     with KopfRunner(["run", "-A", "--standalone"], registry=registry, timeout=30) as runner:
+        # The runner is ready before kopf's webhook server listens: wait for the port.
+        wait_for("the webhook server", lambda: _listening(port))
         yield Operator(runner, f"http://127.0.0.1:{port}")
     client.close()
     assert runner.exit_code == 0, runner.output
 
 
 @pytest.fixture()
-def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> str:
+def namespace(cluster: Cluster) -> Iterator[str]:
     """A namespace of the test's own (created on a real cluster; the emulator needs none)."""
     name = "e2e-" + uuid.uuid4().hex[:8]
     if not cluster.emulated:
         cluster.client.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    return name
+    yield name
+    _delete_resources(cluster, name)
+    if not cluster.emulated:
+        cluster.client.delete("v1", "Namespace", None, name)
+
+
+def _delete_resources(cluster: Cluster, namespace: str) -> None:
+    """Each test leaves no resource behind (kopf's finalizers released), so the operator's
+    timers stay few and none is mid-request when kopf stops: a sync timer still running
+    then is orphaned by kopf and leaks its connection."""
+    kinds = ("InferenceEnsemble", "InferenceModel")
+    for kind in kinds:
+        for item in cluster.client.list(api.API_VERSION, kind, namespace, {}):
+            cluster.client.delete(api.API_VERSION, kind, namespace, item["metadata"]["name"])
+    wait_for(
+        f"the resources of {namespace} to go",
+        lambda: not any(cluster.client.list(api.API_VERSION, k, namespace, {}) for k in kinds),
+        timeout=30,
+    )
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0) -> T:

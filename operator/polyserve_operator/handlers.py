@@ -69,9 +69,9 @@ class Reconciler:
         patch: kopf.Patch,
         w: workloads.Workload,
         desired: int,
+        observation: conditions.Observation,
     ) -> None:
         previous = dict(body.get("status") or {})
-        observation = observe.workload(self.client, w)
         status = conditions.compute(
             generation=body.meta.get("generation"),
             desired_replicas=desired,
@@ -101,7 +101,27 @@ class Reconciler:
                 )
         elif new["Degraded"]["status"] == "True" and old_ready.get("Degraded") != "True":
             kopf.warn(body, reason=new["Degraded"]["reason"], message=new["Degraded"]["message"])
-        patch.status.update(status)
+        # Only what changed: an unchanged status costs no API call and wakes no watcher.
+        for key, value in status.items():
+            if previous.get(key) != value:
+                patch.status[key] = value
+
+    def _observe(self, w: workloads.Workload) -> conditions.Observation:
+        try:
+            return observe.workload(self.client, w)
+        except k8s.ApiError as exc:
+            raise kopf.TemporaryError(f"observing the workload failed: {exc}", delay=10) from exc
+
+    def _converge(
+        self, body: kopf.Body, patch: kopf.Patch, w: workloads.Workload, *, force: bool
+    ) -> None:
+        """Apply when asked to (spec changes, restarts) or when the Deployment drifted from
+        the rendered revision; then observe and report."""
+        observation = self._observe(w)
+        if force or _drifted(observation.deployment, w, workloads.revision(w, self.cfg)):
+            self._apply(body, patch, w)
+            observation = self._observe(w)
+        self._report(body, patch, w, w.replicas, observation)
 
     def _apply(self, body: kopf.Body, patch: kopf.Patch, w: workloads.Workload) -> None:
         objects = render.objects(w, self.cfg)
@@ -118,7 +138,7 @@ class Reconciler:
                 raise kopf.TemporaryError(str(exc), delay=10) from exc
             raise kopf.PermanentError(str(exc)) from exc
 
-    def model(self, body: kopf.Body, patch: kopf.Patch) -> None:
+    def model(self, body: kopf.Body, patch: kopf.Patch, *, force: bool = True) -> None:
         """Reconcile one InferenceModel."""
         try:
             im = api.InferenceModel.model_validate(dict(body))
@@ -129,11 +149,9 @@ class Reconciler:
         if problems:
             self._invalid_spec(body, patch, "; ".join(problems))
             return
-        w = render.model_workload(im)
-        self._apply(body, patch, w)
-        self._report(body, patch, w, im.spec.replicas)
+        self._converge(body, patch, render.model_workload(im), force=force)
 
-    def ensemble(self, body: kopf.Body, patch: kopf.Patch) -> None:
+    def ensemble(self, body: kopf.Body, patch: kopf.Patch, *, force: bool = True) -> None:
         """Reconcile one InferenceEnsemble (members are re-read every time)."""
         try:
             ie = api.InferenceEnsemble.model_validate(dict(body))
@@ -152,9 +170,7 @@ class Reconciler:
             self._invalid_spec(body, patch, "; ".join(problems), permanent=False)
             return
         present = {k: v for k, v in members.items() if v is not None}
-        w = render.ensemble_workload(ie, present)
-        self._apply(body, patch, w)
-        self._report(body, patch, w, ie.spec.replicas)
+        self._converge(body, patch, render.ensemble_workload(ie, present), force=force)
 
     def _invalid_spec(
         self, body: kopf.Body, patch: kopf.Patch, message: str, *, permanent: bool = True
@@ -194,6 +210,16 @@ class Reconciler:
             raise kopf.AdmissionError("; ".join(problems), code=422)
 
 
+def _drifted(deployment: dict[str, Any] | None, w: workloads.Workload, revision: str) -> bool:
+    if deployment is None:
+        return True
+    spec = deployment.get("spec") or {}
+    annotations = ((spec.get("template") or {}).get("metadata") or {}).get("annotations") or {}
+    return bool(
+        annotations.get(f"{api.GROUP}/revision") != revision or spec.get("replicas") != w.replicas
+    )
+
+
 def build(cfg: settings.Settings, client: k8s.Client) -> kopf.OperatorRegistry:
     """A registry with every handler of the operator, bound to ``cfg`` and ``client``."""
     registry = kopf.OperatorRegistry()
@@ -209,6 +235,9 @@ def build(cfg: settings.Settings, client: k8s.Client) -> kopf.OperatorRegistry:
         )
         settings.persistence.finalizer = f"{prefix}/finalizer"
         settings.posting.level = logging.INFO
+        # A timer caught mid-call when its resource is deleted is polled for its exit before
+        # kopf releases the finalizer: every 60 s by default, i.e. `kubectl delete` hangs.
+        settings.background.cancellation_polling = 1.0
         # One replica (Recreate): peering would only pause, it elects no leader.
         settings.peering.standalone = True
         if cfg.webhook.enabled:
@@ -241,19 +270,28 @@ def build(cfg: settings.Settings, client: k8s.Client) -> kopf.OperatorRegistry:
                 private_key_path=c.key_file,
             )
 
+    interval = cfg.status_interval_seconds
+
     @kopf.on.resume(*MODELS, registry=registry)
     @kopf.on.create(*MODELS, registry=registry)
     @kopf.on.update(*MODELS, registry=registry)
-    @kopf.timer(*MODELS, interval=cfg.status_interval_seconds, registry=registry)
     def reconcile_model(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         reconciler.model(body, patch)
+
+    @kopf.timer(*MODELS, interval=interval, idle=interval, registry=registry)
+    def observe_model(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        reconciler.model(body, patch, force=False)
 
     @kopf.on.resume(*ENSEMBLES, registry=registry)
     @kopf.on.create(*ENSEMBLES, registry=registry)
     @kopf.on.update(*ENSEMBLES, registry=registry)
-    @kopf.timer(*ENSEMBLES, interval=cfg.status_interval_seconds, registry=registry)
     def reconcile_ensemble(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         reconciler.ensemble(body, patch)
+
+    @kopf.timer(*ENSEMBLES, interval=interval, idle=interval, registry=registry)
+    def observe_ensemble(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        # Also how an ensemble follows its members: their configs are in the revision.
+        reconciler.ensemble(body, patch, force=False)
 
     if cfg.webhook.enabled:  # kopf refuses to start with validators and no webhook server
 

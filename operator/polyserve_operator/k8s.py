@@ -168,7 +168,7 @@ class Client:
             )
         ]
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         """Delete one object; False when it was already gone."""
         try:
             self._call("DELETE", path(api_version, kind, namespace, name))

@@ -1,0 +1,64 @@
+"""InferenceEnsembles end to end: one worker Deployment serving every member in-process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from polyserve_operator import api
+
+from e2e.conftest import Cluster, Operator, example, wait_for
+
+
+def _ready(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    body = cluster.client.get(api.API_VERSION, "InferenceEnsemble", namespace, name) or {}
+    conds = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
+    return conds.get("Ready") or {}
+
+
+def test_an_ensemble_renders_one_deployment_that_fetches_and_serves_every_member(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    c = cluster.client
+    for doc in example("ensemble.yaml", namespace):
+        c.apply(doc)
+    dep = wait_for(
+        "the ensemble's Deployment",
+        lambda: c.get("apps/v1", "Deployment", namespace, "sentiment-pipeline"),
+    )
+    pod = dep["spec"]["template"]["spec"]
+    assert [i["name"] for i in pod["initContainers"]] == ["fetch-sentiment", "fetch-tokenizer"]
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert {
+        "/models/sentiment/config.pbtxt",
+        "/models/tokenizer/config.pbtxt",
+        "/models/sentiment-pipeline/config.pbtxt",
+    } <= mounts
+    cm = c.get("v1", "ConfigMap", namespace, "sentiment-pipeline") or {}
+    ensemble = cm["data"]["sentiment-pipeline.pbtxt"]
+    assert 'platform: "ensemble"' in ensemble
+    assert 'value: "tokenize.ids"' in ensemble
+    wait_for("a Ready condition", lambda: _ready(cluster, namespace, "sentiment-pipeline"))
+
+
+def test_an_ensemble_whose_member_is_missing_says_so_and_recovers_when_it_appears(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    c = cluster.client
+    tokenizer, sentiment, ensemble = example("ensemble.yaml", namespace)
+    c.apply(tokenizer)
+    c.apply(ensemble)
+    ready = wait_for(
+        "InvalidSpec",
+        lambda: (
+            (r := _ready(cluster, namespace, "sentiment-pipeline")).get("reason") == "InvalidSpec"
+            and r
+        ),
+    )
+    assert "InferenceModel sentiment does not exist" in ready["message"]
+    assert c.get("apps/v1", "Deployment", namespace, "sentiment-pipeline") is None
+
+    c.apply(sentiment)
+    wait_for(
+        "the Deployment once the member exists",
+        lambda: c.get("apps/v1", "Deployment", namespace, "sentiment-pipeline"),
+    )
