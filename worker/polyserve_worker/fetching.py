@@ -1,0 +1,193 @@
+"""``polyserve-worker fetch URI DEST``: copy a model artifact into a model version directory.
+
+Runs as the init container of every worker pod the operator renders, before the worker
+starts. One interface over every store, fsspec: ``s3://`` (extra ``fetch-s3``), ``gs://``
+(extra ``fetch-gcs``), ``http(s)://``, ``file://`` and ``pvc://CLAIM/PATH`` (a claim the pod
+already mounts read-only under ``$POLYSERVE_FETCH_PVC_ROOT``, ``/mnt/pvc`` by default).
+Credentials come from the environment (the operator passes the artifact Secret's keys as
+variables: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``...) or
+from files in ``$POLYSERVE_FETCH_SECRET_DIR`` (``gcs.json``: a service-account key).
+
+A directory is copied whole into DEST; a single file keeps its name. Files are written under
+a temporary name and renamed when complete, so a retried fetch never serves half a model.
+Every failure exits non-zero with one line that says what to change. This module knows
+nothing about serving; fsspec is imported only when a fetch runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import posixpath
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 4 * 1024 * 1024
+PROGRESS_EVERY_SECONDS = 5.0
+EXTRAS = {"s3": "fetch-s3 (s3fs)", "gs": "fetch-gcs (gcsfs)", "gcs": "fetch-gcs (gcsfs)"}
+
+
+class FetchError(Exception):
+    """A fetch that cannot succeed as asked; the message says what to change."""
+
+
+def resolve(uri: str, env: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]:
+    """(fsspec protocol, path for that protocol, filesystem options) of an artifact URI."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme == "pvc":
+        if not parts.netloc:
+            raise FetchError(f"{uri}: pvc:// needs a claim name: pvc://CLAIM/PATH")
+        root = env.get("POLYSERVE_FETCH_PVC_ROOT", "/mnt/pvc")
+        return "file", posixpath.join(root, parts.netloc, parts.path.lstrip("/")), {}
+    if scheme == "file":
+        return "file", parts.path, {}
+    if scheme in ("http", "https"):
+        return scheme, uri, {}
+    if scheme in ("s3", "gs", "gcs"):
+        options: dict[str, Any] = {}
+        secret_dir = env.get("POLYSERVE_FETCH_SECRET_DIR")
+        if scheme in ("gs", "gcs") and secret_dir and Path(secret_dir, "gcs.json").is_file():
+            options["token"] = str(Path(secret_dir, "gcs.json"))
+        if scheme == "s3" and env.get("AWS_ENDPOINT_URL"):
+            options["endpoint_url"] = env["AWS_ENDPOINT_URL"]
+        return ("gcs" if scheme == "gs" else scheme), f"{parts.netloc}{parts.path}", options
+    raise FetchError(
+        f"{uri}: unsupported scheme {scheme or '(none)'}; use s3://, gs://, http(s)://, "
+        "pvc://CLAIM/PATH or file://"
+    )
+
+
+def _filesystem(protocol: str, options: dict[str, Any]) -> Any:
+    import fsspec
+
+    try:
+        return fsspec.filesystem(protocol, **options)
+    except ImportError as exc:
+        extra = EXTRAS.get(protocol, protocol)
+        raise FetchError(
+            f"{protocol}:// needs the {extra} extra in the worker image: "
+            f"pip install 'polyserve[{extra.split()[0]}]' ({exc})"
+        ) from exc
+
+
+class _Progress:
+    def __init__(self, name: str, total: int | None) -> None:
+        self.name = name
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+        self.last = self.started
+
+    def add(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_SECONDS:
+            self.last = now
+            self.report()
+
+    def report(self) -> None:
+        rate = self.done / max(time.monotonic() - self.started, 1e-6) / 1e6
+        of = f" of {self.total / 1e6:.1f} MB" if self.total else ""
+        logger.info("%s: %.1f MB%s (%.1f MB/s)", self.name, self.done / 1e6, of, rate)
+
+
+def _copy_file(fs: Any, source: str, target: Path, expect_sha256: str | None) -> int:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        size = fs.size(source)
+    except (OSError, NotImplementedError, ValueError):
+        size = None
+    progress = _Progress(target.name, size)
+    digest = hashlib.sha256()
+    with fs.open(source, "rb") as src, open(partial, "wb") as dst:
+        while chunk := src.read(CHUNK):
+            dst.write(chunk)
+            digest.update(chunk)
+            progress.add(len(chunk))
+    if expect_sha256 and digest.hexdigest() != expect_sha256.lower():
+        partial.unlink()
+        raise FetchError(
+            f"{source}: sha256 is {digest.hexdigest()}, expected {expect_sha256}; the artifact "
+            "changed: update artifact.digest or point artifact.uri at the intended version"
+        )
+    os.replace(partial, target)
+    progress.report()
+    return progress.done
+
+
+def fetch(uri: str, dest: Path, *, sha256: str | None, env: Mapping[str, str]) -> list[Path]:
+    """Copy the artifact at ``uri`` into the directory ``dest``; the files written."""
+    protocol, path, options = resolve(uri, env)
+    fs = _filesystem(protocol, options)
+    try:
+        is_dir = fs.isdir(path)
+        if not is_dir and not fs.exists(path):
+            raise FileNotFoundError(path)
+    except FileNotFoundError as exc:
+        raise FetchError(f"{uri}: not found; check artifact.uri") from exc
+    except PermissionError as exc:
+        raise FetchError(
+            f"{uri}: access denied; check the credentials in artifact.secretRef"
+        ) from exc
+    written: list[Path] = []
+    if not is_dir:
+        name = posixpath.basename(urlsplit(path).path.rstrip("/")) or "model"
+        _copy_file(fs, path, dest / name, sha256)
+        return [dest / name]
+    if sha256:
+        raise FetchError(f"{uri}: artifact.digest applies to a single file, not a directory")
+    root = path.rstrip("/")
+    for source in sorted(fs.find(root)):
+        relative = posixpath.relpath(source, root)
+        if relative.startswith("..") or relative.startswith(".partial"):
+            continue
+        _copy_file(fs, source, dest / relative, None)
+        written.append(dest / relative)
+    if not written:
+        raise FetchError(f"{uri}: the directory is empty; check artifact.uri")
+    return written
+
+
+def main(argv: list[str], env: Mapping[str, str] | None = None) -> int:
+    """``polyserve-worker fetch URI DEST [--sha256 HEX]``; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="polyserve-worker fetch", description="Copy a model artifact into DEST."
+    )
+    parser.add_argument("uri", help="s3://, gs://, http(s)://, pvc://CLAIM/PATH or file://")
+    parser.add_argument("dest", type=Path, help="directory to fill, e.g. /models/NAME/1")
+    parser.add_argument("--sha256", help="expected sha256 (hex) of a single-file artifact")
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s fetch: %(message)s")
+    environment = os.environ if env is None else env
+    started = time.monotonic()
+    try:
+        files = fetch(args.uri, args.dest, sha256=args.sha256, env=environment)
+    except FetchError as exc:
+        logger.error("%s", exc)
+        return 1
+    except OSError as exc:  # network and disk faults: the pod restarts the init container
+        logger.error("%s: %s; the fetch will be retried when the pod restarts", args.uri, exc)
+        return 1
+    logger.info(
+        "fetched %d file(s) from %s into %s in %.1f s",
+        len(files),
+        args.uri,
+        args.dest,
+        time.monotonic() - started,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
