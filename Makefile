@@ -39,6 +39,11 @@ test: lint
 test-all: lint
 	$(BIN)/python -m pytest -q
 
+# The CRDs are generated from operator/polyserve_operator/api.py; a test fails when the
+# committed copies drift.
+crds: $(STAMP)
+	$(BIN)/python -m polyserve_operator.crds crds
+
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --out bench/RESULTS.md
 
