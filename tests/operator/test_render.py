@@ -14,7 +14,7 @@ from polyserve_operator import api, cli, render, settings
 from polyserve_operator.render import workloads
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
+EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("[a-z]*.yaml"))
 CFG = settings.Settings()
 
 
