@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 from tests.worker import framework_models
 from tests.worker.conftest import RunningWorker, StartWorker, WorkerThread, settings_for
 
-ov = pytest.importorskip("openvino", reason="needs OpenVINO: pip install polyserve[openvino]")
+ov = framework_models.require("openvino", "openvino")
 
 
 def _typed_model(path: Path, element: str, numpy_type: type) -> None:

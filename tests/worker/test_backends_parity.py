@@ -20,9 +20,8 @@ import tritonclient.http as httpclient
 from tests.worker import framework_models
 from tests.worker.conftest import RunningWorker, WorkerThread, settings_for
 
-pytest.importorskip("torch", reason="the parity test needs PyTorch: polyserve[torch]")
-pytest.importorskip("tensorflow", reason="the parity test needs TensorFlow: polyserve[tensorflow]")
-pytest.importorskip("openvino", reason="the parity test needs OpenVINO: polyserve[openvino]")
+for _framework in ("torch", "tensorflow", "openvino"):
+    framework_models.require(_framework, _framework)
 
 #: model -> (model file, backend, input name, output name)
 FORMATS = {

@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 from tests.worker import framework_models
 from tests.worker.conftest import RunningWorker, StartWorker, WorkerThread, settings_for
 
-torch = pytest.importorskip("torch", reason="needs PyTorch: pip install polyserve[torch]")
+torch = framework_models.require("torch", "torch")
 
 MLP_CONFIG = """\
 platform: "pytorch_libtorch"

@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 from tests.worker import framework_models
 from tests.worker.conftest import RunningWorker, StartWorker, WorkerThread, settings_for
 
-tf = pytest.importorskip("tensorflow", reason="needs TensorFlow: pip install polyserve[tensorflow]")
+tf = framework_models.require("tensorflow", "tensorflow")
 
 
 def _savedmodel(path: Path) -> None:

@@ -139,7 +139,13 @@ class PyTorchInstance(base.BlockingInstance):
     async def prepare(self) -> None:
         """Set the instance thread's intra-op threads (OpenMP counts them per thread)."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._torch.set_num_threads, self._threads)
+        await loop.run_in_executor(self._executor, self._set_threads)
+
+    def _set_threads(self) -> None:
+        # torch initialises a thread's count from a process-wide value on its first use;
+        # trigger that first, so the count set next is this thread's and stays.
+        self._torch.get_num_threads()
+        self._torch.set_num_threads(self._threads)
 
     def run(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> base.Outputs:
         torch = self._torch
