@@ -115,11 +115,12 @@ def test_bf16_runs_in_bf16_on_this_cpu_and_answers_fp32(served: RunningWorker) -
     assert not np.array_equal(bf16, _infer(served, "ir", x))
 
 
-def test_each_instance_says_which_precision_actually_runs(
+def test_each_instance_says_which_precision_and_how_many_requests_it_runs(
     ov_repo: Path, tmp_path: Path, start_worker: StartWorker, caplog: pytest.LogCaptureFixture
 ) -> None:
     shutil.copytree(ov_repo / "ir", tmp_path / "ir")
     shutil.copytree(ov_repo / "ir_bf16", tmp_path / "ir_bf16")
+    shutil.copytree(ov_repo / "streams", tmp_path / "streams")
     with caplog.at_level(logging.INFO, logger="polyserve_worker.backends.openvino"):
         start_worker(tmp_path)
     lines = [r.getMessage() for r in caplog.records if "OpenVINO CPU runs" in r.getMessage()]
@@ -127,6 +128,12 @@ def test_each_instance_says_which_precision_actually_runs(
     bf16_capable = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     expected = "runs bf16 (asked bf16" if bf16_capable else "runs f32 (asked bf16"
     assert any(line.startswith("model 'ir_bf16' ") and expected in line for line in lines)
+    # One infer request per stream: the parts of a batch run at once.
+    assert any(
+        line.startswith("model 'streams' ")
+        and "THROUGHPUT hint, 2 streams, 2 infer requests" in line
+        for line in lines
+    )
 
 
 def test_throughput_streams_overlap_the_parts_of_a_batch_and_keep_rows_apart(
