@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from polyserve_worker import server
 from polyserve_worker.backends import base
 from polyserve_worker.settings import WorkerSettings

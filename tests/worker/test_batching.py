@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from polyserve_worker import batching, errors, stats
 from polyserve_worker.backends import base
 from polyserve_worker.clock import FakeClock

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from polyserve_worker.backends import base
-from polyserve_worker.tensors import Array
 from tritonclient.utils import InferenceServerException
 
+from polyserve_worker.backends import base
+from polyserve_worker.tensors import Array
 from tests.worker import models
 from tests.worker.conftest import RunningWorker, StartWorker, in_background
 

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+
 from polyserve_worker.backends import base
 from polyserve_worker.tensors import Array
-
 from tests.worker import models
 from tests.worker.conftest import StartWorker, in_background
 

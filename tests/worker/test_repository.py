@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from polyserve_worker import errors, repository
 from tritonclient.utils import InferenceServerException
 
+from polyserve_worker import errors, repository
 from tests.worker import models
 from tests.worker.conftest import RunningWorker, StartWorker
 

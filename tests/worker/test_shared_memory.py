@@ -15,11 +15,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
-from polyserve_worker import errors
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
+from polyserve_worker import errors
 from tests.worker import models
 from tests.worker.conftest import RunningWorker, StartWorker
 from tests.worker.test_http import raw

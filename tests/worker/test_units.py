@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from polyserve_worker import config, errors, main, tensors
 
 
