@@ -9,6 +9,7 @@ several samples and concurrent single requests, must match the numpy reference.
 from __future__ import annotations
 
 import concurrent.futures
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.worker import framework_models
 from tests.worker.conftest import RunningWorker, WorkerThread, settings_for
@@ -127,3 +129,22 @@ def test_concurrent_requests_batched_by_the_server_match_across_formats(
     for row in stats["model_stats"]:
         if row["name"] in FORMATS:
             assert row["execution_count"] <= row["inference_count"], row["name"]
+
+
+def test_every_format_reports_the_same_metrics(served: RunningWorker) -> None:
+    x = np.ones((2, 8), dtype=np.float32)
+    for model in FORMATS:
+        _infer(served, model, x, "http-binary")
+    with urllib.request.urlopen(served.metrics, timeout=5) as response:
+        text = response.read().decode()
+    samples = {
+        (s.name, s.labels.get("model")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if "le" not in s.labels
+    }
+    for model in FORMATS:
+        assert samples[("nv_inference_request_success", model)] >= 1, model
+        assert samples[("nv_inference_count", model)] >= 2, model
+        assert samples[("nv_inference_compute_infer_duration_us", model)] > 0, model
+        assert samples[("nv_inference_request_failure", model)] == 0, model
