@@ -30,6 +30,7 @@ import kmock
 import pytest
 import yaml
 from kopf.testing import KopfRunner
+
 from polyserve_operator import api, crds, handlers, k8s, settings
 
 T = TypeVar("T")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from polyserve_operator import api
-
 from e2e.conftest import Cluster, Operator, example, wait_for
+from polyserve_operator import api
 
 
 def _ready(status: dict[str, Any] | None) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from kopf.testing import KopfRunner
-from polyserve_operator import api, handlers, k8s
 
 from e2e.conftest import (
     EmulatorThread,
@@ -22,6 +21,7 @@ from e2e.conftest import (
     wait_for,
     write_kubeconfig,
 )
+from polyserve_operator import api, handlers, k8s
 
 NS = "restart"
 

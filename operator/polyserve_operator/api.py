@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from polyserve_worker import config as worker_config
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
+
+from polyserve_worker import config as worker_config
 
 GROUP = "polyserve.io"
 VERSION = "v1alpha1"

@@ -9,6 +9,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from polyserve_operator import crds
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,6 +10,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+
 from polyserve_operator import api, cli, render, settings
 from polyserve_operator.render import workloads
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from polyserve_operator import api, validating
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+
 from polyserve_worker import fetching
 
 MODEL = b"\x08\x07onnx-bytes" * 1000

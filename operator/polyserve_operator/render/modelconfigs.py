@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from polyserve_worker import config as worker_config
-
 from polyserve_operator import api
+from polyserve_worker import config as worker_config
 
 # hardware.backend -> (Triton backend, Triton platform)
 BACKENDS: dict[str, tuple[str, str | None]] = {
