@@ -82,7 +82,8 @@ async def _client_and_call(spec: LoadSpec) -> tuple[Any, Callable[[], Awaitable[
         grpc_outputs = [grpcclient.InferRequestedOutput(spec.output_name)]
 
         def grpc_call() -> Awaitable[Any]:
-            return grpc_client.infer(spec.model, [grpc_input], outputs=grpc_outputs)
+            call: Awaitable[Any] = grpc_client.infer(spec.model, [grpc_input], outputs=grpc_outputs)
+            return call
 
         return grpc_client, grpc_call
     import tritonclient.http.aio as httpclient
@@ -95,7 +96,8 @@ async def _client_and_call(spec: LoadSpec) -> tuple[Any, Callable[[], Awaitable[
     http_outputs = [httpclient.InferRequestedOutput(spec.output_name, binary_data=binary)]
 
     def http_call() -> Awaitable[Any]:
-        return http_client.infer(spec.model, [http_input], outputs=http_outputs)
+        call: Awaitable[Any] = http_client.infer(spec.model, [http_input], outputs=http_outputs)
+        return call
 
     return http_client, http_call
 

@@ -10,7 +10,8 @@ from its statistics endpoint, then measures the in-process ONNX Runtime ceiling 
 sizes, and writes the table and the targets of issue 2 with met/missed.
 
 Everything below ``ANALYSIS_MARKER`` in an existing results file is hand-written (profiles,
-findings) and is kept when the table is regenerated.
+findings) and is kept when the table is regenerated, as are sections that other scripts fence
+with ``<!-- name:begin -->`` / ``<!-- name:end -->``.
 
 It must not know the worker's internals: it starts the ``polyserve-worker`` command and speaks
 the protocol, like a user would.
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -332,9 +334,9 @@ def targets(rows: list[Row], ceil: dict[tuple[str, int], float]) -> list[tuple[s
     out: list[tuple[str, str, bool]] = []
     grpc = _find(rows, "mlp", True, "grpc", 32)
     if grpc:
-        r = grpc.result
-        met = r["infer_per_s"] >= 4000 and r["p95_ms"] < 10
-        measured = f"{r['infer_per_s']:.0f} infer/s, p95 {r['p95_ms']:.1f} ms"
+        g = grpc.result
+        met = g["infer_per_s"] >= 4000 and g["p95_ms"] < 10
+        measured = f"{g['infer_per_s']:.0f} infer/s, p95 {g['p95_ms']:.1f} ms"
         out.append(("mlp, gRPC, c=32: >= 4000 infer/s with p95 < 10 ms", measured, met))
     cnn = [r for m in ("grpc", "http-binary") if (r := _find(rows, "cnn", True, m, 8))]
     if cnn:
@@ -398,9 +400,9 @@ def render(
         "`batch` = inference_count / execution_count from `/v2/models/{m}/stats` over the run.",
         "- The ceiling is a plain `onnxruntime.InferenceSession.run` loop in the bench process "
         "with the same session options (intra-op threads, spinning off), no server running.",
-        f"- Load average (1 min) at start: {loads[0]}; at end: {loads[1]}; `load` column = "
-        "1-min load average before each point. Other engineers' tests may share the machine; "
-        "a load above ~2 before a point means it was measured on a busy machine.",
+        f"- Load average (1, 5, 15 min) at start: {loads[0]}; at end: {loads[1]}; `load` "
+        "column = 1-min load average before each point. Other engineers' tests may share "
+        "the machine; a load above ~2 before a point means it was measured on a busy machine.",
         "- `server CPU` / `client CPU`: CPU time of the worker / load generator(s) inside the "
         "measured window per second of it (from /proc and `time.process_time`); 100% = one "
         "core; the two together cannot pass 200%. "
@@ -447,6 +449,21 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def merge(previous: str, table: str) -> str:
+    """The new table, plus what other hands wrote into the previous file.
+
+    Kept: sections other scripts own, fenced as ``<!-- name:begin -->`` ...
+    ``<!-- name:end -->`` (bench/extensions.py writes one), and everything after
+    ``ANALYSIS_MARKER``.
+    """
+    head, marker, tail = previous.partition(ANALYSIS_MARKER)
+    for block in re.findall(r"<!-- [\w-]+:begin -->.*?<!-- [\w-]+:end -->", head, flags=re.S):
+        table += "\n" + block + "\n"
+    if marker:
+        table += "\n" + marker + tail
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
@@ -487,9 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     load_end = " ".join(f"{v:.2f}" for v in os.getloadavg())
     text = render(rows, ceil, plan, (load_start, load_end), time.monotonic() - began)
     if args.out.exists():
-        previous = args.out.read_text()
-        if ANALYSIS_MARKER in previous:
-            text += "\n" + ANALYSIS_MARKER + previous.split(ANALYSIS_MARKER, 1)[1]
+        text = merge(args.out.read_text(), text)
     args.out.write_text(text)
     print(f"== wrote {args.out}", flush=True)
     for name, measured, met in targets(rows, ceil):
