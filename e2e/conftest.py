@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 import kmock
 import pytest
 import yaml
@@ -45,6 +46,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("filterwarnings", "ignore:read_binary is deprecated:DeprecationWarning")
 
 
+@attrs.frozen
+class UnprocessableError(kmock.KubernetesError):
+    """What the API server answers when a JSON patch's ``test`` fails (kopf then re-reads)."""
+
+    status: int = 422
+    reason: str = "Invalid"
+    message: str = "the JSON patch test failed: the object has changed"
+
+
 class FixedEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with the gaps closed that a real operator trips over."""
 
@@ -55,6 +65,8 @@ class FixedEmulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: kmock.Request) -> Any:
         data = request.data
+        if request.resource is not None and isinstance(data, list) and request.name:
+            self._json_patch(request, data)
         if request.resource is not None and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
             meta["resourceVersion"] = str(next(self._versions))
@@ -79,6 +91,22 @@ class FixedEmulator(kmock.KubernetesEmulator):
                         generation += 1
                     meta["generation"] = generation
         return await super()._handle(request)
+
+    def _json_patch(self, request: kmock.Request, ops: list[dict[str, Any]]) -> None:
+        """Every write gets a new resourceVersion; a failed ``test`` is a 422, not a 500."""
+        key = self._key(request)
+        if key not in self.objects or self.objects[key].deleted:
+            return
+        current = self.objects[key].get("metadata", {}).get("resourceVersion")
+        for op in ops:
+            is_version_test = (
+                op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion"
+            )
+            if is_version_test and op.get("value") != current:
+                raise UnprocessableError()
+        ops.append(
+            {"op": "add", "path": "/metadata/resourceVersion", "value": str(next(self._versions))}
+        )
 
     @staticmethod
     def _stamp(meta: dict[str, Any]) -> None:
