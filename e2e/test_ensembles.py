@@ -61,3 +61,22 @@ def test_an_ensemble_whose_member_is_missing_says_so_and_recovers_when_it_appear
         "the Deployment once the member exists",
         lambda: c.get("apps/v1", "Deployment", namespace, "sentiment-pipeline"),
     )
+
+
+def test_an_ensemble_follows_a_change_of_its_members_config(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    c = cluster.client
+    tokenizer, sentiment, ensemble = example("ensemble.yaml", namespace)
+    for doc in (tokenizer, sentiment, ensemble):
+        c.apply(doc)
+
+    def member_config() -> str:
+        cm = c.get("v1", "ConfigMap", namespace, "sentiment-pipeline") or {}
+        text: str = (cm.get("data") or {}).get("sentiment.pbtxt", "")
+        return text
+
+    assert "max_batch_size: 8" in wait_for("the ensemble's ConfigMap", member_config)
+    sentiment["spec"]["config"]["max_batch_size"] = 16
+    c.apply(sentiment)
+    wait_for("the new member config", lambda: "max_batch_size: 16" in member_config())
