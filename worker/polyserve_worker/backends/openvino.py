@@ -250,7 +250,8 @@ class OpenVinoInstance:
                 feed[name] = self._ov.Tensor(raw, list(array.shape), self._bf16)
             else:
                 feed[name] = array
-        request.infer(feed)
+        # The arrays outlive this blocking call, so OpenVINO may read them in place.
+        request.infer(feed, share_inputs=True)
         produced: base.Outputs = {}
         for name in names:
             tensor = request.get_tensor(name)
