@@ -12,6 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from polyserve_operator import settings
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,16 +26,20 @@ def _kubectl() -> str:
     return found
 
 
-@pytest.fixture(scope="module")
-def installed() -> list[dict[str, Any]]:
+def _kustomize(folder: Path) -> list[dict[str, Any]]:
     out = subprocess.run(
-        [_kubectl(), "kustomize", str(ROOT / "manifests")],
+        [_kubectl(), "kustomize", str(folder)],
         check=True,
         capture_output=True,
         text=True,
         timeout=60,
     ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.fixture(scope="module")
+def installed() -> list[dict[str, Any]]:
+    return _kustomize(ROOT / "manifests")
 
 
 def test_kustomize_renders_crds_namespace_rbac_and_the_operator(
@@ -93,3 +99,23 @@ def test_rbac_grants_what_the_operator_does_and_no_wildcards(
     for item in needed:
         assert item in granted, item
     assert ("", "secrets", "get") not in granted  # the pods read the artifact secret, not us
+
+
+def test_the_webhook_overlay_configures_the_operators_webhook_from_cert_managers_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    docs = _kustomize(ROOT / "manifests" / "webhook")
+    for doc in docs:
+        if not doc["apiVersion"].startswith("cert-manager.io/"):  # no schema offline
+            kubernetes_validate.validate(doc, "1.30", strict=True)
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    for env in dep["spec"]["template"]["spec"]["containers"][0]["env"]:
+        monkeypatch.setenv(env["name"], env["value"])
+    cfg = settings.Settings()
+    assert cfg.webhook.enabled is True
+    assert cfg.webhook.host == "polyserve-operator.polyserve-system.svc"
+    assert str(cfg.webhook.certfile).endswith("tls.crt")
+    (svc,) = [d for d in docs if d["kind"] == "Service"]
+    assert svc["spec"]["ports"][0]["port"] == cfg.webhook.port
+    rules = [r for d in docs if d["kind"] == "ClusterRole" for r in d["rules"]]
+    assert any("validatingwebhookconfigurations" in r["resources"] for r in rules)
