@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,7 @@ def _stats(http: str, model: str) -> tuple[int, int]:
 class Worker:
     """One ``polyserve-worker`` process on free local ports, stopped with SIGTERM."""
 
-    def __init__(self, repository: Path, log: Path) -> None:
+    def __init__(self, repository: Path, log: Path, extra_args: Sequence[str] = ()) -> None:
         self.http = f"127.0.0.1:{_free_port()}"
         self.grpc = f"127.0.0.1:{_free_port()}"
         command = [
@@ -134,6 +135,7 @@ class Worker:
             self.grpc.rsplit(":", 1)[1],
             "--metrics-port",
             str(_free_port()),
+            *extra_args,
         ]
         self._log = log.open("w")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
