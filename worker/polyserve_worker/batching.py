@@ -149,6 +149,7 @@ class Batcher:
         self._next_release = 0
         self._finished: dict[int, tuple[_Pending, base.Outputs | BaseException]] = {}
         self.closing_reasons: collections.Counter[str] = collections.Counter()
+        self._event_loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -204,7 +205,7 @@ class Batcher:
         timeout = policy.default_timeout_us
         if timeout_us is not None and policy.allow_timeout_override:
             timeout = timeout_us
-        future: asyncio.Future[base.Outputs] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[base.Outputs] = self._loop_of().create_future()
         pending = _Pending(
             seq=next(self._seq),
             inputs=inputs,
@@ -225,6 +226,12 @@ class Batcher:
         self.stats.pending += 1
         self._wake.set()
         return await future
+
+    def _loop_of(self) -> asyncio.AbstractEventLoop:
+        # Cached: get_running_loop() costs a getpid() syscall per call on Python 3.11.
+        if self._event_loop is None:
+            self._event_loop = asyncio.get_running_loop()
+        return self._event_loop
 
     def _level(self, priority: int) -> int:
         if priority == 0:

@@ -10,7 +10,9 @@ and never disturbs other models.
 from __future__ import annotations
 
 import asyncio
-import gc
+import ctypes
+import ctypes.util
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -148,9 +150,11 @@ class Repository:
         for served in versions:
             if served.batcher is not None:
                 await served.batcher.stop()
-        # Framework sessions hold large native buffers; release them now, not at some
-        # later collection, so memory stays flat across load/unload cycles.
-        gc.collect()
+        # Sessions are freed by reference counting as the batchers close their instances (no
+        # gc.collect(): with torch or TensorFlow imported one costs ~0.5 s per unload). glibc
+        # keeps freed blocks in per-thread arenas, so hand them back to the OS explicitly:
+        # without this, RSS crept up by ~1 MB per load/unload cycle of a 4 MB model.
+        _return_freed_memory()
 
     async def _build(self, name: str, override: Any | None) -> tuple[Any, dict[int, ServedVersion]]:
         model_dir = self.root / name
@@ -354,6 +358,20 @@ class Repository:
         if ready_only:
             rows = [r for r in rows if r.get("state") == READY]
         return rows
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc (musl, macOS): nothing to trim
+
+
+def _return_freed_memory() -> None:
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _kind(value: int) -> str:

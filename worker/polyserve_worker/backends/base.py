@@ -85,6 +85,7 @@ class BlockingInstance(ABC):
         self.batched = batched
         # One thread per instance: an instance runs one batch at a time, and N instances
         # run N batches at once (the frameworks release the GIL while computing).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"instance-{model_name}"
         )
@@ -99,8 +100,9 @@ class BlockingInstance(ABC):
     async def execute(
         self, requests: Sequence[Mapping[str, Array]], outputs: Sequence[str]
     ) -> ExecuteResult:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._execute, requests, outputs)
+        if self._loop is None:  # cached: get_running_loop() is a syscall on Python 3.11
+            self._loop = asyncio.get_running_loop()
+        return await self._loop.run_in_executor(self._executor, self._execute, requests, outputs)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()

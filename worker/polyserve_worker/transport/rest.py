@@ -13,6 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
+import orjson
 from aiohttp import web
 
 from polyserve_worker import dataplane, errors, shm, tensors
@@ -40,6 +42,24 @@ _ACCEPTED_TYPES = {
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: dtypes orjson serializes natively (BYTES, FP16 and BF16 go through tensors.to_json).
+_NUMPY_JSON = {
+    np.dtype(t)
+    for t in (
+        np.bool_,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.float32,
+        np.float64,
+    )
+}
 
 
 def status_of(exc: Exception) -> int:
@@ -249,8 +269,8 @@ async def _json_body(request: web.Request, allow_empty: bool = False) -> dict[st
 
 def _parse_json(raw: bytes | memoryview) -> dict[str, Any]:
     try:
-        doc = json.loads(bytes(raw))
-    except (ValueError, UnicodeDecodeError) as exc:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise errors.InvalidArgument(f"malformed JSON in request body: {exc}") from exc
     if not isinstance(doc, dict):
         raise errors.InvalidArgument("request body must be a JSON object")
@@ -398,6 +418,9 @@ def encode_response(
             blob = tensors.to_raw(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+        elif array.dtype in _NUMPY_JSON:
+            # orjson writes numpy arrays itself, ~10x faster than building a Python list.
+            entry["data"] = np.ascontiguousarray(array).reshape(-1)
         else:
             entry["data"] = tensors.to_json(array)
         outputs.append(entry)
@@ -408,7 +431,7 @@ def encode_response(
     }
     if result.id:
         doc["id"] = result.id
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
