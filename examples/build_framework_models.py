@@ -150,11 +150,61 @@ def build(root: Path) -> list[str]:
     return built
 
 
+PREPROCESS_CONFIG = """\
+# Scales raw features to the range the mlp was trained on: (x - 0.5) * 2.
+name: "preprocess_torch"
+platform: "pytorch_libtorch"
+max_batch_size: 64
+input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 256 ] } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 256 ] } ]
+dynamic_batching { }
+parameters { key: "INTRA_OP_THREAD_COUNT" value: { string_value: "1" } }
+"""
+
+PIPELINE_CONFIG = """\
+# An ensemble across frameworks: TorchScript preprocessing feeds the ONNX Runtime mlp in one
+# request; the 256-float intermediate tensor never leaves the worker.
+platform: ensemble
+max_batch_size: 64
+input: [{name: FEATURES, data_type: FP32, dims: [256]}]
+output: [{name: SCORES, data_type: FP32, dims: [10]}]
+ensemble_scheduling:
+  step:
+    - {model_name: preprocess_torch, input_map: {INPUT__0: FEATURES},
+       output_map: {OUTPUT__0: scaled}}
+    - {model_name: mlp, input_map: {INPUT0: scaled}, output_map: {OUTPUT0: SCORES}}
+"""
+
+
+def build_pipeline(root: Path) -> bool:
+    """``preprocess_torch`` (TorchScript) and ``pipeline`` (it, then the ONNX ``mlp``)."""
+    if importlib.util.find_spec("torch") is None:
+        print("skipped pipeline: torch is not installed (pip install 'polyserve[torch]')")
+        return False
+    import torch
+
+    warnings.filterwarnings("ignore", message="`torch.jit", category=DeprecationWarning)
+
+    class Preprocess(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x - 0.5) * 2.0
+
+    version_dir = root / "preprocess_torch" / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(Preprocess()).save(str(version_dir / "model.pt"))
+    (root / "preprocess_torch" / "config.pbtxt").write_text(PREPROCESS_CONFIG)
+    (root / "pipeline").mkdir(exist_ok=True)
+    (root / "pipeline" / "config.yaml").write_text(PIPELINE_CONFIG)
+    print(f"built {root / 'pipeline'} (TorchScript -> ONNX Runtime)")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("root", type=Path, nargs="?", default=Path("examples/models"))
     args = parser.parse_args(argv)
     build(args.root)
+    build_pipeline(args.root)
     return 0
 
 

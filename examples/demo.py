@@ -78,6 +78,7 @@ def main() -> int:
     print("== building example models")
     build_models.build(models)
     framework_models = build_framework_models.build(models)
+    has_pipeline = build_framework_models.build_pipeline(models)
     for name in framework_models:
         MODELS[name] = ((256,), *build_framework_models.NAMES[name])
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
@@ -166,6 +167,20 @@ def main() -> int:
                     answer, mlp_answers["mlp"], rtol=tolerance, atol=tolerance
                 )
                 print(f"   {model:<18} max |difference| {difference:.2e} (within {tolerance})")
+        if has_pipeline:
+            print("\n== ensemble 'pipeline': TorchScript preprocess_torch -> ONNX Runtime mlp")
+            features = rng.random((4, 256), dtype=np.float32)
+            inp = grpcclient.InferInput("FEATURES", list(features.shape), "FP32")
+            inp.set_data_from_numpy(features)
+            scores, p50, p95 = timed(lambda: grpc.infer("pipeline", [inp]).as_numpy("SCORES"))
+            direct = httpclient.InferInput("INPUT0", list(features.shape), "FP32")
+            direct.set_data_from_numpy((features - 0.5) * 2.0)
+            expected = http.infer("mlp", [direct]).as_numpy("OUTPUT0")
+            np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
+            print(
+                f"   gRPC, batch of 4: scores {list(scores.shape)}, p50 {p50:.2f} ms, "
+                f"p95 {p95:.2f} ms; equal to calling mlp on (x - 0.5) * 2 directly"
+            )
         stats = http.get_inference_statistics()["model_stats"]
         for s in stats:
             runs = f"{s['inference_count']} inferences in {s['execution_count']} executions"
