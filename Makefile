@@ -46,6 +46,7 @@ crds: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --out bench/RESULTS.md
+	$(BIN)/python bench/frameworks.py --out bench/RESULTS.md
 	$(BIN)/python bench/extensions.py --out bench/RESULTS.md
 
 clean:

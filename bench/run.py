@@ -178,8 +178,29 @@ def _repository(base: Path, target: Path, setup: Setup) -> Path:
     return target
 
 
+def write_section(out: Path, name: str, lines: list[str]) -> None:
+    """Replace (or append) the fenced ``<!-- name:begin -->`` section of the results file;
+    ``render`` keeps such sections when it regenerates the main table."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = out.read_text() if out.exists() else "# Benchmark results\n"
+    section = "\n".join([begin, *lines, end])
+    if begin in text:
+        pattern = re.escape(begin) + ".*?" + re.escape(end)
+        text = re.sub(pattern, lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    out.write_text(text)
+
+
 def _loadgen(
-    url: str, mode: str, model: Model, concurrency: int, processes: int, plan: Plan, pid: int
+    url: str,
+    mode: str,
+    model: Model,
+    concurrency: int,
+    processes: int,
+    plan: Plan,
+    pid: int,
+    names: tuple[str, str] = ("INPUT0", "OUTPUT0"),
 ) -> dict[str, Any]:
     command = [
         sys.executable,
@@ -190,6 +211,10 @@ def _loadgen(
         mode,
         "--model",
         model.name,
+        "--input",
+        names[0],
+        "--output",
+        names[1],
         "--shape",
         ",".join(str(d) for d in model.shape),
         "--concurrency",
