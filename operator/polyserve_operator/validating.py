@@ -8,6 +8,8 @@ sentence that says what to change. Pure functions.
 from __future__ import annotations
 
 from polyserve_operator import api
+from polyserve_operator.render import modelconfigs
+from polyserve_worker import backends as worker_backends
 
 
 def hardware(hw: api.Hardware) -> list[str]:
@@ -24,6 +26,23 @@ def hardware(hw: api.Hardware) -> list[str]:
         problems.append("hardware.gpu is only for pool gpu: remove it or set pool to gpu")
     if hw.precision == "bf16" and hw.pool != "xeon":
         problems.append("precision bf16 is for the xeon pool (AMX); use fp16 on GPUs")
+    # The worker's registry says what each backend can run where: refuse here what the
+    # worker would refuse at load, so the mistake surfaces at admission, not in a pod.
+    engine = modelconfigs.BACKENDS[hw.backend][0]
+    kind = "KIND_GPU" if hw.pool == "gpu" else "KIND_CPU"
+    info = worker_backends.REGISTRY.get(engine)
+    if info is not None and kind in info.precisions:
+        supported = info.precisions[kind]
+        if hw.precision not in supported and engine == "tensorrt":
+            problems.append(
+                "a TensorRT engine's precision is fixed when it is built (e.g. trtexec "
+                "--fp16); leave hardware.precision at fp32 for backend tensorrt"
+            )
+        elif hw.precision not in supported:
+            problems.append(
+                f"backend {hw.backend} cannot run precision {hw.precision} on the {hw.pool} "
+                f"pool; it runs {', '.join(sorted(supported))} (bf16 on xeon: use openvino)"
+            )
     return problems
 
 

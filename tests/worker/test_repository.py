@@ -254,3 +254,16 @@ def test_kind_gpu_without_a_gpu_provider_fails_the_load_with_advice(
     worker = start_worker(tmp_path, strict_readiness=False)
     reason = httpclient.InferenceServerClient(worker.http).get_model_repository_index()[0]["reason"]
     assert "KIND_GPU" in reason and "polyserve[onnx-gpu]" in reason
+
+
+def test_a_named_backend_finds_the_alternative_file_it_reads(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    """What the operator renders for an ONNX artifact on OpenVINO: backend openvino, model.onnx."""
+    pytest.importorskip("openvino", reason="needs polyserve[openvino]")
+    models.scale_versions(tmp_path, {1: 3.0})
+    (tmp_path / "scale" / "config.yaml").write_text("backend: openvino\nmax_batch_size: 4\n")
+    worker = start_worker(tmp_path)
+    assert scale_infer(worker) == 3.0
+    config = httpclient.InferenceServerClient(worker.http).get_model_config("scale")
+    assert config["backend"] == "openvino"

@@ -180,7 +180,9 @@ class Repository:
         latest_dir = model_dir / str(max(chosen))
         backend_name = backends.resolve_name(config, latest_dir, self._extra_backends)
         backend = backends.get(backend_name, self._extra_backends)
-        filename = config.default_model_filename or backend.default_filename
+        filename = config.default_model_filename or backends.model_filename(
+            backend_name, latest_dir, backend.default_filename
+        )
         for version in chosen:
             path = model_dir / str(version) / filename
             if not path.exists():

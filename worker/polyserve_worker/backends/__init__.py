@@ -78,6 +78,7 @@ REGISTRY: dict[str, BackendInfo] = {
         # INFERENCE_PRECISION_HINT: bf16 where the CPU has AVX512_BF16/AMX (else it runs
         # f32 and says so), f16 on OpenVINO's (Intel) GPU plugin.
         {"KIND_CPU": _p("fp32", "bf16"), "KIND_GPU": _p("fp32", "fp16")},
+        alternatives=("model.onnx",),  # OpenVINO reads ONNX directly
     ),
     "tensorrt": BackendInfo(
         "polyserve_worker.backends.tensorrt",
@@ -136,6 +137,18 @@ def resolve_name(
         f"(one of {', '.join(sorted(REGISTRY))}) or name the file "
         f"{' or '.join(f for i in REGISTRY.values() for f in (i.filename, *i.alternatives))}"
     )
+
+
+def model_filename(name: str, version_dir: Path, default: str) -> str:
+    """The model file a named backend should load: its default name, or an alternative it
+    also reads (OpenVINO reads model.onnx) when only that one is there."""
+    info = REGISTRY.get(name)
+    if info is None or (version_dir / default).exists():
+        return default
+    for filename in info.alternatives:
+        if (version_dir / filename).exists():
+            return filename
+    return default
 
 
 def check_precision(name: str, precision: str, kinds: list[str], model: str) -> None:
