@@ -20,6 +20,23 @@ from polyserve_worker import errors, tensors
 #: Triton's default for autocompleted models that batch (--backend-config default-max-batch-size).
 DEFAULT_MAX_BATCH_SIZE = 4
 
+#: numpy-style dtype names, which torch and TensorFlow use too -> Triton config types.
+DTYPE_NAMES: dict[str, str] = {
+    "bool": "TYPE_BOOL",
+    "uint8": "TYPE_UINT8",
+    "uint16": "TYPE_UINT16",
+    "uint32": "TYPE_UINT32",
+    "uint64": "TYPE_UINT64",
+    "int8": "TYPE_INT8",
+    "int16": "TYPE_INT16",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "float16": "TYPE_FP16",
+    "bfloat16": "TYPE_BF16",
+    "float32": "TYPE_FP32",
+    "float64": "TYPE_FP64",
+}
+
 
 def parameters(config: Any) -> dict[str, str]:
     """The config's ``parameters`` as plain strings."""

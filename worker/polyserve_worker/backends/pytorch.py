@@ -31,22 +31,8 @@ logger = logging.getLogger(__name__)
 
 _POSITION = re.compile(r"__(\d+)$")
 
-# torch dtype names -> Triton config types (torch has no string tensors).
-_TORCH_TYPES = {
-    "bool": "TYPE_BOOL",
-    "uint8": "TYPE_UINT8",
-    "uint16": "TYPE_UINT16",
-    "uint32": "TYPE_UINT32",
-    "uint64": "TYPE_UINT64",
-    "int8": "TYPE_INT8",
-    "int16": "TYPE_INT16",
-    "int32": "TYPE_INT32",
-    "int64": "TYPE_INT64",
-    "float16": "TYPE_FP16",
-    "bfloat16": "TYPE_BF16",
-    "float32": "TYPE_FP32",
-    "float64": "TYPE_FP64",
-}
+# torch dtype names are numpy's (torch has no string tensors).
+_TORCH_TYPES = configs.DTYPE_NAMES
 
 
 def _torch() -> Any:

@@ -26,23 +26,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
 
-# tf.DType.name -> Triton config types.
-_TF_TYPES = {
-    "bool": "TYPE_BOOL",
-    "uint8": "TYPE_UINT8",
-    "uint16": "TYPE_UINT16",
-    "uint32": "TYPE_UINT32",
-    "uint64": "TYPE_UINT64",
-    "int8": "TYPE_INT8",
-    "int16": "TYPE_INT16",
-    "int32": "TYPE_INT32",
-    "int64": "TYPE_INT64",
-    "float16": "TYPE_FP16",
-    "bfloat16": "TYPE_BF16",
-    "float32": "TYPE_FP32",
-    "float64": "TYPE_FP64",
-    "string": "TYPE_STRING",
-}
+# tf.DType.name is numpy's name, plus TensorFlow's string tensors.
+_TF_TYPES = {**configs.DTYPE_NAMES, "string": "TYPE_STRING"}
 
 _setup_lock = threading.Lock()
 _threads: tuple[int, int] | None = None  # the process's (intra, inter) once TF has them
