@@ -80,3 +80,30 @@ def test_an_ensemble_follows_a_change_of_its_members_config(
     sentiment["spec"]["config"]["max_batch_size"] = 16
     c.apply(sentiment)
     wait_for("the new member config", lambda: "max_batch_size: 16" in member_config())
+
+
+def test_an_ensemble_named_like_a_model_yields_and_says_why(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    c = cluster.client
+    tokenizer, sentiment, ensemble = example("ensemble.yaml", namespace)
+    twin = dict(sentiment, metadata={**sentiment["metadata"], "name": "sentiment-pipeline"})
+    for doc in (tokenizer, sentiment, twin):
+        c.apply(doc)
+    model_dep = wait_for(
+        "the model's Deployment",
+        lambda: c.get("apps/v1", "Deployment", namespace, "sentiment-pipeline"),
+    )
+    c.apply(ensemble)
+    ready = wait_for(
+        "InvalidSpec",
+        lambda: (
+            (r := _ready(cluster, namespace, "sentiment-pipeline")).get("reason") == "InvalidSpec"
+            and r
+        ),
+    )
+    assert "an InferenceModel named sentiment-pipeline already exists" in ready["message"]
+    dep = c.get("apps/v1", "Deployment", namespace, "sentiment-pipeline") or {}
+    owners = [o["kind"] for o in dep["metadata"].get("ownerReferences", [])]
+    assert owners == ["InferenceModel"], "the model keeps its worker objects"
+    assert dep["spec"] == model_dep["spec"]

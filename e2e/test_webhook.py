@@ -72,3 +72,23 @@ def test_the_webhook_refuses_an_ensemble_with_unknown_members_and_bad_wiring(
     answer = _review(url, ensemble)
     assert answer["allowed"] is False
     assert "has no output tokens" in answer["status"]["message"]
+
+
+def test_the_webhook_refuses_a_model_and_an_ensemble_of_the_same_name(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    tokenizer, sentiment, ensemble = example("ensemble.yaml", namespace)
+    cluster.client.apply(tokenizer)
+    cluster.client.apply(sentiment)
+    cluster.client.apply(ensemble)
+    clone = dict(
+        sentiment, metadata={**sentiment["metadata"], "name": ensemble["metadata"]["name"]}
+    )
+    answer = _review(f"{operator.webhook_url}/validate-inferencemodel", clone)
+    assert answer["allowed"] is False
+    assert "an InferenceEnsemble named" in answer["status"]["message"]
+    cluster.client.apply(clone)  # past a cluster without the webhook
+    twin = dict(ensemble, metadata={**ensemble["metadata"]})
+    answer = _review(f"{operator.webhook_url}/validate-inferenceensemble", twin)
+    assert answer["allowed"] is False
+    assert "an InferenceModel named" in answer["status"]["message"]

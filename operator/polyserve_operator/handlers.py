@@ -165,12 +165,25 @@ class Reconciler:
         except k8s.ApiError as exc:
             raise kopf.TemporaryError(f"reading the members failed: {exc}", delay=10) from exc
         problems = validating.ensemble(ie.spec, members)
+        if self._clashes("InferenceModel", ie.metadata.namespace, ie.metadata.name):
+            # Both would render children of the same name; the InferenceModel keeps them.
+            problems.append(
+                validating.name_clash("InferenceEnsemble", ie.metadata.name, "InferenceModel")
+            )
         if problems:
             # A missing member may be created later: keep retrying, but say why in status.
             self._invalid_spec(body, patch, "; ".join(problems), permanent=False)
             return
         present = {k: v for k, v in members.items() if v is not None}
         self._converge(body, patch, render.ensemble_workload(ie, present), force=force)
+
+    def _clashes(self, other_kind: str, namespace: str, name: str) -> bool:
+        try:
+            return observe.exists(self.client, other_kind, namespace, name)
+        except k8s.ApiError as exc:
+            raise kopf.TemporaryError(
+                f"reading {other_kind} {name} failed: {exc}", delay=10
+            ) from exc
 
     def _invalid_spec(
         self, body: kopf.Body, patch: kopf.Patch, message: str, *, permanent: bool = True
@@ -190,6 +203,10 @@ class Reconciler:
         except pydantic.ValidationError as exc:
             raise kopf.AdmissionError(_invalid(exc), code=422) from exc
         problems = validating.model(im.spec)
+        if self._admission_clash("InferenceEnsemble", im.metadata.namespace, im.metadata.name):
+            problems.append(
+                validating.name_clash("InferenceModel", im.metadata.name, "InferenceEnsemble")
+            )
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
 
@@ -206,8 +223,18 @@ class Reconciler:
         except k8s.ApiError as exc:
             raise kopf.AdmissionError(f"cannot read the members: {exc}", code=503) from exc
         problems = validating.ensemble(ie.spec, members)
+        if self._admission_clash("InferenceModel", ie.metadata.namespace, ie.metadata.name):
+            problems.append(
+                validating.name_clash("InferenceEnsemble", ie.metadata.name, "InferenceModel")
+            )
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
+
+    def _admission_clash(self, other_kind: str, namespace: str, name: str) -> bool:
+        try:
+            return observe.exists(self.client, other_kind, namespace, name)
+        except k8s.ApiError as exc:
+            raise kopf.AdmissionError(f"cannot read {other_kind} {name}: {exc}", code=503) from exc
 
 
 def _drifted(deployment: dict[str, Any] | None, w: workloads.Workload, revision: str) -> bool:

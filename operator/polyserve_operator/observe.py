@@ -32,3 +32,8 @@ def members(
         except pydantic.ValidationError:
             found[name] = None
     return found
+
+
+def exists(client: k8s.Client, kind: str, namespace: str, name: str) -> bool:
+    """Whether a resource of ``kind`` named ``name`` is in ``namespace``."""
+    return client.get(api.API_VERSION, kind, namespace, name) is not None

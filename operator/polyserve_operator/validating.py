@@ -188,3 +188,11 @@ def ensemble(
         if target not in {o.name for o in ie.outputs}:
             problems.append(f"a step maps to {target}, which is not in the ensemble's outputs")
     return problems
+
+
+def name_clash(kind: str, name: str, other_kind: str) -> str:
+    """The problem of two resources whose children would share names."""
+    return (
+        f"an {other_kind} named {name} already exists in this namespace, and both would own "
+        f"the worker objects named {name}: give this {kind} another name"
+    )
