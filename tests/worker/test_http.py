@@ -349,3 +349,40 @@ def test_repository_api_is_refused_outside_explicit_mode(simple: RunningWorker) 
         client.load_model("simple")
     index = client.get_model_repository_index()
     assert index == [{"name": "simple", "version": "1", "state": "READY", "reason": ""}]
+
+
+def test_a_raw_binary_request_is_one_input_of_batch_one(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    models.scale_versions(tmp_path, {1: 2.0})
+    models.identity(tmp_path / "id_fp32" / "1" / "model.onnx", "FP32")
+    models.identity(tmp_path / "id_bytes" / "1" / "model.onnx", "BYTES")
+    models.triton_repository(tmp_path)
+    worker = start_worker(tmp_path)
+    headers = {"Inference-Header-Content-Length": "0", "Content-Type": "application/octet-stream"}
+    x = np.arange(4, dtype="<f4")
+    status, reply_headers, body = raw(
+        worker, "POST", "/v2/models/scale/infer", x.tobytes(), headers
+    )
+    assert status == 200
+    size = int(reply_headers["Inference-Header-Content-Length"])
+    header = json.loads(body[:size])
+    assert header["outputs"][0]["shape"] == [1, 4]
+    np.testing.assert_array_equal(np.frombuffer(body[size:], "<f4"), x * 2)
+    status, reply_headers, body = raw(
+        worker, "POST", "/v2/models/id_fp32/infer", np.ones(6, "<f4").tobytes(), headers
+    )
+    assert status == 200 and json.loads(
+        body[: int(reply_headers["Inference-Header-Content-Length"])]
+    )["outputs"][0]["shape"] == [1, 6]
+    status, reply_headers, body = raw(
+        worker, "POST", "/v2/models/id_bytes/infer", b"hello", headers
+    )
+    size = int(reply_headers["Inference-Header-Content-Length"])
+    assert status == 200 and body[size:] == b"\x05\x00\x00\x00hello"
+    status, message = error_of(
+        worker, "POST", "/v2/models/simple/infer", b"\0" * 128, headers=headers
+    )
+    assert status == 400 and "one input" in message
+    status, message = error_of(worker, "POST", "/v2/models/scale/infer", b"\0" * 6, headers=headers)
+    assert status == 400 and "cannot tell a shape" in message

@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 from aiohttp import web
 
+from polyserve_worker import config as model_config
 from polyserve_worker import dataplane, errors, shm, tensors
 
 logger = logging.getLogger(__name__)
@@ -151,8 +152,6 @@ class RestServer:
         return web.json_response({"name": name, "ready": ready}, status=200 if ready else 503)
 
     async def model_config(self, request: web.Request) -> web.Response:
-        from polyserve_worker import config as model_config
-
         name, version = _model(request)
         return web.json_response(model_config.to_dict(self.core.model_config(name, version)))
 
@@ -234,6 +233,16 @@ class RestServer:
             )
         body = await request.read()
         header_length = request.headers.get("Inference-Header-Content-Length")
+        if header_length is not None and header_length.strip() == "0":
+            config = self.core.model_config(name, version)
+            inputs = raw_binary_input(config, body)
+            result = await self.core.infer(name, version, inputs)
+            payload, header_size = encode_response(result, (True, {}))
+            return web.Response(
+                body=payload,
+                headers={"Inference-Header-Content-Length": str(header_size)},
+                content_type="application/octet-stream",
+            )
         lease = self.core.shm.lease()
         try:
             decoded = decode_request(body, header_length, lease)
@@ -277,6 +286,37 @@ def _parse_json(raw: bytes | memoryview) -> dict[str, Any]:
     return doc
 
 
+def raw_binary_input(config: Any, body: bytes) -> dict[str, tensors.Array]:
+    """Triton's raw binary request: the whole body is the one input of batch 1.
+
+    Only for single-input models whose shape follows from the byte count: every dim known,
+    or one variable dim; a BYTES input is one element. All outputs come back binary.
+    """
+    if len(config.input) != 1:
+        raise errors.InvalidArgument(
+            f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with "
+            f"one input; '{config.name}' has {len(config.input)}: send a JSON header"
+        )
+    tensor = config.input[0]
+    datatype = tensors.wire_datatype(model_config.model_config_pb2.DataType.Name(tensor.data_type))
+    lead = [1] if config.max_batch_size > 0 else []
+    dims = [int(d) for d in tensor.dims]
+    if datatype == "BYTES":
+        array = np.empty(1, dtype=object)
+        array[0] = bytes(body)
+        return {tensor.name: array.reshape([*lead, *([1] * len(dims))])}
+    itemsize = tensors.DTYPES[datatype].itemsize
+    known = tensors.element_count([d for d in dims if d != -1]) * itemsize
+    variable = dims.count(-1)
+    if variable > 1 or known == 0 or len(body) % known:
+        raise errors.InvalidArgument(
+            f"input '{tensor.name}': cannot tell a shape from {len(body)} bytes of {datatype} "
+            f"for dims {dims}; send a JSON header with the shape"
+        )
+    shape = [len(body) // known if d == -1 else d for d in dims]
+    return {tensor.name: tensors.from_raw(tensor.name, body, datatype, [*lead, *shape])}
+
+
 #: Output name -> True (binary) / False (JSON) / None (follow binary_data_output).
 BinaryChoice = dict[str, bool | None]
 
@@ -305,11 +345,6 @@ def decode_request(body: bytes, header_length: str | None, lease: shm.Lease) -> 
             raise errors.InvalidArgument(
                 f"Inference-Header-Content-Length {json_size} is outside the body "
                 f"of {len(body)} bytes"
-            )
-        if json_size == 0:
-            raise errors.InvalidArgument(
-                "raw binary requests (Inference-Header-Content-Length: 0) are not supported; "
-                "send a JSON header describing the inputs"
             )
         binary = memoryview(body)[json_size:]
         doc = _parse_json(memoryview(body)[:json_size])
