@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -267,3 +268,30 @@ def test_a_named_backend_finds_the_alternative_file_it_reads(
     assert scale_infer(worker) == 3.0
     config = httpclient.InferenceServerClient(worker.http).get_model_config("scale")
     assert config["backend"] == "openvino"
+
+
+def test_a_model_can_be_loaded_from_files_sent_with_the_request(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    models.scale(tmp_path / "upload.onnx", 5.0)
+    content = (tmp_path / "upload.onnx").read_bytes()
+    worker = start_worker(repo, model_control_mode="explicit")
+    http = httpclient.InferenceServerClient(worker.http)
+    config = json.dumps({"max_batch_size": 4, "backend": "onnxruntime"})
+    with pytest.raises(InferenceServerException, match="need a 'config'"):
+        http.load_model("scale", files={"file:1/model.onnx": content})
+    with pytest.raises(InferenceServerException, match="<version>/<path>"):
+        http.load_model("scale", config=config, files={"file:../model.onnx": content})
+    http.load_model("scale", config=config, files={"file:1/model.onnx": content})
+    assert scale_infer(worker) == 5.0
+    grpc = grpcclient.InferenceServerClient(worker.grpc)
+    models.scale(tmp_path / "upload.onnx", 7.0)
+    grpc.load_model(
+        "scale", config=config, files={"file:1/model.onnx": (tmp_path / "upload.onnx").read_bytes()}
+    )
+    assert scale_infer(worker) == 7.0
+    http.unload_model("scale")
+    assert not http.is_model_ready("scale")
+    assert not list(Path(tempfile.gettempdir()).glob("polyserve-upload-scale-*"))

@@ -211,10 +211,16 @@ class DataPlane:
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
         return self.repository.index(ready_only)
 
-    async def load(self, name: str, config_json: str | None = None) -> None:
+    async def load(
+        self,
+        name: str,
+        config_json: str | None = None,
+        files: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """Load a model; ``config_json`` overrides its config, ``files`` its files."""
         self._check_explicit("load")
         override = model_config.parse_json(config_json) if config_json else None
-        await self.repository.load(name, override)
+        await self.repository.load(name, override, files)
 
     async def unload(self, name: str) -> None:
         self._check_explicit("unload")

@@ -14,6 +14,8 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,8 @@ class ModelEntry:
     versions: dict[int, ServedVersion] = field(default_factory=dict)
     fingerprint: tuple[Any, ...] = ()
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Where files uploaded through the load API live (None: the repository directory).
+    upload_dir: Path | None = None
 
 
 class Repository:
@@ -96,35 +100,60 @@ class Repository:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def load(self, name: str, override: Any | None = None) -> None:
-        """Load (or reload) a model; raises ModelLoadError and records the reason."""
-        if not (self.root / name).is_dir() or name.startswith(".") or "/" in name:
-            raise errors.NotFound(f"no model '{name}' in repository {self.root}")
+    async def load(
+        self, name: str, override: Any | None = None, files: Mapping[str, bytes] | None = None
+    ) -> None:
+        """Load (or reload) a model; raises ModelLoadError and records the reason.
+
+        ``files`` (``{"1/model.onnx": b"..."}``) are the model's files sent with the request,
+        Triton's ``file:`` parameters; they need ``override``, the config that goes with them.
+        """
+        if name.startswith(".") or "/" in name or not name:
+            raise errors.InvalidArgument(f"{name!r} is not a model name")
+        upload_dir = None
+        if files:
+            if override is None:
+                raise errors.InvalidArgument(
+                    f"model '{name}': files sent with a load need a 'config' parameter too"
+                )
+            upload_dir = await asyncio.to_thread(_write_upload, name, files)
+            model_dir = upload_dir / name
+        else:
+            model_dir = self.root / name
+            if not model_dir.is_dir():
+                raise errors.NotFound(f"no model '{name}' in repository {self.root}")
         entry = self._models.setdefault(name, ModelEntry(name))
         async with entry.lock:
             previous = dict(entry.versions)
+            previous_upload = entry.upload_dir
             # A reload keeps serving the old versions until the new ones are ready.
             if not previous:
                 entry.state = LOADING
             entry.reason = ""
             try:
-                config, built = await self._build(name, override)
-            except errors.PolyserveError as exc:
+                config, built = await self._build(name, override, model_dir)
+            except BaseException as exc:
                 entry.state = READY if previous else UNAVAILABLE
-                entry.reason = str(exc)
-                logger.error("failed to load model '%s': %s", name, exc)
-                raise
-            except Exception as exc:
-                entry.state = READY if previous else UNAVAILABLE
+                if upload_dir is not None:
+                    shutil.rmtree(upload_dir, ignore_errors=True)
+                if isinstance(exc, errors.PolyserveError):
+                    entry.reason = str(exc)
+                    logger.error("failed to load model '%s': %s", name, exc)
+                    raise
+                if not isinstance(exc, Exception):
+                    raise
                 entry.reason = f"unexpected error: {exc}"
                 logger.exception("failed to load model '%s'", name)
                 raise errors.ModelLoadError(f"failed to load model '{name}': {exc}") from exc
             entry.config = config
             entry.versions = built
+            entry.upload_dir = upload_dir
             entry.fingerprint = self.fingerprint(name)
             entry.state = READY
             logger.info("model '%s' ready, versions %s", name, sorted(built))
         await self._retire(previous.values())
+        if previous_upload is not None and previous_upload != upload_dir:
+            shutil.rmtree(previous_upload, ignore_errors=True)
 
     async def unload(self, name: str) -> None:
         entry = self._models.get(name)
@@ -137,6 +166,9 @@ class Repository:
             previous = list(entry.versions.values())
             entry.versions = {}
             await self._retire(previous)
+            if entry.upload_dir is not None:
+                shutil.rmtree(entry.upload_dir, ignore_errors=True)
+                entry.upload_dir = None
             entry.state = UNAVAILABLE
             entry.reason = "unloaded"
             logger.info("model '%s' unloaded", name)
@@ -156,10 +188,10 @@ class Repository:
         # without this, RSS crept up by ~1 MB per load/unload cycle of a 4 MB model.
         _return_freed_memory()
 
-    async def _build(self, name: str, override: Any | None) -> tuple[Any, dict[int, ServedVersion]]:
-        model_dir = self.root / name
-        if not model_dir.is_dir():
-            raise errors.NotFound(f"no model '{name}' in repository {self.root}")
+    async def _build(
+        self, name: str, override: Any | None, model_dir: Path
+    ) -> tuple[Any, dict[int, ServedVersion]]:
+        # load() has checked that model_dir exists.
         config = override if override is not None else model_config.read(model_dir)
         if not config.name:
             config.name = name
@@ -168,7 +200,7 @@ class Repository:
                 f"model directory '{name}' holds a config named '{config.name}'; they must match"
             )
         if ensembles.is_ensemble(config):
-            return config, await self._build_ensemble(name, config)
+            return config, await self._build_ensemble(name, config, model_dir)
         available = _versions(model_dir)
         chosen = _select(config, available)
         if not chosen:
@@ -215,7 +247,9 @@ class Repository:
             raise
         return config, built
 
-    async def _build_ensemble(self, name: str, config: Any) -> dict[int, ServedVersion]:
+    async def _build_ensemble(
+        self, name: str, config: Any, model_dir: Path
+    ) -> dict[int, ServedVersion]:
         """Validate the graph against its members, loading members that are not loaded."""
         if name in self._loading:
             raise errors.ModelLoadError(f"ensemble '{name}' contains itself (a cycle)")
@@ -240,7 +274,7 @@ class Repository:
         finally:
             self._loading.discard(name)
         graph.validate({m: self._models[m].config for m in graph.members})
-        versions = _versions(self.root / name) or {1}  # Triton wants an empty 1/; be lenient
+        versions = _versions(model_dir) or {1}  # Triton wants an empty 1/; be lenient
         version = max(versions)
         served = ServedVersion(
             name, str(version), config, None, stats.ModelStats(name, str(version)), graph
@@ -380,6 +414,31 @@ def _kind(value: int) -> str:
     kind = str(model_config.model_config_pb2.ModelInstanceGroup.Kind.Name(value))
     # GPU placement is explicit: say KIND_GPU to get one.
     return "KIND_CPU" if kind == "KIND_AUTO" else kind
+
+
+def _write_upload(name: str, files: Mapping[str, bytes]) -> Path:
+    """Write a load request's files to a private directory laid out as a repository."""
+    root = Path(tempfile.mkdtemp(prefix=f"polyserve-upload-{name}-"))
+    try:
+        for relative, content in files.items():
+            parts = Path(relative).parts
+            if (
+                not parts
+                or Path(relative).is_absolute()
+                or ".." in parts
+                or not parts[0].isdigit()
+                or len(parts) < 2
+            ):
+                raise errors.InvalidArgument(
+                    f"file '{relative}': name it <version>/<path>, e.g. 1/model.onnx"
+                )
+            target = root / name / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return root
 
 
 def _versions(model_dir: Path) -> set[int]:

@@ -292,15 +292,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
-            if any(key.startswith("file:") for key in request.parameters):
-                raise errors.Unsupported(
-                    "loading model files through the request ('file:' parameters) is not "
-                    "supported; put the files in the model repository"
-                )
+            files = {
+                key[len("file:") :]: bytes(value.bytes_param)
+                for key, value in request.parameters.items()
+                if key.startswith("file:")
+            }
             config = None
             if "config" in request.parameters:
                 config = request.parameters["config"].string_param
-            await self.core.load(request.model_name, config)
+            await self.core.load(request.model_name, config, files)
             return pb.RepositoryModelLoadResponse()
 
         return await _guard(context, call)

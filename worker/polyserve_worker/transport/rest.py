@@ -8,6 +8,7 @@ from ``STATUS``; no error path can take the server down.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -175,15 +176,19 @@ class RestServer:
         params = body.get("parameters") or {}
         if not isinstance(params, dict):
             raise errors.InvalidArgument("'parameters' must be an object")
-        if any(k.startswith("file:") for k in params):
-            raise errors.Unsupported(
-                "loading model files through the request ('file:' parameters) is not "
-                "supported; put the files in the model repository"
-            )
+        files: dict[str, bytes] = {}
+        for key, value in params.items():
+            if key.startswith("file:"):
+                if not isinstance(value, str):
+                    raise errors.InvalidArgument(f"parameter '{key}' must be base64 text")
+                try:
+                    files[key[len("file:") :]] = base64.b64decode(value, validate=True)
+                except ValueError as exc:
+                    raise errors.InvalidArgument(f"parameter '{key}' is not base64: {exc}") from exc
         config = params.get("config")
         if config is not None and not isinstance(config, str):
             config = json.dumps(config)
-        await self.core.load(request.match_info["model"], config)
+        await self.core.load(request.match_info["model"], config, files)
         return web.json_response({})
 
     async def unload(self, request: web.Request) -> web.Response:
