@@ -14,6 +14,14 @@ def _ready(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     return conds.get("Ready") or {}
 
 
+def _invalid_spec(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    """Wait until the ensemble's Ready condition says InvalidSpec; returns the condition."""
+    return wait_for(
+        "InvalidSpec",
+        lambda: (r := _ready(cluster, namespace, name)).get("reason") == "InvalidSpec" and r,
+    )
+
+
 def test_an_ensemble_renders_one_deployment_that_fetches_and_serves_every_member(
     cluster: Cluster, operator: Operator, namespace: str
 ) -> None:
@@ -46,13 +54,7 @@ def test_an_ensemble_whose_member_is_missing_says_so_and_recovers_when_it_appear
     tokenizer, sentiment, ensemble = example("ensemble.yaml", namespace)
     c.apply(tokenizer)
     c.apply(ensemble)
-    ready = wait_for(
-        "InvalidSpec",
-        lambda: (
-            (r := _ready(cluster, namespace, "sentiment-pipeline")).get("reason") == "InvalidSpec"
-            and r
-        ),
-    )
+    ready = _invalid_spec(cluster, namespace, "sentiment-pipeline")
     assert "InferenceModel sentiment does not exist" in ready["message"]
     assert c.get("apps/v1", "Deployment", namespace, "sentiment-pipeline") is None
 
@@ -95,13 +97,7 @@ def test_an_ensemble_named_like_a_model_yields_and_says_why(
         lambda: c.get("apps/v1", "Deployment", namespace, "sentiment-pipeline"),
     )
     c.apply(ensemble)
-    ready = wait_for(
-        "InvalidSpec",
-        lambda: (
-            (r := _ready(cluster, namespace, "sentiment-pipeline")).get("reason") == "InvalidSpec"
-            and r
-        ),
-    )
+    ready = _invalid_spec(cluster, namespace, "sentiment-pipeline")
     assert "an InferenceModel named sentiment-pipeline already exists" in ready["message"]
     dep = c.get("apps/v1", "Deployment", namespace, "sentiment-pipeline") or {}
     owners = [o["kind"] for o in dep["metadata"].get("ownerReferences", [])]
