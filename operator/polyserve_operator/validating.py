@@ -10,6 +10,8 @@ from __future__ import annotations
 from polyserve_operator import api
 from polyserve_operator.render import modelconfigs
 from polyserve_worker import backends as worker_backends
+from polyserve_worker import ensemble as worker_ensemble
+from polyserve_worker import errors as worker_errors
 
 
 def hardware(hw: api.Hardware) -> list[str]:
@@ -187,7 +189,33 @@ def ensemble(
     for target in produced:
         if target not in {o.name for o in ie.outputs}:
             problems.append(f"a step maps to {target}, which is not in the ensemble's outputs")
+    if not problems:
+        problems += _as_the_worker_sees_it(ie, members)
     return problems
+
+
+def _as_the_worker_sees_it(
+    ie: api.InferenceEnsembleSpec, members: dict[str, api.InferenceModel | None]
+) -> list[str]:
+    """Run the worker's own graph validation on the configs the operator will render.
+
+    This catches what only the worker's rules know, shapes and the batch dimension above all
+    (an ensemble with max_batch_size 0 feeding members that batch). Members whose config
+    leaves tensors to be read from the model file cannot be checked before the pod runs.
+    """
+    configs = {}
+    for name, member in members.items():
+        if member is None or member.spec.config is None:
+            return []
+        if not member.spec.config.input or not member.spec.config.output:
+            return []
+        configs[name] = modelconfigs.for_model(name, member.spec).to_proto()
+    graph_config = modelconfigs.for_ensemble("this ensemble", ie).to_proto()
+    try:
+        worker_ensemble.Ensemble(graph_config).validate(configs)
+    except worker_errors.ModelLoadError as exc:
+        return [str(exc).replace("ensemble 'this ensemble' ", "")]
+    return []
 
 
 def name_clash(kind: str, name: str, other_kind: str) -> str:

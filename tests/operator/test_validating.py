@@ -72,3 +72,11 @@ def test_members_must_run_on_the_ensembles_backend() -> None:
     members, spec = _ensemble()
     spec["hardware"] = {"pool": "xeon", "backend": "openvino"}
     assert "members share one worker" in _problems(members, spec)
+
+
+def test_the_workers_own_graph_rules_catch_a_batch_dimension_mismatch() -> None:
+    members, spec = _ensemble()
+    spec = {**spec, "maxBatchSize": 0}  # members batch (max_batch_size 8); the ensemble not
+    problems = _problems(members, spec)
+    assert "expects shape [-1" in problems
+    assert "this ensemble" not in problems

@@ -8,7 +8,9 @@ InferenceEnsemble. Pure functions.
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
+from urllib.parse import urlsplit
 
 from polyserve_operator import api
 from polyserve_worker import config as worker_config
@@ -37,11 +39,25 @@ def for_model(name: str, spec: api.InferenceModelSpec) -> worker_config.ModelCon
             else worker_config.InstanceGroup(kind="KIND_CPU", count=1)
         )
         update["instance_group"] = [group]
+    filename = artifact_filename(spec.artifact.uri)
+    if base.default_model_filename is None and filename is not None:
+        # The fetch keeps a single file's name; tell the worker which file is the model.
+        update["default_model_filename"] = filename
     if spec.hardware.precision != "fp32":
         params = dict(base.parameters or {})
         params.setdefault("precision", spec.hardware.precision)
         update["parameters"] = params
     return base.model_copy(update=update)
+
+
+#: Suffixes of single-file model artifacts (a directory, such as a SavedModel, has none).
+MODEL_FILE_SUFFIXES = (".onnx", ".pt", ".pt2", ".plan", ".engine")
+
+
+def artifact_filename(uri: str) -> str | None:
+    """The file name a single-file artifact will have in the version directory."""
+    name = posixpath.basename(urlsplit(uri).path.rstrip("/"))
+    return name if name.endswith(MODEL_FILE_SUFFIXES) else None
 
 
 def tensor_name(source: str, exported: dict[tuple[str, str], str]) -> str:

@@ -1,0 +1,124 @@
+"""The seam between the planes: what the operator renders, a real worker serves.
+
+The operator's rendered ConfigMap and init-container arguments are replayed here by hand
+(a kubelet would): the fetch runs with the rendered arguments, each config.pbtxt lands where
+the rendered volume mount puts it, and a worker started with the rendered arguments serves
+the models through tritonclient. No cluster is involved; the render is the operator's own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tritonclient.http as httpclient
+
+from polyserve_operator import api, render, settings, validating
+from polyserve_worker import fetching
+from tests.worker import models
+from tests.worker.conftest import StartWorker
+
+CFG = settings.Settings()
+
+
+def _model(name: str, artifact: Path) -> api.InferenceModel:
+    return api.InferenceModel.model_validate(
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": "InferenceModel",
+            "metadata": {"name": name, "namespace": "contract"},
+            "spec": {
+                "modelFormat": {"name": "onnx"},
+                "artifact": {"uri": artifact.as_uri()},
+                "hardware": {"pool": "xeon", "backend": "onnxruntime"},
+                "config": {
+                    "max_batch_size": 4,
+                    "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+                    "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+                    "dynamic_batching": {},
+                },
+            },
+        }
+    )
+
+
+def _replay(objects: list[dict[str, Any]], repository: Path) -> list[str]:
+    """Do what the kubelet would: run the fetches, mount the configs; return worker args."""
+    by_kind = {o["kind"]: o for o in objects}
+    data = by_kind["ConfigMap"]["data"]
+    pod = by_kind["Deployment"]["spec"]["template"]["spec"]
+    worker = next(c for c in pod["containers"] if c["name"] == "worker")
+    for mount in worker["volumeMounts"]:
+        if mount["mountPath"].endswith("/config.pbtxt"):
+            target = repository / Path(mount["mountPath"]).relative_to("/models")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(data[mount["subPath"]])
+    for init in pod.get("initContainers", []):
+        command, uri, dest = init["args"][0], init["args"][1], init["args"][2]
+        assert command == "fetch"
+        local = repository / Path(dest).relative_to("/models")
+        assert fetching.main([uri, str(local), *init["args"][3:]], env={}) == 0
+    args: list[str] = worker["args"]
+    return args
+
+
+def _scale(worker_http: str, model: str, factor: float, name: str = "INPUT0") -> None:
+    client = httpclient.InferenceServerClient(worker_http)
+    inp = httpclient.InferInput(name, [2, 4], "FP32")
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    inp.set_data_from_numpy(x)
+    out = client.infer(model, [inp]).get_response()["outputs"][0]["name"]
+    result = client.infer(model, [inp]).as_numpy(out)
+    np.testing.assert_allclose(result, x * factor)
+
+
+def test_a_rendered_inference_model_is_fetched_and_served_by_a_real_worker(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    # A single-file artifact keeps its own name; the rendered config says which file it is.
+    artifact = tmp_path / "store" / "resnet-v7.onnx"
+    models.scale(artifact, 3.0)
+    objects = render.objects(render.model_workload(_model("resnet", artifact)), CFG)
+    repository = tmp_path / "models"
+    args = _replay(objects, repository)
+    assert args[:2] == ["--model-repository", "/models"]
+    worker = start_worker(repository)
+    _scale(worker.http, "resnet", 3.0)
+
+
+def test_a_rendered_inference_ensemble_serves_its_members_in_one_worker(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    double, triple = tmp_path / "store" / "double.onnx", tmp_path / "store" / "triple.onnx"
+    models.scale(double, 2.0)
+    models.scale(triple, 3.0)
+    members = {"double": _model("double", double), "triple": _model("triple", triple)}
+    ensemble = api.InferenceEnsemble.model_validate(
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": "InferenceEnsemble",
+            "metadata": {"name": "six", "namespace": "contract"},
+            "spec": {
+                "inputs": [{"name": "X", "data_type": "TYPE_FP32", "dims": [4]}],
+                "outputs": [{"name": "Y", "data_type": "TYPE_FP32", "dims": [4]}],
+                "steps": [
+                    {"name": "first", "modelRef": "double", "inputs": {"INPUT0": "X"}},
+                    {
+                        "name": "second",
+                        "modelRef": "triple",
+                        "inputs": {"INPUT0": "first.OUTPUT0"},
+                        "outputs": {"OUTPUT0": "Y"},
+                    },
+                ],
+                "hardware": {"pool": "xeon", "backend": "onnxruntime"},
+                "maxBatchSize": 4,
+            },
+        }
+    )
+    assert validating.ensemble(ensemble.spec, dict(members)) == []
+    objects = render.objects(render.ensemble_workload(ensemble, members), CFG)
+    repository = tmp_path / "models"
+    _replay(objects, repository)
+    worker = start_worker(repository)
+    _scale(worker.http, "six", 6.0, name="X")
