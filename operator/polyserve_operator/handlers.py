@@ -159,17 +159,9 @@ class Reconciler:
             self._invalid_spec(body, patch, _invalid(exc))
             return
         try:
-            members = observe.members(
-                self.client, ie.metadata.namespace, {s.model_ref for s in ie.spec.steps}
-            )
+            members, problems = self._ensemble_problems(ie)
         except k8s.ApiError as exc:
             raise kopf.TemporaryError(f"reading the members failed: {exc}", delay=10) from exc
-        problems = validating.ensemble(ie.spec, members)
-        if self._clashes("InferenceModel", ie.metadata.namespace, ie.metadata.name):
-            # Both would render children of the same name; the InferenceModel keeps them.
-            problems.append(
-                validating.name_clash("InferenceEnsemble", ie.metadata.name, "InferenceModel")
-            )
         if problems:
             # A missing member may be created later: keep retrying, but say why in status.
             self._invalid_spec(body, patch, "; ".join(problems), permanent=False)
@@ -177,13 +169,17 @@ class Reconciler:
         present = {k: v for k, v in members.items() if v is not None}
         self._converge(body, patch, render.ensemble_workload(ie, present), force=force)
 
-    def _clashes(self, other_kind: str, namespace: str, name: str) -> bool:
-        try:
-            return observe.exists(self.client, other_kind, namespace, name)
-        except k8s.ApiError as exc:
-            raise kopf.TemporaryError(
-                f"reading {other_kind} {name} failed: {exc}", delay=10
-            ) from exc
+    def _ensemble_problems(
+        self, ie: api.InferenceEnsemble
+    ) -> tuple[dict[str, api.InferenceModel | None], list[str]]:
+        """The ensemble's members and what is wrong with it; raises k8s.ApiError."""
+        namespace, name = ie.metadata.namespace, ie.metadata.name
+        members = observe.members(self.client, namespace, {s.model_ref for s in ie.spec.steps})
+        problems = validating.ensemble(ie.spec, members)
+        if observe.exists(self.client, "InferenceModel", namespace, name):
+            # Both would render children of the same name; the InferenceModel keeps them.
+            problems.append(validating.name_clash("InferenceEnsemble", name, "InferenceModel"))
+        return members, problems
 
     def _invalid_spec(
         self, body: kopf.Body, patch: kopf.Patch, message: str, *, permanent: bool = True
@@ -203,7 +199,13 @@ class Reconciler:
         except pydantic.ValidationError as exc:
             raise kopf.AdmissionError(_invalid(exc), code=422) from exc
         problems = validating.model(im.spec)
-        if self._admission_clash("InferenceEnsemble", im.metadata.namespace, im.metadata.name):
+        try:
+            clash = observe.exists(
+                self.client, "InferenceEnsemble", im.metadata.namespace, im.metadata.name
+            )
+        except k8s.ApiError as exc:
+            raise kopf.AdmissionError(f"cannot read the ensembles: {exc}", code=503) from exc
+        if clash:
             problems.append(
                 validating.name_clash("InferenceModel", im.metadata.name, "InferenceEnsemble")
             )
@@ -217,24 +219,11 @@ class Reconciler:
         except pydantic.ValidationError as exc:
             raise kopf.AdmissionError(_invalid(exc), code=422) from exc
         try:
-            members = observe.members(
-                self.client, ie.metadata.namespace, {s.model_ref for s in ie.spec.steps}
-            )
+            _, problems = self._ensemble_problems(ie)
         except k8s.ApiError as exc:
             raise kopf.AdmissionError(f"cannot read the members: {exc}", code=503) from exc
-        problems = validating.ensemble(ie.spec, members)
-        if self._admission_clash("InferenceModel", ie.metadata.namespace, ie.metadata.name):
-            problems.append(
-                validating.name_clash("InferenceEnsemble", ie.metadata.name, "InferenceModel")
-            )
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
-
-    def _admission_clash(self, other_kind: str, namespace: str, name: str) -> bool:
-        try:
-            return observe.exists(self.client, other_kind, namespace, name)
-        except k8s.ApiError as exc:
-            raise kopf.AdmissionError(f"cannot read {other_kind} {name}: {exc}", code=503) from exc
 
 
 def _drifted(deployment: dict[str, Any] | None, w: workloads.Workload, revision: str) -> bool:

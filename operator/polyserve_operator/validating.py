@@ -7,9 +7,12 @@ sentence that says what to change. Pure functions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from polyserve_operator import api
 from polyserve_operator.render import modelconfigs
 from polyserve_worker import backends as worker_backends
+from polyserve_worker import config as worker_config
 from polyserve_worker import ensemble as worker_ensemble
 from polyserve_worker import errors as worker_errors
 
@@ -57,17 +60,23 @@ def model(spec: api.InferenceModelSpec) -> list[str]:
     if cfg is not None:
         if cfg.platform == "ensemble":
             problems.append("config.platform ensemble belongs in an InferenceEnsemble")
-        batching = cfg.dynamic_batching
-        if batching is not None and not cfg.max_batch_size:
-            problems.append("config.dynamic_batching needs config.max_batch_size > 0")
-        if batching is not None and cfg.max_batch_size:
-            for size in batching.preferred_batch_size or []:
-                if not 1 <= size <= cfg.max_batch_size:
-                    problems.append(
-                        f"config.dynamic_batching.preferred_batch_size {size} must be between "
-                        f"1 and max_batch_size ({cfg.max_batch_size})"
-                    )
+        else:
+            config = modelconfigs.for_model(_THIS, spec).to_proto()
+            problems += _worker_says(lambda: worker_config.validate(config), f"model '{_THIS}'")
     return problems
+
+
+#: The name rendered configs get while validating; stripped from the worker's messages.
+_THIS = "this"
+
+
+def _worker_says(check: Callable[[], object], subject: str) -> list[str]:
+    """The worker's own verdict on a config it will be given, as a list of problems."""
+    try:
+        check()
+    except worker_errors.ModelLoadError as exc:
+        return [str(exc).replace(f"{subject}: ", "").replace(f"{subject} ", "")]
+    return []
 
 
 def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
@@ -210,12 +219,8 @@ def _as_the_worker_sees_it(
         if not member.spec.config.input or not member.spec.config.output:
             return []
         configs[name] = modelconfigs.for_model(name, member.spec).to_proto()
-    graph_config = modelconfigs.for_ensemble("this ensemble", ie).to_proto()
-    try:
-        worker_ensemble.Ensemble(graph_config).validate(configs)
-    except worker_errors.ModelLoadError as exc:
-        return [str(exc).replace("ensemble 'this ensemble' ", "")]
-    return []
+    graph = worker_ensemble.Ensemble(modelconfigs.for_ensemble(_THIS, ie).to_proto())
+    return _worker_says(lambda: graph.validate(configs), f"ensemble '{_THIS}'")
 
 
 def name_clash(kind: str, name: str, other_kind: str) -> str:
