@@ -150,6 +150,10 @@ class Batcher:
         self._finished: dict[int, tuple[_Pending, base.Outputs | BaseException]] = {}
         self.closing_reasons: collections.Counter[str] = collections.Counter()
         self._event_loop: asyncio.AbstractEventLoop | None = None
+        # Only queue policies with timeouts need the queues scanned on every wake-up.
+        self._timeouts = any(
+            p.default_timeout_us or p.allow_timeout_override for p in policy.queue_policies.values()
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -247,18 +251,24 @@ class Batcher:
         while True:
             self._wake.clear()
             now = self._clock.now()
-            self._expire(now)
+            if self._timeouts:
+                self._expire(now)
             wait_until: float | None = None
             while self._free and self._has_queued():
                 batch, reason, wait_until = self._form(now)
                 if not batch:
                     break
                 self._dispatch(batch, reason, now)
-            deadlines = [p.deadline for p in self._all_queued() if p.deadline and not p.delayed]
-            if deadlines:
-                earliest = min(deadlines)
-                wait_until = earliest if wait_until is None else min(wait_until, earliest)
+            if self._timeouts:
+                wait_until = self._earliest_deadline(wait_until)
             await self._wait(wait_until)
+
+    def _earliest_deadline(self, until: float | None) -> float | None:
+        """``until``, or sooner if a queued request times out before it."""
+        deadlines = [p.deadline for p in self._all_queued() if p.deadline and not p.delayed]
+        if not deadlines:
+            return until
+        return min(deadlines) if until is None else min(until, *deadlines)
 
     async def _wait(self, until: float | None) -> None:
         if until is None:

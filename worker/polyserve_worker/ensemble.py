@@ -76,6 +76,7 @@ class Ensemble:
             raise errors.ModelLoadError(f"ensemble '{self.name}' has no steps")
         self.inputs = [t.name for t in config.input]
         self.outputs = [t.name for t in config.output]
+        self._topological: list[Step] | None = None
 
     @property
     def members(self) -> list[str]:
@@ -173,6 +174,12 @@ class Ensemble:
         self._order()  # raises on cycles
 
     def _order(self) -> list[Step]:
+        """The steps in an order that respects the wiring (computed once; raises on cycles)."""
+        if self._topological is None:
+            self._topological = self._sort()
+        return self._topological
+
+    def _sort(self) -> list[Step]:
         available = set(self.inputs)
         remaining = list(self.steps)
         ordered: list[Step] = []
