@@ -56,7 +56,6 @@ class ModelEntry:
     reason: str = ""
     config: Any = None
     versions: dict[int, ServedVersion] = field(default_factory=dict)
-    fingerprint: tuple[Any, ...] = ()
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: Where files uploaded through the load API live (None: the repository directory).
     upload_dir: Path | None = None
@@ -148,7 +147,6 @@ class Repository:
             entry.config = config
             entry.versions = built
             entry.upload_dir = upload_dir
-            entry.fingerprint = self.fingerprint(name)
             entry.state = READY
             logger.info("model '%s' ready, versions %s", name, sorted(built))
         await self._retire(previous.values())

@@ -47,6 +47,8 @@ class Worker:
         self._runners: list[web.AppRunner] = []
         self._grpc: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Poll mode: each loaded model's files (names, sizes, mtimes) when it last loaded.
+        self._fingerprints: dict[str, tuple[Any, ...]] = {}
 
     async def start(self) -> None:
         """Bind every port, then load the models (live while loading, ready after)."""
@@ -95,10 +97,18 @@ class Worker:
         if s.model_control_mode == "explicit":
             names = names if "*" in s.load_model else list(s.load_model)
         for name in names:
-            # A failure is recorded as the model's UNAVAILABLE reason and logged.
-            with contextlib.suppress(errors.PolyserveError):
-                await self.repository.load(name)
+            await self._load_from_disk(name)
         self.core.required = set(s.required_model or names)
+
+    async def _load_from_disk(self, name: str) -> None:
+        """Load one model; in poll mode remember what its files looked like when it loaded."""
+        polling = self.settings.model_control_mode == "poll"
+        before = self.repository.fingerprint(name) if polling else ()
+        # A failure is recorded as the model's UNAVAILABLE reason and logged.
+        with contextlib.suppress(errors.PolyserveError):
+            await self.repository.load(name)
+            if polling:
+                self._fingerprints[name] = before
 
     async def _poll(self) -> None:
         while True:
@@ -106,12 +116,11 @@ class Worker:
             on_disk = set(self.repository.scan())
             entries = self.repository.entries()
             for name in sorted(on_disk):
-                entry = entries.get(name)
-                if entry is None or entry.fingerprint != self.repository.fingerprint(name):
-                    with contextlib.suppress(errors.PolyserveError):
-                        await self.repository.load(name)
+                if self._fingerprints.get(name) != self.repository.fingerprint(name):
+                    await self._load_from_disk(name)
             for name, entry in entries.items():
                 if name not in on_disk and entry.versions:
+                    self._fingerprints.pop(name, None)
                     await self.repository.unload(name)
 
     def _spawn(self, coro: Any, name: str) -> None:
