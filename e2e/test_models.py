@@ -13,6 +13,11 @@ def _ready(status: dict[str, Any] | None) -> dict[str, Any]:
     return conds.get("Ready") or {}
 
 
+def _pod_status(c: Any, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Play the kubelet: set a pod's status through the status subresource."""
+    c.patch("v1", "Pod", namespace, name, {"status": status}, subresource="status")
+
+
 def test_a_created_model_gets_a_configmap_deployment_and_service_on_the_gpu_pool(
     cluster: Cluster, operator: Operator, namespace: str
 ) -> None:
@@ -104,25 +109,21 @@ def test_conditions_follow_the_deployment_and_pod_state(
         "spec": {"containers": [{"name": "worker", "image": "worker"}]},
     }
     c.apply(pod)
-    c.patch(
-        "v1",
-        "Pod",
+    _pod_status(
+        c,
         namespace,
         "bert-trt-abc12",
         {
-            "status": {
-                "phase": "Pending",
-                "conditions": [
-                    {
-                        "type": "PodScheduled",
-                        "status": "False",
-                        "reason": "Unschedulable",
-                        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
-                    }
-                ],
-            }
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                }
+            ],
         },
-        subresource="status",
     )
     ready = wait_for(
         "Unschedulable", _ready_is(cluster, namespace, "bert-trt", "False", "Unschedulable")
@@ -134,27 +135,23 @@ def test_conditions_follow_the_deployment_and_pod_state(
     assert degraded["status"] == "True"
 
     # Scheduled, but the worker crash-loops: never Ready, whatever the Deployment says.
-    c.patch(
-        "v1",
-        "Pod",
+    _pod_status(
+        c,
         namespace,
         "bert-trt-abc12",
         {
-            "status": {
-                "phase": "Running",
-                "conditions": [{"type": "PodScheduled", "status": "True"}],
-                "containerStatuses": [
-                    {
-                        "name": "worker",
-                        "ready": False,
-                        "restartCount": 4,
-                        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
-                        "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
-                    }
-                ],
-            }
+            "phase": "Running",
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [
+                {
+                    "name": "worker",
+                    "ready": False,
+                    "restartCount": 4,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+                    "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+                }
+            ],
         },
-        subresource="status",
     )
     generation = dep["metadata"].get("generation", 1)
     c.patch(
@@ -179,19 +176,15 @@ def test_conditions_follow_the_deployment_and_pod_state(
     assert "OOMKilled" in crash["message"]
 
     # The pod recovers: Ready, and the failure is cleared.
-    c.patch(
-        "v1",
-        "Pod",
+    _pod_status(
+        c,
         namespace,
         "bert-trt-abc12",
         {
-            "status": {
-                "containerStatuses": [
-                    {"name": "worker", "ready": True, "restartCount": 4, "state": {"running": {}}}
-                ]
-            }
+            "containerStatuses": [
+                {"name": "worker", "ready": True, "restartCount": 4, "state": {"running": {}}}
+            ]
         },
-        subresource="status",
     )
     wait_for("Ready", _ready_is(cluster, namespace, "bert-trt", "True", "AllReplicasReady"))
     status = _get_model(cluster, namespace, "bert-trt")["status"]
