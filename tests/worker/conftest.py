@@ -82,6 +82,9 @@ def settings_for(repo: Path, **overrides: Any) -> WorkerSettings:
         "grpc_port": 0,
         "metrics_port": 0,
         "exit_timeout_secs": 5,
+        # Many repositories here hold broken models on purpose, to show the rest keep
+        # serving; exiting on a failed start is tested on its own (test_lifecycle).
+        "exit_on_error": False,
     }
     values.update(overrides)
     return WorkerSettings(**values)

@@ -182,3 +182,32 @@ def test_the_worker_process_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_a_model_that_fails_at_start_makes_the_process_exit_1_with_the_reason_last(
+    tmp_path: Path,
+) -> None:
+    models.triton_repository(tmp_path)
+    broken = tmp_path / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"not an onnx file")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "polyserve_worker.main",
+            "--model-repository",
+            str(tmp_path),
+            "--host=127.0.0.1",
+            "--http-port=0",
+            "--grpc-port=0",
+            "--metrics-port=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("polyserve-worker: exiting: model 'broken' failed to load")
+    assert "--exit-on-error=false" in last

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from polyserve_worker import config, errors, main, tensors
+from polyserve_worker import settings as worker_settings
 
 
 def test_bytes_tensors_round_trip_through_the_length_prefixed_form() -> None:
@@ -122,6 +124,36 @@ def test_flags_override_environment_which_overrides_defaults(
     assert settings.grpc_port == 7001
     assert settings.metrics_port == 8002
     assert settings.load_model == ("a", "b")
+
+
+def test_rendered_flags_parse_back_to_the_same_settings(tmp_path: Path) -> None:
+    values = {
+        "model_repository": tmp_path,
+        "http_port": 8000,
+        "strict_readiness": True,
+        "exit_on_error": False,
+        "load_model": ("a", "b"),
+        "model_control_mode": "explicit",
+        "exit_timeout_secs": 12.5,
+    }
+    args = worker_settings.to_args(values)
+    assert "--strict-readiness=true" in args
+    parsed = worker_settings.parse(args)
+    assert {k: getattr(parsed, k) for k in values} == values
+
+
+def test_a_bare_boolean_flag_means_true_and_a_value_is_parsed(tmp_path: Path) -> None:
+    bare = worker_settings.parse(["--model-repository", str(tmp_path), "--strict-readiness"])
+    assert bare.strict_readiness is True
+    off = worker_settings.parse([f"--model-repository={tmp_path}", "--strict-readiness", "false"])
+    assert off.strict_readiness is False
+
+
+def test_rendering_a_value_the_worker_would_refuse_fails_where_it_is_rendered() -> None:
+    with pytest.raises(ValidationError):
+        worker_settings.to_args({"http_port": 70000})
+    with pytest.raises(ValueError, match="no setting 'http_prot'"):
+        worker_settings.to_args({"http_prot": 8000})
 
 
 def test_missing_repository_flag_explains_itself(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,6 @@ named and supervised.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +23,10 @@ from polyserve_worker.transport import grpc as grpc_transport
 from polyserve_worker.transport import rest
 
 logger = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A model failed to load at start and ``exit_on_error`` is set: the process exits 1."""
 
 
 class Worker:
@@ -96,19 +99,29 @@ class Worker:
         names = self.repository.scan()
         if s.model_control_mode == "explicit":
             names = names if "*" in s.load_model else list(s.load_model)
+        failures: list[str] = []
         for name in names:
-            await self._load_from_disk(name)
+            failure = await self._load_from_disk(name)
+            if failure:
+                failures.append(failure)
         self.core.required = set(s.required_model or names)
+        if failures and s.exit_on_error:
+            raise StartupError("; ".join(failures))
 
-    async def _load_from_disk(self, name: str) -> None:
-        """Load one model; in poll mode remember what its files looked like when it loaded."""
+    async def _load_from_disk(self, name: str) -> str | None:
+        """Load one model; in poll mode remember what its files looked like when it loaded.
+
+        A failure is recorded as the model's UNAVAILABLE reason and logged; the reason is
+        returned too."""
         polling = self.settings.model_control_mode == "poll"
         before = self.repository.fingerprint(name) if polling else ()
-        # A failure is recorded as the model's UNAVAILABLE reason and logged.
-        with contextlib.suppress(errors.PolyserveError):
+        try:
             await self.repository.load(name)
-            if polling:
-                self._fingerprints[name] = before
+        except errors.PolyserveError as exc:
+            return f"model '{name}' failed to load: {exc}"
+        if polling:
+            self._fingerprints[name] = before
+        return None
 
     async def _poll(self) -> None:
         while True:

@@ -1,20 +1,28 @@
 """Process settings of the worker: Triton's flag names, also settable as POLYSERVE_* variables.
 
-Parsed once in ``main()`` and passed down; nothing else reads the environment or argv.
+This module is the one place that knows the worker's flags: their names, types, defaults and
+help all come from ``WorkerSettings``. ``parse`` reads a command line (``main`` calls it, and
+so do the operator's tests, on every Deployment the operator renders); ``to_args`` writes one
+(the operator renders every pod's arguments through it, never as literals). Parsed once in
+``main()`` and passed down; nothing else reads the environment or argv.
 Precedence: command-line flag, then environment variable, then the default here.
 """
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "POLYSERVE_"
 
 
 class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="POLYSERVE_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     model_repository: Path = Field(
         description="Directory in Triton's layout: <repo>/<model>/<version>/<file>."
@@ -24,7 +32,13 @@ class WorkerSettings(BaseSettings):
     metrics_port: int = Field(
         default=8002, ge=0, le=65535, description="Prometheus /metrics port (Triton's)."
     )
-    host: str = Field(default="0.0.0.0", description="Address every server binds.")
+    host: str = Field(
+        default="0.0.0.0",
+        description=(
+            "Address every server binds. In a pod, all of them (0.0.0.0); the local fleet "
+            "(polyserve sandbox) sets POLYSERVE_HOST to the pod's own loopback address."
+        ),
+    )
     model_control_mode: Literal["none", "poll", "explicit"] = Field(
         default="none",
         description=(
@@ -45,6 +59,14 @@ class WorkerSettings(BaseSettings):
     strict_readiness: bool = Field(
         default=True,
         description="Ready only while every required model is ready (Triton's default).",
+    )
+    exit_on_error: bool = Field(
+        default=True,
+        description=(
+            "Exit with status 1 when a model fails to load at start (Triton's default), so "
+            "that a pod crash-loops with the reason in its termination message instead of "
+            "staying unready until the startup probe gives up. false keeps serving the rest."
+        ),
     )
     exit_timeout_secs: float = Field(
         default=30.0,
@@ -70,3 +92,94 @@ class WorkerSettings(BaseSettings):
         ),
     )
     log_verbose: int = Field(default=0, ge=0, description="1 logs each batch and why it closed.")
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a settings field: ``http_port`` -> ``--http-port``."""
+    return "--" + field.replace("_", "-")
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool
+
+
+def _is_repeated(annotation: Any) -> bool:
+    return get_origin(annotation) is tuple
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parser(prog: str = "polyserve-worker") -> argparse.ArgumentParser:
+    """The worker's command line, one flag per settings field."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Serve a Triton-layout model repository over the Open Inference Protocol. Every "
+            f"flag can also be set as {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}HTTP_PORT). "
+            "'polyserve-worker fetch URI DEST' downloads a model artifact."
+        ),
+    )
+    for name, info in WorkerSettings.model_fields.items():
+        annotation = info.annotation
+        default = "required" if info.is_required() else f"default {info.default!r}"
+        help_text = f"{info.description} ({default})"
+        if _is_bool(annotation):
+            # Triton's form is --flag=<boolean>; a bare --flag also means true.
+            p.add_argument(flag(name), dest=name, type=_bool, nargs="?", const=True, help=help_text)
+        elif _is_repeated(annotation):
+            p.add_argument(flag(name), dest=name, action="append", help=help_text + "; repeatable")
+        elif get_origin(annotation) is Literal:
+            p.add_argument(flag(name), dest=name, choices=get_args(annotation), help=help_text)
+        else:
+            p.add_argument(flag(name), dest=name, help=help_text)
+    return p
+
+
+def parse(argv: Sequence[str]) -> WorkerSettings:
+    """Settings from a command line, then the environment, then the defaults.
+
+    Raises ``SystemExit`` (argparse) for unknown flags and pydantic's ``ValidationError``
+    for values out of range.
+    """
+    args = parser().parse_args(list(argv))
+    given = {key: value for key, value in vars(args).items() if value is not None}
+    for key, value in given.items():
+        if isinstance(value, list):
+            given[key] = tuple(value)
+    return WorkerSettings(**given)
+
+
+def _check(name: str, value: Any) -> Any:
+    info = WorkerSettings.model_fields.get(name)
+    if info is None:
+        raise ValueError(
+            f"the worker has no setting {name!r} (flags: {sorted(WorkerSettings.model_fields)})"
+        )
+    kind: Any = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+    adapter: TypeAdapter[Any] = TypeAdapter(kind)
+    return adapter.validate_python(value)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def to_args(values: Mapping[str, Any]) -> list[str]:
+    """The command line that gives ``values`` (settings field -> value), one ``--flag=value``
+    token per value and per repetition. Each value is validated as the worker will validate
+    it, so a value the worker would refuse fails here, where it is rendered."""
+    args: list[str] = []
+    for name, value in values.items():
+        checked = _check(name, value)
+        items = checked if isinstance(checked, tuple) else (checked,)
+        args += [f"{flag(name)}={_text(item)}" for item in items]
+    return args
