@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The CPU frameworks ride along so the backend tests and the demo run everywhere; the wheels
 # are CPU builds (torch is pinned to its CPU wheel). GPU extras (onnx-gpu, tensorrt) are not.
-EXTRAS := worker,onnx,operator,dev,torch,tensorflow,openvino
+EXTRAS := worker,onnx,operator,sandbox,dev,torch,tensorflow,openvino
 
 .PHONY: demo test test-all lint crds bench models clean venv
 
@@ -27,8 +27,8 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker operator tests e2e bench examples
-	$(BIN)/ruff format --check worker operator tests e2e bench examples
+	$(BIN)/ruff check worker operator sandbox tests e2e bench examples
+	$(BIN)/ruff format --check worker operator sandbox tests e2e bench examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

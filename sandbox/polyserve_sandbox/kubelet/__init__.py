@@ -1,0 +1,1 @@
+"""Pods as processes: the sandbox's kubelet and container runtime."""
