@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -59,11 +59,12 @@ class XeonPool(BaseModel):
     bf16_labels: list[str] = Field(
         default_factory=lambda: [
             "feature.node.kubernetes.io/cpu-cpuid.AMXBF16",
-            "feature.node.kubernetes.io/cpu-cpuid.AVX512_BF16",
+            "feature.node.kubernetes.io/cpu-cpuid.AVX512BF16",
         ],
         description=(
             "Node Feature Discovery labels of which a node needs any one (value 'true') to "
-            "serve bf16; AMX first, AVX512_BF16 as the older fallback."
+            "serve bf16; AMX first, AVX512_BF16 as the older fallback. NFD writes cpuid "
+            "features without underscores (AVX512BF16, AMXBF16)."
         ),
     )
     tolerations: list[Toleration] = Field(
@@ -155,8 +156,36 @@ class Settings(BaseSettings):
         default="1Gi",
         description="Memory-backed /dev/shm when a spec sets none; batching needs more than 64M.",
     )
+    pre_stop_seconds: int = Field(
+        default=5,
+        ge=0,
+        description=(
+            "A worker pod's preStop sleep: the pod keeps serving while its endpoints are "
+            "removed from Services and routes (a few seconds in most clusters), and only then "
+            "gets SIGTERM, so no client is sent to a pod that has stopped taking work."
+        ),
+    )
+    worker_exit_timeout_seconds: int = Field(
+        default=30,
+        ge=0,
+        description="The worker's --exit-timeout-secs: how long requests in flight may finish.",
+    )
     termination_grace_seconds: int = Field(
         default=45,
         ge=0,
-        description="Pod grace period: longer than the worker's exit timeout (30 s) to drain.",
+        description=(
+            "Pod grace period: the preStop sleep plus the worker's exit timeout, with margin "
+            "(the kubelet kills the pod when it ends)."
+        ),
     )
+
+    @model_validator(mode="after")
+    def _grace_covers_the_drain(self) -> Settings:
+        needed = self.pre_stop_seconds + self.worker_exit_timeout_seconds
+        if self.termination_grace_seconds < needed:
+            raise ValueError(
+                f"termination_grace_seconds ({self.termination_grace_seconds}) must cover "
+                f"pre_stop_seconds + worker_exit_timeout_seconds ({needed}): the kubelet "
+                "would kill workers in the middle of their drain"
+            )
+        return self

@@ -13,6 +13,8 @@ import yaml
 
 from polyserve_operator import api, cli, render, settings
 from polyserve_operator.render import workloads
+from polyserve_worker import fetching
+from polyserve_worker import settings as worker_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("[a-z]*.yaml"))
@@ -72,7 +74,7 @@ def test_a_bf16_xeon_model_needs_amx_or_avx512_bf16_and_no_gpu() -> None:
     keys = [t["matchExpressions"][0]["key"] for t in terms]
     assert keys == [
         "feature.node.kubernetes.io/cpu-cpuid.AMXBF16",
-        "feature.node.kubernetes.io/cpu-cpuid.AVX512_BF16",
+        "feature.node.kubernetes.io/cpu-cpuid.AVX512BF16",
     ]
     assert "nodeSelector" not in pod and "tolerations" not in pod
     assert "nvidia.com/gpu" not in str(pod["containers"][0]["resources"])
@@ -111,7 +113,57 @@ def test_the_worker_is_probed_on_the_oip_health_endpoints() -> None:
     startup = worker["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
     assert [p["containerPort"] for p in worker["ports"]] == [8000, 8001, 8002]
-    assert "--strict-readiness" in worker["args"]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_rendered_container_command_line_parses_with_the_workers_own_parser(
+    path: Path,
+) -> None:
+    objects = cli.render_documents(list(yaml.safe_load_all(path.read_text())), CFG)
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        (worker,) = pod["containers"]
+        parsed = worker_settings.parse(worker["args"])
+        ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
+        assert (parsed.http_port, parsed.grpc_port, parsed.metrics_port) == (
+            ports["http"],
+            ports["grpc"],
+            ports["metrics"],
+        )
+        mounts = {m["mountPath"]: m for m in worker["volumeMounts"]}
+        assert str(parsed.model_repository) in mounts
+        assert parsed.model_control_mode == "none"
+        assert parsed.strict_readiness is True and parsed.exit_on_error is True
+        assert parsed.exit_timeout_secs == CFG.worker_exit_timeout_seconds
+        grace = pod["terminationGracePeriodSeconds"]
+        pre_stop = worker["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert pre_stop + parsed.exit_timeout_secs < grace
+        for init in pod["initContainers"]:
+            command, *rest = init["args"]
+            if command == "fetch":
+                parsed_fetch = fetching._parser().parse_args(rest)
+                assert parsed_fetch.dest.parent.parent == parsed.model_repository
+            else:
+                assert command == "configure"
+                source, repository = rest
+                assert repository == str(parsed.model_repository)
+                config = next(m for m in init["volumeMounts"] if m["mountPath"] == source)
+                volume = next(v for v in pod["volumes"] if v["name"] == config["name"])
+                config_maps = [o for o in objects if o["kind"] == "ConfigMap"]
+                assert volume["configMap"]["name"] in {c["metadata"]["name"] for c in config_maps}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_no_container_mounts_a_volume_inside_a_read_only_mount(path: Path) -> None:
+    objects = cli.render_documents(list(yaml.safe_load_all(path.read_text())), CFG)
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        for container in pod["initContainers"] + pod["containers"]:
+            mounts = container["volumeMounts"]
+            for outer in (m for m in mounts if m.get("readOnly")):
+                for inner in mounts:
+                    inside = inner["mountPath"].startswith(outer["mountPath"].rstrip("/") + "/")
+                    assert not inside, (container["name"], outer, inner)
 
 
 def test_pods_run_non_root_on_a_read_only_root_with_a_memory_backed_shm() -> None:
@@ -125,20 +177,21 @@ def test_pods_run_non_root_on_a_read_only_root_with_a_memory_backed_shm() -> Non
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "4Gi"}
     mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
     assert "/dev/shm" in mounts
-    assert mounts["/models/bert-trt/config.pbtxt"]["subPath"] == "bert-trt.pbtxt"
+    assert mounts["/models"]["readOnly"] is True
     annotations = _by_kind(objects)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == "8002"
 
 
 def test_the_init_container_fetches_the_artifact_with_the_secrets_credentials() -> None:
     pod = _pod(render.objects(render.model_workload(_model()), CFG))
-    (fetch,) = pod["initContainers"]
+    fetch, configure = pod["initContainers"]
     assert fetch["command"] == ["polyserve-worker"]
     assert fetch["args"] == [
         "fetch",
         "gs://models/bert-base/l4-fp16/model.plan",
         "/models/bert-trt/1",
     ]
+    assert configure["args"] == ["configure", "/etc/polyserve/config", "/models"]
     assert fetch["envFrom"] == [{"secretRef": {"name": "model-store"}}]
     secret = next(v for v in pod["volumes"] if v["name"] == "secret-model-store")
     assert secret["secret"]["secretName"] == "model-store"
@@ -149,11 +202,11 @@ def test_a_pvc_artifact_mounts_the_claim_read_only_for_the_fetcher() -> None:
     pod = _pod(render.objects(render.model_workload(im), CFG))
     volume = next(v for v in pod["volumes"] if "persistentVolumeClaim" in v)
     assert volume["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
-    (fetch,) = pod["initContainers"]
+    fetch, _ = pod["initContainers"]
     assert {"name": volume["name"], "mountPath": "/mnt/pvc/models", "readOnly": True} in fetch[
         "volumeMounts"
     ]
-    assert fetch["args"][-2:] == ["--sha256", "a" * 64]
+    assert fetch["args"][-1] == "--sha256=" + "a" * 64
 
 
 def test_a_disruption_budget_exists_only_with_more_than_one_replica() -> None:
@@ -181,6 +234,30 @@ def test_the_config_map_holds_the_workers_config_completed_for_the_hardware() ->
     assert "max_batch_size: 64" in text
 
 
+def test_each_revision_has_its_own_immutable_config_map() -> None:
+    old = render.objects(render.model_workload(_model()), CFG)
+    new = render.objects(
+        render.model_workload(_model(config={"max_batch_size": 8, "input": [], "output": []})),
+        CFG,
+    )
+    old_cm, new_cm = _by_kind(old)["ConfigMap"], _by_kind(new)["ConfigMap"]
+    assert old_cm["immutable"] is True
+    assert old_cm["metadata"]["name"] != new_cm["metadata"]["name"]
+    for objects, cm in ((old, old_cm), (new, new_cm)):
+        volume = next(v for v in _pod(objects)["volumes"] if v["name"] == "config")
+        assert volume["configMap"]["name"] == cm["metadata"]["name"]
+        revision = cm["metadata"]["labels"]["polyserve.io/revision"]
+        assert cm["metadata"]["name"].endswith(revision)
+
+
+def test_long_member_names_give_unique_init_container_names_within_the_limit() -> None:
+    a, b = "m" * 60 + "-one", "m" * 60 + "-two"
+    names = {workloads.dns_label("fetch", a), workloads.dns_label("fetch", b)}
+    assert len(names) == 2
+    assert all(len(n) <= 63 and not n.endswith("-") for n in names)
+    assert workloads.dns_label("fetch", "short") == "fetch-short"
+
+
 def test_a_new_artifact_is_a_new_revision_and_new_pods() -> None:
     before = workloads.revision(render.model_workload(_model()), CFG)
     after = workloads.revision(
@@ -196,11 +273,12 @@ def test_an_ensemble_wires_members_in_process_with_one_fetcher_per_member() -> N
     deployments = [o for o in objects if o["kind"] == "Deployment"]
     ensemble = next(d for d in deployments if d["metadata"]["name"] == "sentiment-pipeline")
     inits = ensemble["spec"]["template"]["spec"]["initContainers"]
-    assert [i["name"] for i in inits] == ["fetch-sentiment", "fetch-tokenizer"]
+    assert [i["name"] for i in inits] == ["fetch-sentiment", "fetch-tokenizer", "configure"]
     cm = next(
         o
         for o in objects
-        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "sentiment-pipeline"
+        if o["kind"] == "ConfigMap"
+        and o["metadata"]["labels"]["app.kubernetes.io/instance"] == "sentiment-pipeline"
     )
     assert set(cm["data"]) == {"sentiment.pbtxt", "tokenizer.pbtxt", "sentiment-pipeline.pbtxt"}
     text = cm["data"]["sentiment-pipeline.pbtxt"]

@@ -108,3 +108,23 @@ def test_cloud_credentials_and_endpoints_come_from_the_environment(tmp_path: Pat
         "bucket/m",
         {"endpoint_url": "http://127.0.0.1:9000"},
     )
+
+
+def test_configure_puts_each_config_where_the_repository_layout_wants_it(tmp_path: Path) -> None:
+    source = tmp_path / "config"
+    source.mkdir()
+    (source / "mlp.pbtxt").write_text('name: "mlp"\n')
+    (source / "pipeline.pbtxt").write_text('name: "pipeline"\n')
+    repository = tmp_path / "models"
+    (repository / "mlp" / "1").mkdir(parents=True)
+    assert fetching.configure_main([str(source), str(repository)]) == 0
+    assert (repository / "mlp" / "config.pbtxt").read_text() == 'name: "mlp"\n'
+    assert (repository / "pipeline" / "config.pbtxt").read_text() == 'name: "pipeline"\n'
+
+
+def test_configure_fails_when_the_config_volume_is_empty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "config").mkdir()
+    assert fetching.configure_main([str(tmp_path / "config"), str(tmp_path / "models")]) == 1
+    assert "holds no <model>.pbtxt file" in caplog.text

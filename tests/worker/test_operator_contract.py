@@ -16,6 +16,7 @@ import tritonclient.http as httpclient
 
 from polyserve_operator import api, render, settings, validating
 from polyserve_worker import fetching
+from polyserve_worker import settings as worker_settings
 from tests.worker import models
 from tests.worker.conftest import StartWorker
 
@@ -43,22 +44,34 @@ def _model(name: str, artifact: Path) -> api.InferenceModel:
     )
 
 
-def _replay(objects: list[dict[str, Any]], repository: Path) -> list[str]:
-    """Do what the kubelet would: run the fetches, mount the configs; return worker args."""
+def _replay(objects: list[dict[str, Any]], root: Path) -> list[str]:
+    """Do what the kubelet would: fill the volumes, run the init containers with the
+    rendered arguments (container paths moved under ``root``); return the worker's args."""
     by_kind = {o["kind"]: o for o in objects}
-    data = by_kind["ConfigMap"]["data"]
     pod = by_kind["Deployment"]["spec"]["template"]["spec"]
-    worker = next(c for c in pod["containers"] if c["name"] == "worker")
-    for mount in worker["volumeMounts"]:
-        if mount["mountPath"].endswith("/config.pbtxt"):
-            target = repository / Path(mount["mountPath"]).relative_to("/models")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(data[mount["subPath"]])
+    config = next(v for v in pod["volumes"] if v["name"] == "config")["configMap"]["name"]
+    assert config == by_kind["ConfigMap"]["metadata"]["name"]
+    volumes = {"models": root / "models", "config": root / "config"}
+    volumes["config"].mkdir(parents=True)
+    for key, text in by_kind["ConfigMap"]["data"].items():
+        (volumes["config"] / key).write_text(text)
+
+    def local(container: dict[str, Any], path: str) -> str:
+        mount = max(
+            (m for m in container["volumeMounts"] if path.startswith(m["mountPath"])),
+            key=lambda m: len(m["mountPath"]),
+        )
+        return str(volumes[mount["name"]]) + path[len(mount["mountPath"]) :]
+
     for init in pod.get("initContainers", []):
-        command, uri, dest = init["args"][0], init["args"][1], init["args"][2]
-        assert command == "fetch"
-        local = repository / Path(dest).relative_to("/models")
-        assert fetching.main([uri, str(local), *init["args"][3:]], env={}) == 0
+        command, *rest = init["args"]
+        if command == "fetch":
+            uri, dest, *flags = rest
+            assert fetching.main([uri, local(init, dest), *flags], env={}) == 0
+        else:
+            assert command == "configure"
+            assert fetching.configure_main([local(init, path) for path in rest]) == 0
+    worker = next(c for c in pod["containers"] if c["name"] == "worker")
     args: list[str] = worker["args"]
     return args
 
@@ -80,10 +93,9 @@ def test_a_rendered_inference_model_is_fetched_and_served_by_a_real_worker(
     artifact = tmp_path / "store" / "resnet-v7.onnx"
     models.scale(artifact, 3.0)
     objects = render.objects(render.model_workload(_model("resnet", artifact)), CFG)
-    repository = tmp_path / "models"
-    args = _replay(objects, repository)
-    assert args[:2] == ["--model-repository", "/models"]
-    worker = start_worker(repository)
+    args = _replay(objects, tmp_path)
+    assert worker_settings.parse(args).model_repository == Path("/models")
+    worker = start_worker(tmp_path / "models")
     _scale(worker.http, "resnet", 3.0)
 
 
@@ -118,7 +130,6 @@ def test_a_rendered_inference_ensemble_serves_its_members_in_one_worker(
     )
     assert validating.ensemble(ensemble.spec, dict(members)) == []
     objects = render.objects(render.ensemble_workload(ensemble, members), CFG)
-    repository = tmp_path / "models"
-    _replay(objects, repository)
-    worker = start_worker(repository)
+    _replay(objects, tmp_path)
+    worker = start_worker(tmp_path / "models")
     _scale(worker.http, "six", 6.0, name="X")

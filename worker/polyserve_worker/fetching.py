@@ -1,4 +1,5 @@
-"""``polyserve-worker fetch URI DEST``: copy a model artifact into a model version directory.
+"""``polyserve-worker fetch URI DEST``: copy a model artifact into a model version directory;
+``polyserve-worker configure SRC REPO``: put each model's config where Triton's layout wants it.
 
 Runs as the init container of every worker pod the operator renders, before the worker
 starts. One interface over every store, fsspec: ``s3://`` (extra ``fetch-s3``), ``gs://``
@@ -7,6 +8,12 @@ already mounts read-only under ``$POLYSERVE_FETCH_PVC_ROOT``, ``/mnt/pvc`` by de
 Credentials come from the environment (the operator passes the artifact Secret's keys as
 variables: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``...) or
 from files in ``$POLYSERVE_FETCH_SECRET_DIR`` (``gcs.json``: a service-account key).
+
+``configure`` copies every ``<model>.pbtxt`` of SRC (a mounted ConfigMap) to
+``REPO/<model>/config.pbtxt``, so the repository is complete before the worker starts and no
+volume is mounted inside the worker's read-only repository mount (a runtime cannot create a
+mount point inside a read-only mount). ``args()`` and ``configure_args()`` build both command
+lines; the operator renders its init containers through them.
 
 A directory is copied whole into DEST; a single file keeps its name. Files are written under
 a temporary name and renamed when complete, so a retried fetch never serves half a model.
@@ -33,6 +40,9 @@ logger = logging.getLogger(__name__)
 CHUNK = 4 * 1024 * 1024
 PROGRESS_EVERY_SECONDS = 5.0
 EXTRAS = {"s3": "fetch-s3 (s3fs)", "gs": "fetch-gcs (gcsfs)", "gcs": "fetch-gcs (gcsfs)"}
+#: Environment variables the fetch reads (the operator sets them on its init containers).
+PVC_ROOT_ENV = "POLYSERVE_FETCH_PVC_ROOT"
+SECRET_DIR_ENV = "POLYSERVE_FETCH_SECRET_DIR"
 
 
 class FetchError(Exception):
@@ -46,7 +56,7 @@ def resolve(uri: str, env: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]
     if scheme == "pvc":
         if not parts.netloc:
             raise FetchError(f"{uri}: pvc:// needs a claim name: pvc://CLAIM/PATH")
-        root = env.get("POLYSERVE_FETCH_PVC_ROOT", "/mnt/pvc")
+        root = env.get(PVC_ROOT_ENV, "/mnt/pvc")
         return "file", posixpath.join(root, parts.netloc, parts.path.lstrip("/")), {}
     if scheme == "file":
         return "file", parts.path, {}
@@ -54,7 +64,7 @@ def resolve(uri: str, env: Mapping[str, str]) -> tuple[str, str, dict[str, Any]]
         return scheme, uri, {}
     if scheme in ("s3", "gs", "gcs"):
         options: dict[str, Any] = {}
-        secret_dir = env.get("POLYSERVE_FETCH_SECRET_DIR")
+        secret_dir = env.get(SECRET_DIR_ENV)
         if scheme in ("gs", "gcs") and secret_dir and Path(secret_dir, "gcs.json").is_file():
             options["token"] = str(Path(secret_dir, "gcs.json"))
         if scheme == "s3" and env.get("AWS_ENDPOINT_URL"):
@@ -158,32 +168,87 @@ def fetch(uri: str, dest: Path, *, sha256: str | None, env: Mapping[str, str]) -
     return written
 
 
-def main(argv: list[str], env: Mapping[str, str] | None = None) -> int:
-    """``polyserve-worker fetch URI DEST [--sha256 HEX]``; returns the exit status."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polyserve-worker fetch", description="Copy a model artifact into DEST."
     )
     parser.add_argument("uri", help="s3://, gs://, http(s)://, pvc://CLAIM/PATH or file://")
     parser.add_argument("dest", type=Path, help="directory to fill, e.g. /models/NAME/1")
     parser.add_argument("--sha256", help="expected sha256 (hex) of a single-file artifact")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def args(uri: str, dest: str, sha256: str | None = None) -> list[str]:
+    """The command line (after the program name) of one fetch, as ``main`` reads it."""
+    line = ["fetch", uri, dest]
+    if sha256:
+        line.append(f"--sha256={sha256}")
+    _parser().parse_args(line[1:])  # what the pod will run must parse
+    return line
+
+
+def configure_args(source: str, repository: str) -> list[str]:
+    """The command line (after the program name) that installs the configs of ``source``."""
+    return ["configure", source, repository]
+
+
+def configure(source: Path, repository: Path) -> list[Path]:
+    """Copy each ``<model>.pbtxt`` in ``source`` to ``repository/<model>/config.pbtxt``."""
+    written = []
+    for config in sorted(source.glob("*.pbtxt")):
+        target = repository / config.stem / "config.pbtxt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(".config.pbtxt.partial")
+        partial.write_bytes(config.read_bytes())
+        os.replace(partial, target)
+        written.append(target)
+    return written
+
+
+def configure_main(argv: list[str]) -> int:
+    """``polyserve-worker configure SRC REPO``; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="polyserve-worker configure",
+        description="Copy each SRC/<model>.pbtxt to REPO/<model>/config.pbtxt.",
+    )
+    parser.add_argument("source", type=Path, help="folder of <model>.pbtxt files")
+    parser.add_argument("repository", type=Path, help="the model repository")
+    parsed = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s configure: %(message)s")
+    try:
+        written = configure(parsed.source, parsed.repository)
+    except OSError as exc:
+        logger.error("cannot install the model configs: %s", exc)
+        return 1
+    if not written:
+        logger.error("%s holds no <model>.pbtxt file: check the config volume", parsed.source)
+        return 1
+    for path in written:
+        logger.info("installed %s", path)
+    return 0
+
+
+def main(argv: list[str], env: Mapping[str, str] | None = None) -> int:
+    """``polyserve-worker fetch URI DEST [--sha256 HEX]``; returns the exit status."""
+    parsed = _parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s fetch: %(message)s")
     environment = os.environ if env is None else env
     started = time.monotonic()
     try:
-        files = fetch(args.uri, args.dest, sha256=args.sha256, env=environment)
+        files = fetch(parsed.uri, parsed.dest, sha256=parsed.sha256, env=environment)
     except FetchError as exc:
         logger.error("%s", exc)
         return 1
     except OSError as exc:  # network and disk faults: the pod restarts the init container
-        logger.error("%s: %s; the fetch will be retried when the pod restarts", args.uri, exc)
+        logger.error("%s: %s; the fetch will be retried when the pod restarts", parsed.uri, exc)
         return 1
     logger.info(
         "fetched %d file(s) from %s into %s in %.1f s",
         len(files),
-        args.uri,
-        args.dest,
+        parsed.uri,
+        parsed.dest,
         time.monotonic() - started,
     )
     return 0

@@ -45,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from polyserve_worker import fetching
 
         return fetching.main(argv[1:])
+    if argv and argv[0] == "configure":
+        from polyserve_worker import fetching
+
+        return fetching.configure_main(argv[1:])
     try:
         settings = settings_from(argv)
     except ValidationError as exc:

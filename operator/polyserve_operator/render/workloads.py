@@ -2,8 +2,14 @@
 
 An InferenceModel and an InferenceEnsemble both become a ``Workload``: one Deployment of
 polyserve-worker serving one or more models from a model repository in an emptyDir, filled
-by one fetch init container per artifact, with each config.pbtxt from the ConfigMap. Pure
-functions: no I/O, no kopf, no Kubernetes client.
+by one fetch init container per artifact and a ``configure`` init container that copies each
+config.pbtxt from the revision's ConfigMap into place. Nothing is mounted inside the
+repository: the worker mounts it read-only whole (a runtime cannot create a mount point
+inside a read-only mount). The config of each revision is its own immutable ConfigMap, so an
+old pod that restarts during a rollout reads its own revision's config, and two revisions
+(stable and canary) run side by side. Every container's command line comes from the worker's
+own functions (``polyserve_worker.settings.to_args``, ``polyserve_worker.fetching.args``):
+the worker owns its flags. Pure functions: no I/O, no kopf, no Kubernetes client.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from urllib.parse import urlsplit
 
 from polyserve_operator import api, settings
 from polyserve_operator.render import placement
+from polyserve_worker import fetching
+from polyserve_worker import settings as worker_settings
 
 Obj = dict[str, Any]
 
@@ -23,9 +31,12 @@ HTTP_PORT = 8000
 GRPC_PORT = 8001
 METRICS_PORT = 8002
 REPOSITORY = "/models"
+CONFIG_DIR = "/etc/polyserve/config"
 PVC_ROOT = "/mnt/pvc"
 SECRET_DIR = "/var/run/secrets/polyserve/artifact"
-WORKER_EXIT_TIMEOUT_SECONDS = 30
+REVISION_LABEL = f"{api.GROUP}/revision"
+#: The longest name Kubernetes takes for containers, volumes and label values.
+DNS_LABEL_MAX = 63
 
 
 @dataclass(frozen=True)
@@ -115,14 +126,36 @@ def image(w: Workload, cfg: settings.Settings) -> str:
     return cfg.images.worker_gpu if w.hardware.pool == "gpu" else cfg.images.worker_cpu
 
 
-def config_map(w: Workload) -> Obj:
-    """The worker's model configs, one ``NAME.pbtxt`` key per model."""
+def config_name(w: Workload, cfg: settings.Settings) -> str:
+    """The ConfigMap of this revision: ``<workload>-<revision>``."""
+    return f"{w.name}-{revision(w, cfg)}"
+
+
+def config_map(w: Workload, cfg: settings.Settings) -> Obj:
+    """The worker's model configs of one revision, one ``NAME.pbtxt`` key per model.
+
+    Immutable: a new config is a new revision and a new ConfigMap. It is owned by the
+    resource until the revision's ReplicaSet exists; the operator then hands it to the
+    ReplicaSet, so it is garbage-collected with it (``revisionHistoryLimit``)."""
+    meta = _metadata(w, config_name(w, cfg))
+    meta["labels"][REVISION_LABEL] = revision(w, cfg)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(w),
+        "metadata": meta,
+        "immutable": True,
         "data": {f"{m.name}.pbtxt": m.pbtxt for m in w.models},
     }
+
+
+def dns_label(prefix: str, name: str) -> str:
+    """``prefix-name`` as a DNS label (at most 63 characters). A name that does not fit is
+    cut and given a hash of the whole, so two long names never collide once cut."""
+    whole = f"{prefix}-{name}"
+    if len(whole) <= DNS_LABEL_MAX:
+        return whole
+    digest = hashlib.sha256(whole.encode()).hexdigest()[:8]
+    return f"{whole[: DNS_LABEL_MAX - 9].rstrip('-')}-{digest}"
 
 
 def _source(artifact: api.Artifact) -> tuple[str, Obj | None, Obj | None]:
@@ -132,46 +165,63 @@ def _source(artifact: api.Artifact) -> tuple[str, Obj | None, Obj | None]:
         return artifact.uri, None, None
     claim = parts.netloc
     volume = {
-        "name": f"pvc-{claim}"[:63],
+        "name": dns_label("pvc", claim),
         "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
     }
     mount = {"name": volume["name"], "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
     return artifact.uri, volume, mount
 
 
+def _init_container(name: str, w: Workload, cfg: settings.Settings, args: list[str]) -> Obj:
+    return {
+        "name": name,
+        "image": image(w, cfg),
+        "imagePullPolicy": cfg.images.pull_policy,
+        "command": ["polyserve-worker"],
+        "args": args,
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": _container_security(),
+        # A failed fetch's last log line (what to change) becomes its termination message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
 def _fetcher(m: Served, w: Workload, cfg: settings.Settings) -> tuple[Obj, list[Obj]]:
     assert m.artifact is not None
     uri, pvc_volume, pvc_mount = _source(m.artifact)
-    args = ["fetch", uri, f"{REPOSITORY}/{m.name}/1"]
-    if m.artifact.digest:
-        args += ["--sha256", m.artifact.digest.removeprefix("sha256:")]
+    digest = m.artifact.digest.removeprefix("sha256:") if m.artifact.digest else None
+    args = fetching.args(uri, f"{REPOSITORY}/{m.name}/1", digest)
+    container = _init_container(dns_label("fetch", m.name), w, cfg, args)
+    container["env"] = [{"name": fetching.PVC_ROOT_ENV, "value": PVC_ROOT}]
     mounts: list[Obj] = [
         {"name": "models", "mountPath": REPOSITORY},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
     volumes: list[Obj] = []
-    container: Obj = {
-        "name": f"fetch-{m.name}"[:63].rstrip("-"),
-        "image": image(w, cfg),
-        "imagePullPolicy": cfg.images.pull_policy,
-        "command": ["polyserve-worker"],
-        "args": args,
-        "env": [{"name": "POLYSERVE_FETCH_PVC_ROOT", "value": PVC_ROOT}],
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-        "securityContext": _container_security(),
-    }
     if pvc_volume is not None and pvc_mount is not None:
         volumes.append(pvc_volume)
         mounts.append(pvc_mount)
     if m.artifact.secret_ref is not None:
         secret = m.artifact.secret_ref.name
         container["envFrom"] = [{"secretRef": {"name": secret}}]
-        container["env"].append({"name": "POLYSERVE_FETCH_SECRET_DIR", "value": SECRET_DIR})
-        name = f"secret-{secret}"[:63].rstrip("-")
+        container["env"].append({"name": fetching.SECRET_DIR_ENV, "value": SECRET_DIR})
+        name = dns_label("secret", secret)
         volumes.append({"name": name, "secret": {"secretName": secret}})
         mounts.append({"name": name, "mountPath": SECRET_DIR, "readOnly": True})
     container["volumeMounts"] = mounts
     return container, volumes
+
+
+def _configurer(w: Workload, cfg: settings.Settings) -> Obj:
+    """The last init container: each config.pbtxt from the ConfigMap into the repository."""
+    container = _init_container(
+        "configure", w, cfg, fetching.configure_args(CONFIG_DIR, REPOSITORY)
+    )
+    container["volumeMounts"] = [
+        {"name": "models", "mountPath": REPOSITORY},
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+    ]
+    return container
 
 
 def _container_security() -> Obj:
@@ -192,12 +242,28 @@ def _probe(path: str, period: int, failures: int) -> Obj:
     }
 
 
+def worker_settings_for(w: Workload, cfg: settings.Settings) -> dict[str, Any]:
+    """The worker's settings in a pod of this workload (its flags, rendered by ``to_args``)."""
+    return {
+        "model_repository": REPOSITORY,
+        "http_port": HTTP_PORT,
+        "grpc_port": GRPC_PORT,
+        "metrics_port": METRICS_PORT,
+        "model_control_mode": "none",
+        "strict_readiness": True,
+        # A model that cannot load ends the process with the reason as its termination
+        # message: status shows it within seconds, not after the startup probe's 10 minutes.
+        "exit_on_error": True,
+        "exit_timeout_secs": cfg.worker_exit_timeout_seconds,
+    }
+
+
 def deployment(w: Workload, cfg: settings.Settings) -> Obj:
     """The worker Deployment: fetch init containers, the worker, probes, placement."""
     init_containers: list[Obj] = []
     volumes: list[Obj] = [
         {"name": "models", "emptyDir": {}},
-        {"name": "config", "configMap": {"name": w.name}},
+        {"name": "config", "configMap": {"name": config_name(w, cfg)}},
         {"name": "tmp", "emptyDir": {}},
         {
             "name": "shm",
@@ -214,39 +280,12 @@ def deployment(w: Workload, cfg: settings.Settings) -> Obj:
             if volume["name"] not in seen_volumes:
                 seen_volumes.add(volume["name"])
                 volumes.append(volume)
-    worker_mounts: list[Obj] = [
-        {"name": "models", "mountPath": REPOSITORY, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "shm", "mountPath": "/dev/shm"},
-    ]
-    worker_mounts += [
-        {
-            "name": "config",
-            "mountPath": f"{REPOSITORY}/{m.name}/config.pbtxt",
-            "subPath": f"{m.name}.pbtxt",
-            "readOnly": True,
-        }
-        for m in w.models
-    ]
+    init_containers.append(_configurer(w, cfg))
     worker: Obj = {
         "name": "worker",
         "image": image(w, cfg),
         "imagePullPolicy": cfg.images.pull_policy,
-        "args": [
-            "--model-repository",
-            REPOSITORY,
-            "--http-port",
-            str(HTTP_PORT),
-            "--grpc-port",
-            str(GRPC_PORT),
-            "--metrics-port",
-            str(METRICS_PORT),
-            "--model-control-mode",
-            "none",
-            "--strict-readiness",
-            "--exit-timeout-secs",
-            str(WORKER_EXIT_TIMEOUT_SECONDS),
-        ],
+        "args": worker_settings.to_args(worker_settings_for(w, cfg)),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
@@ -257,9 +296,17 @@ def deployment(w: Workload, cfg: settings.Settings) -> Obj:
         "startupProbe": _probe("/v2/health/ready", period=5, failures=120),
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+        # Endpoints are removed while the pod still serves; only then does SIGTERM start the
+        # worker's drain, so no client is sent to a pod that has stopped taking work.
+        "lifecycle": {"preStop": {"sleep": {"seconds": cfg.pre_stop_seconds}}},
         "resources": placement.resources(w.hardware, w.resources, cfg),
         "securityContext": _container_security(),
-        "volumeMounts": worker_mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "models", "mountPath": REPOSITORY, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "shm", "mountPath": "/dev/shm"},
+        ],
     }
     pod_spec: Obj = {
         "automountServiceAccountToken": False,
@@ -294,7 +341,7 @@ def deployment(w: Workload, cfg: settings.Settings) -> Obj:
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(METRICS_PORT),
         "prometheus.io/path": "/metrics",
-        f"{api.GROUP}/revision": revision(w, cfg),
+        REVISION_LABEL: revision(w, cfg),
     }
     return {
         "apiVersion": "apps/v1",
@@ -373,7 +420,7 @@ def endpoints(w: Workload) -> api.Endpoints:
 
 def objects(w: Workload, cfg: settings.Settings) -> list[Obj]:
     """Every object of the workload, in apply order (config before the pods that read it)."""
-    result = [config_map(w), deployment(w, cfg), service(w)]
+    result = [config_map(w, cfg), deployment(w, cfg), service(w)]
     pdb = disruption_budget(w)
     if pdb is not None:
         result.append(pdb)
