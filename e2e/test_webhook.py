@@ -53,7 +53,7 @@ def test_the_webhook_refuses_a_gpu_backend_on_the_xeon_pool(
     for dry_run in (False, True):
         answer = _review(url, doc, dry_run=dry_run)
         assert answer["allowed"] is False
-        assert "needs a GPU" in answer["status"]["message"]
+        assert "need a GPU" in answer["status"]["message"]
 
 
 def test_the_webhook_refuses_an_ensemble_with_unknown_members_and_bad_wiring(

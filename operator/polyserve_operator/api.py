@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from polyserve_worker import config as worker_config
@@ -21,15 +21,36 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 Pool = Literal["xeon", "gpu"]
 Backend = Literal["onnxruntime", "openvino", "tensorrt", "onnxruntime-cuda", "pytorch-cuda"]
-GPU_BACKENDS: frozenset[str] = frozenset({"tensorrt", "onnxruntime-cuda", "pytorch-cuda"})
-CPU_BACKENDS: frozenset[str] = frozenset({"onnxruntime", "openvino"})
+
+#: Kubernetes' quantity syntax (resource.Quantity): `2`, `500m`, `4Gi`, `1e3`.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+#: A count or a percentage, as a Deployment's maxSurge and maxUnavailable take.
+INT_OR_PERCENT_PATTERN = r"^[0-9]+%?$"
+
+
+def _int_or_string(pattern: str) -> WithJsonSchema:
+    """The schema of an int-or-string field whose string form must match ``pattern``
+    (checked here and by the API server, so a malformed value never reaches a rendered
+    object)."""
+    return WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string", "pattern": pattern}],
+        }
+    )
+
 
 # A resource quantity: `2`, `500m`, `4Gi`. Kubernetes' own schema says int-or-string.
 Quantity = Annotated[
-    int | str,
-    WithJsonSchema(
-        {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
-    ),
+    int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)],
+    _int_or_string(QUANTITY_PATTERN),
+]
+IntOrPercent = Annotated[
+    int | Annotated[str, StringConstraints(pattern=INT_OR_PERCENT_PATTERN)],
+    _int_or_string(INT_OR_PERCENT_PATTERN),
 ]
 
 ARTIFACT_URI_PATTERN = r"^(s3|gs|gcs|https?|pvc|file)://.+"
@@ -121,9 +142,9 @@ class Rollout(_Model):
 
     strategy: Literal["RollingUpdate"] = "RollingUpdate"
     """RollingUpdate replaces pods gradually; Canary is reserved for the next version."""
-    max_surge: Quantity | None = None
+    max_surge: IntOrPercent | None = None
     """Extra pods during a rollout (Deployment maxSurge); 0 when GPUs are scarce."""
-    max_unavailable: Quantity | None = None
+    max_unavailable: IntOrPercent | None = None
     """Pods that may be missing during a rollout (Deployment maxUnavailable)."""
 
 

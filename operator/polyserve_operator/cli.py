@@ -57,14 +57,14 @@ def render_documents(docs: list[dict[str, Any]], cfg: settings.Settings) -> list
     for resource in parsed:
         where = f"{resource.kind} {resource.metadata.namespace}/{resource.metadata.name}"
         if isinstance(resource, api.InferenceModel):
-            problems = validating.model(resource.spec)
+            problems = validating.model(resource)
             workload = None if problems else render.model_workload(resource)
         else:
             ns = resource.metadata.namespace
             members: dict[str, api.InferenceModel | None] = {
                 s.model_ref: models.get((ns, s.model_ref)) for s in resource.spec.steps
             }
-            problems = validating.ensemble(resource.spec, members)
+            problems = validating.ensemble(resource, members)
             present = {k: v for k, v in members.items() if v is not None}
             workload = None if problems else render.ensemble_workload(resource, present)
         if problems:

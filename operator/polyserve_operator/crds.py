@@ -16,26 +16,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from polyserve_operator import api
+from polyserve_operator import api, rules
 
 _DROP = {"title", "examples", "propertyNames", "discriminator"}
-
-_GPU_BACKENDS = "['tensorrt', 'onnxruntime-cuda', 'pytorch-cuda']"
-HARDWARE_RULES = [
-    {
-        "rule": f"self.pool == 'gpu' || !(self.backend in {_GPU_BACKENDS})",
-        "message": "tensorrt, onnxruntime-cuda and pytorch-cuda need pool: gpu",
-    },
-    {
-        "rule": f"self.pool == 'xeon' || self.backend in {_GPU_BACKENDS}",
-        "message": "onnxruntime and openvino run on pool: xeon; use onnxruntime-cuda on gpu",
-    },
-    {"rule": "self.pool == 'gpu' || !has(self.gpu)", "message": "gpu is only for pool: gpu"},
-    {
-        "rule": "self.pool == 'xeon' || self.precision != 'bf16'",
-        "message": "bf16 is a xeon-pool precision here; use fp16 on GPUs",
-    },
-]
 
 
 def _structural(node: Any, defs: dict[str, Any]) -> Any:
@@ -94,8 +77,15 @@ def schema_of(model: type[BaseModel]) -> dict[str, Any]:
     return result
 
 
-def _with_hardware_rules(spec: dict[str, Any]) -> dict[str, Any]:
-    spec["properties"]["hardware"]["x-kubernetes-validations"] = HARDWARE_RULES
+def _with_rules(spec: dict[str, Any]) -> dict[str, Any]:
+    """The CEL rules of ``rules`` on the objects they constrain."""
+    spec["properties"]["hardware"]["x-kubernetes-validations"] = [
+        r.schema() for r in rules.HARDWARE
+    ]
+    if "rollout" in spec["properties"]:
+        spec["properties"]["rollout"]["x-kubernetes-validations"] = [
+            r.schema() for r in rules.ROLLOUT
+        ]
     return spec
 
 
@@ -130,7 +120,7 @@ def _columns(kind: str) -> list[dict[str, Any]]:
 def _crd(
     kind: str, plural: str, short: str, spec_model: type[BaseModel], description: str
 ) -> dict[str, Any]:
-    spec = _with_hardware_rules(schema_of(spec_model))
+    spec = _with_rules(schema_of(spec_model))
     status = schema_of(api.WorkloadStatus)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -159,6 +149,7 @@ def _crd(
                             "type": "object",
                             "description": description,
                             "required": ["spec"],
+                            "x-kubernetes-validations": [r.schema() for r in rules.RESOURCE],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

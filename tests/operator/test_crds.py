@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import celpy
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
-from polyserve_operator import crds
+from polyserve_operator import crds, rules
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
@@ -71,10 +72,58 @@ def test_printer_columns_show_ready_backend_pool_and_replicas() -> None:
     assert version["subresources"] == {"status": {}}
 
 
-def test_hardware_carries_cel_rules_for_backend_and_pool() -> None:
-    hardware = _schema("InferenceModel")["properties"]["spec"]["properties"]["hardware"]
-    messages = [r["message"] for r in hardware["x-kubernetes-validations"]]
-    assert any("need pool: gpu" in m for m in messages)
+def _cel(expression: str, value: dict[str, Any]) -> bool:
+    env = celpy.Environment()
+    program = env.program(env.compile(expression))
+    return bool(program.evaluate({"self": celpy.json_to_cel(value)}))
+
+
+HARDWARE_CASES = [
+    {"pool": pool, "backend": backend, **extra}
+    for pool in ("xeon", "gpu")
+    for backend in ("onnxruntime", "openvino", "tensorrt", "onnxruntime-cuda", "pytorch-cuda")
+    for extra in ({}, {"precision": "bf16"}, {"precision": "fp16"}, {"gpu": {"count": 2}})
+]
+CASES = [
+    *(("hardware", rule, case) for rule in rules.HARDWARE for case in HARDWARE_CASES),
+    *(
+        ("rollout", rule, {k: v for k, v in (("maxSurge", s), ("maxUnavailable", u)) if v != ""})
+        for rule in rules.ROLLOUT
+        for s in (0, 1, "0%", "25%", "")
+        for u in (0, 1, "0%", "")
+    ),
+    *(
+        ("resource", rule, {"metadata": {"name": name}})
+        for rule in rules.RESOURCE
+        for name in ("mlp", "resnet.v2", "Resnet", "a" * 63, "a" * 64, "-a", "a-", "7up")
+    ),
+]
+
+
+@pytest.mark.parametrize(("where", "rule", "value"), CASES)
+def test_each_cel_rule_agrees_with_the_operators_python_check(
+    where: str, rule: rules.Rule, value: dict[str, Any]
+) -> None:
+    assert _cel(rule.cel, value) == rule.holds(value), (where, rule.cel, value)
+
+
+def test_the_generated_schemas_carry_every_rule_where_it_applies() -> None:
+    for kind in ("InferenceModel", "InferenceEnsemble"):
+        schema = _schema(kind)
+        spec = schema["properties"]["spec"]["properties"]
+        assert spec["hardware"]["x-kubernetes-validations"] == [r.schema() for r in rules.HARDWARE]
+        assert schema["x-kubernetes-validations"] == [r.schema() for r in rules.RESOURCE]
+    model_spec = _schema("InferenceModel")["properties"]["spec"]["properties"]
+    assert model_spec["rollout"]["x-kubernetes-validations"] == [r.schema() for r in rules.ROLLOUT]
+
+
+def test_the_schema_refuses_a_malformed_quantity() -> None:
+    (doc,) = yaml.safe_load_all((ROOT / "manifests" / "examples" / "resnet-xeon.yaml").read_text())
+    doc["spec"]["shmSize"] = "lots"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, _schema("InferenceModel"))
+    doc["spec"]["shmSize"] = "512Mi"
+    jsonschema.validate(doc, _schema("InferenceModel"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

@@ -12,8 +12,12 @@ from polyserve_operator import api, validating
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _docs(name: str) -> list[dict[str, Any]]:
+    return list(yaml.safe_load_all((ROOT / "manifests/examples" / name).read_text()))
+
+
 def _ensemble() -> tuple[dict[str, api.InferenceModel | None], dict[str, Any]]:
-    docs = list(yaml.safe_load_all((ROOT / "manifests/examples/ensemble.yaml").read_text()))
+    docs = _docs("ensemble.yaml")
     members: dict[str, api.InferenceModel | None] = {
         d["metadata"]["name"]: api.InferenceModel.model_validate(d)
         for d in docs
@@ -22,8 +26,18 @@ def _ensemble() -> tuple[dict[str, api.InferenceModel | None], dict[str, Any]]:
     return members, docs[-1]["spec"]
 
 
-def _problems(members: dict[str, api.InferenceModel | None], spec: dict[str, Any]) -> str:
-    return "; ".join(validating.ensemble(api.InferenceEnsembleSpec.model_validate(spec), members))
+def _problems(
+    members: dict[str, api.InferenceModel | None], spec: dict[str, Any], name: str = "pipeline"
+) -> str:
+    ie = api.InferenceEnsemble.model_validate({"metadata": {"name": name}, "spec": spec})
+    return "; ".join(validating.ensemble(ie, members))
+
+
+def _model_problems(**changes: Any) -> str:
+    (doc,) = _docs("resnet-xeon.yaml")
+    doc["metadata"].update(changes.pop("metadata", {}))
+    doc["spec"].update(changes)
+    return "; ".join(validating.model(api.InferenceModel.model_validate(doc)))
 
 
 def test_the_example_ensemble_is_valid() -> None:
@@ -32,7 +46,7 @@ def test_the_example_ensemble_is_valid() -> None:
 
 def test_tensorrt_without_a_gpu_is_refused() -> None:
     hw = api.Hardware(pool="xeon", backend="tensorrt")
-    assert "needs a GPU" in validating.hardware(hw)[0]
+    assert "need a GPU" in validating.hardware(hw)[0]
 
 
 def test_a_cpu_backend_on_the_gpu_pool_is_refused_with_the_alternatives() -> None:
@@ -49,23 +63,65 @@ def test_an_unknown_member_is_named() -> None:
 def test_a_cycle_is_found_and_shown() -> None:
     members, spec = _ensemble()
     spec["steps"][0]["inputs"] = {"text": "classify.probabilities"}
-    assert "cycle: classify -> tokenize -> classify" in _problems(members, spec)
+    problems = _problems(members, spec)
+    assert "the ensemble: steps" in problems and "wait on each other (a cycle)" in problems
 
 
-def test_a_missing_output_and_a_dtype_mismatch_are_reported() -> None:
+def test_a_missing_output_and_a_dtype_mismatch_are_reported_on_the_step_at_fault() -> None:
     members, spec = _ensemble()
     spec["steps"][1]["inputs"] = {"input_ids": "tokenize.tokens"}
-    assert "has no output tokens (it has ids)" in _problems(members, spec)
+    assert "step tokenize (tokenizer): the model has no output 'tokens' (its outputs: ids)" in (
+        _problems(members, spec)
+    )
     spec["steps"][1]["inputs"] = {"input_ids": "TEXT"}
-    assert "TEXT is TYPE_STRING but sentiment input input_ids is TYPE_INT64" in _problems(
-        members, spec
+    assert (
+        "step classify (sentiment): input 'input_ids' is TYPE_INT64 but tensor 'TEXT' from "
+        "ensemble input 'TEXT' is TYPE_STRING"
+    ) in _problems(members, spec)
+
+
+def test_a_source_that_names_no_step_is_a_tensor_nobody_produces() -> None:
+    members, spec = _ensemble()
+    spec["steps"][1]["inputs"] = {"input_ids": "tokenise.ids"}
+    assert "reads tensor 'tokenise.ids', which no ensemble input or step produces" in (
+        _problems(members, spec)
     )
 
 
 def test_every_ensemble_output_needs_exactly_one_producer() -> None:
     members, spec = _ensemble()
     spec["steps"][1]["outputs"] = {}
-    assert "PROBABILITIES is produced by no step" in _problems(members, spec)
+    assert "output 'PROBABILITIES' is produced by no step" in _problems(members, spec)
+    spec["steps"][1]["outputs"] = {"probabilities": "SCORES"}
+    assert "maps a model output to SCORES, which is not in the ensemble's outputs" in (
+        _problems(members, spec)
+    )
+
+
+def test_members_whose_tensors_come_from_the_model_file_are_checked_for_the_rest() -> None:
+    members, spec = _ensemble()
+    tokenizer = members["tokenizer"]
+    assert tokenizer is not None
+    members["tokenizer"] = tokenizer.model_copy(
+        update={"spec": tokenizer.spec.model_copy(update={"config": None})}
+    )
+    assert _problems(members, spec) == ""
+    spec["steps"][1]["inputs"] = {"input_ids": "nowhere"}
+    assert "reads tensor 'nowhere'" in _problems(members, spec)
+
+
+def test_names_the_rendered_objects_cannot_carry_are_refused_with_a_fix() -> None:
+    assert _model_problems() == ""
+    dotted = _model_problems(metadata={"name": "resnet.v2"})
+    assert "must be lowercase letters, digits and '-'" in dotted and "e.g. resnet-v2" in dotted
+    assert "longer than 63 characters" in _model_problems(metadata={"name": "m" * 64})
+    assert "must be lowercase" in _problems(*_ensemble(), name="Pipeline")
+
+
+def test_a_rollout_that_could_never_replace_a_pod_is_refused() -> None:
+    problems = _model_problems(rollout={"maxSurge": 0, "maxUnavailable": "0%"})
+    assert "both 0, so no pod could ever be replaced" in problems
+    assert _model_problems(rollout={"maxSurge": 0, "maxUnavailable": 1}) == ""
 
 
 def test_members_must_run_on_the_ensembles_backend() -> None:

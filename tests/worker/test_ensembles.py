@@ -154,7 +154,7 @@ BROKEN = {
     ),
     "badname": (
         "{model_name: double, input_map: {IN: X}, output_map: {OUTPUT0: Y}}",
-        "input_map names 'IN'",
+        "has no input 'IN'",
     ),
 }
 

@@ -128,7 +128,7 @@ def test_a_rendered_inference_ensemble_serves_its_members_in_one_worker(
             },
         }
     )
-    assert validating.ensemble(ensemble.spec, dict(members)) == []
+    assert validating.ensemble(ensemble, dict(members)) == []
     objects = render.objects(render.ensemble_workload(ensemble, members), CFG)
     _replay(objects, tmp_path)
     worker = start_worker(tmp_path / "models")

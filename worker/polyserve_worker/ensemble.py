@@ -42,6 +42,24 @@ class Step:
     def where(self, ensemble: str) -> str:
         return f"ensemble '{ensemble}' step {self.index} (model '{self.model}')"
 
+    def problem(self, text: str) -> Problem:
+        return Problem(self.index, self.model, text)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an ensemble graph: the step at fault (its index in the config
+    and its model; None for the ensemble as a whole) and what is wrong, in a sentence."""
+
+    step: int | None
+    model: str | None
+    text: str
+
+    def describe(self, ensemble: str) -> str:
+        if self.step is None:
+            return f"ensemble '{ensemble}': {self.text}"
+        return f"ensemble '{ensemble}' step {self.step} (model '{self.model}'): {self.text}"
+
 
 def is_ensemble(config: Any) -> bool:
     return bool(config.platform == "ensemble" or config.HasField("ensemble_scheduling"))
@@ -83,95 +101,155 @@ class Ensemble:
         return sorted({s.model for s in self.steps})
 
     def validate(self, members: Mapping[str, Any]) -> None:
-        """Check the graph against member configs; errors name the offending edge."""
-        name = self.name
+        """Check the graph against member configs; raises ModelLoadError naming each edge."""
+        problems = self.problems(members)
+        if problems:
+            raise errors.ModelLoadError("; ".join(p.describe(self.name) for p in problems))
+
+    def problems(self, members: Mapping[str, Any | None]) -> list[Problem]:
+        """Everything wrong with the graph, each problem naming the step at fault.
+
+        ``members`` maps each member's name to its config; ``None`` means the member exists
+        but its tensors are not known yet (a config completed from the model file at load),
+        so only the checks that need no tensor of it are made. The operator's admission
+        calls this too: it is the one statement of the graph rules.
+        """
+        found: list[Problem] = []
         if self.config.max_batch_size < 0:
-            raise errors.ModelLoadError(f"ensemble '{name}': max_batch_size must be >= 0")
+            found.append(Problem(None, None, "max_batch_size must be >= 0"))
         batched = self.config.max_batch_size > 0
-        # tensor -> (producer description, datatype, shape)
-        produced: dict[str, tuple[str, int, list[int]]] = {
+        # tensor -> (producer description, datatype, shape); None where the producer's
+        # tensors are unknown.
+        produced: dict[str, tuple[str, int, list[int]] | None] = {
             t.name: (f"ensemble input '{t.name}'", t.data_type, _shape(t, batched))
             for t in self.config.input
         }
         for step in self.steps:
-            member = members.get(step.model)
-            if member is None:
-                raise errors.ModelLoadError(f"{step.where(name)}: no such model in the repository")
-            if batched and member.max_batch_size == 0:
-                raise errors.ModelLoadError(
-                    f"{step.where(name)}: the ensemble batches (max_batch_size "
-                    f"{self.config.max_batch_size}) but the member does not"
-                )
-            if batched and member.max_batch_size < self.config.max_batch_size:
-                raise errors.ModelLoadError(
-                    f"{step.where(name)}: member max_batch_size {member.max_batch_size} is "
-                    f"smaller than the ensemble's {self.config.max_batch_size}"
-                )
-            declared_in = {t.name: t for t in member.input}
-            declared_out = {t.name: t for t in member.output}
-            for member_input in step.input_map:
-                if member_input not in declared_in:
-                    raise errors.ModelLoadError(
-                        f"{step.where(name)}: input_map names '{member_input}', which the model "
-                        f"does not have (its inputs: {', '.join(declared_in)})"
-                    )
-            for required, tensor in declared_in.items():
-                if required not in step.input_map and not tensor.optional:
-                    raise errors.ModelLoadError(
-                        f"{step.where(name)}: model input '{required}' is not mapped"
-                    )
-            for member_output, tensor_name in step.output_map.items():
-                if member_output not in declared_out:
-                    raise errors.ModelLoadError(
-                        f"{step.where(name)}: output_map names '{member_output}', which the "
-                        f"model does not have (its outputs: {', '.join(declared_out)})"
-                    )
-                if tensor_name in produced:
-                    raise errors.ModelLoadError(
-                        f"{step.where(name)}: tensor '{tensor_name}' is already produced by "
-                        f"{produced[tensor_name][0]}"
-                    )
-                out = declared_out[member_output]
-                produced[tensor_name] = (
-                    f"{step.where(name)} output '{member_output}'",
-                    out.data_type,
-                    _shape(out, member.max_batch_size > 0),
-                )
+            found += self._step_problems(step, members, batched, produced)
         for step in self.steps:
-            member = members[step.model]
-            declared_in = {t.name: t for t in member.input}
+            member = members.get(step.model)
+            declared_in = {t.name: t for t in member.input} if member is not None else {}
             for member_input, tensor_name in step.input_map.items():
                 if tensor_name not in produced:
-                    raise errors.ModelLoadError(
-                        f"{step.where(name)}: input '{member_input}' reads tensor "
-                        f"'{tensor_name}', which no ensemble input or step produces"
+                    found.append(
+                        step.problem(
+                            f"input '{member_input}' reads tensor '{tensor_name}', which no "
+                            "ensemble input or step produces"
+                        )
                     )
-                source, dtype, shape = produced[tensor_name]
-                want = declared_in[member_input]
+                    continue
+                source = produced[tensor_name]
+                want = declared_in.get(member_input)
+                if source is None or want is None or member is None:
+                    continue
+                what, dtype, shape = source
                 if dtype != want.data_type:
-                    want_type = _TYPES.Name(want.data_type)
-                    raise errors.ModelLoadError(
-                        f"{step.where(name)}: input '{member_input}' is {want_type} but tensor "
-                        f"'{tensor_name}' from {source} is {_TYPES.Name(dtype)}"
+                    found.append(
+                        step.problem(
+                            f"input '{member_input}' is {_TYPES.Name(want.data_type)} but "
+                            f"tensor '{tensor_name}' from {what} is {_TYPES.Name(dtype)}"
+                        )
                     )
+                    continue
                 want_shape = _shape(want, member.max_batch_size > 0)
                 if not _compatible(shape, want_shape):
-                    raise errors.ModelLoadError(
-                        f"{step.where(name)}: input '{member_input}' expects shape {want_shape}"
-                        f" but tensor '{tensor_name}' from {source} has shape {shape}"
+                    found.append(
+                        step.problem(
+                            f"input '{member_input}' expects shape {want_shape} but tensor "
+                            f"'{tensor_name}' from {what} has shape {shape}"
+                        )
                     )
         for out in self.config.output:
             if out.name not in produced:
-                raise errors.ModelLoadError(
-                    f"ensemble '{name}': output '{out.name}' is produced by no step"
+                found.append(Problem(None, None, f"output '{out.name}' is produced by no step"))
+                continue
+            source = produced[out.name]
+            if source is not None and source[1] != out.data_type:
+                found.append(
+                    Problem(
+                        None,
+                        None,
+                        f"output '{out.name}' is declared {_TYPES.Name(out.data_type)} but "
+                        f"{source[0]} is {_TYPES.Name(source[1])}",
+                    )
                 )
-            source, dtype, _ = produced[out.name]
-            if dtype != out.data_type:
-                raise errors.ModelLoadError(
-                    f"ensemble '{name}': output '{out.name}' is declared "
-                    f"{_TYPES.Name(out.data_type)} but {source} is {_TYPES.Name(dtype)}"
+        dangling = any("which no ensemble input or step produces" in p.text for p in found)
+        if not dangling:  # a tensor nobody produces would look like a cycle
+            try:
+                self._order()
+            except errors.ModelLoadError as exc:
+                found.append(
+                    Problem(None, None, str(exc).removeprefix(f"ensemble '{self.name}': "))
                 )
-        self._order()  # raises on cycles
+        return found
+
+    def _step_problems(
+        self,
+        step: Step,
+        members: Mapping[str, Any | None],
+        batched: bool,
+        produced: dict[str, tuple[str, int, list[int]] | None],
+    ) -> list[Problem]:
+        """What is wrong with one step on its own; records the tensors it produces."""
+        if step.model not in members:
+            return [step.problem("no such model in the repository")]
+        member = members[step.model]
+        found: list[Problem] = []
+        for tensor_name in step.output_map.values():
+            if tensor_name in produced:
+                previous = produced[tensor_name]
+                by = previous[0] if previous is not None else "another step"
+                found.append(step.problem(f"tensor '{tensor_name}' is already produced by {by}"))
+        if member is None:
+            produced.update({t: None for t in step.output_map.values() if t not in produced})
+            return found
+        if batched and member.max_batch_size == 0:
+            found.append(
+                step.problem(
+                    f"the ensemble batches (max_batch_size {self.config.max_batch_size}) but "
+                    "the member does not"
+                )
+            )
+        elif batched and member.max_batch_size < self.config.max_batch_size:
+            found.append(
+                step.problem(
+                    f"member max_batch_size {member.max_batch_size} is smaller than the "
+                    f"ensemble's {self.config.max_batch_size}"
+                )
+            )
+        declared_in = {t.name: t for t in member.input}
+        declared_out = {t.name: t for t in member.output}
+        for member_input in step.input_map:
+            if member_input not in declared_in:
+                found.append(
+                    step.problem(
+                        f"the model has no input '{member_input}' (its inputs: "
+                        f"{', '.join(declared_in)})"
+                    )
+                )
+        for required, tensor in declared_in.items():
+            if required not in step.input_map and not tensor.optional:
+                found.append(step.problem(f"model input '{required}' is not mapped"))
+        for member_output, tensor_name in step.output_map.items():
+            if member_output not in declared_out:
+                found.append(
+                    step.problem(
+                        f"the model has no output '{member_output}' (its outputs: "
+                        f"{', '.join(declared_out)})"
+                    )
+                )
+                produced.setdefault(tensor_name, None)
+                continue
+            out = declared_out[member_output]
+            produced.setdefault(
+                tensor_name,
+                (
+                    f"output '{member_output}' of model '{step.model}'",
+                    out.data_type,
+                    _shape(out, member.max_batch_size > 0),
+                ),
+            )
+        return found
 
     def _order(self) -> list[Step]:
         """The steps in an order that respects the wiring (computed once; raises on cycles)."""
