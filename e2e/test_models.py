@@ -232,5 +232,5 @@ def test_an_invalid_model_reports_invalid_spec_in_status(
     ready = wait_for(
         "InvalidSpec", _ready_is(cluster, namespace, "bert-trt", "False", "InvalidSpec")
     )
-    assert "needs a GPU" in ready["message"]
+    assert "need a GPU" in ready["message"]
     assert cluster.client.get("apps/v1", "Deployment", namespace, "bert-trt") is None

@@ -45,24 +45,43 @@ def rfc3339(now: datetime.datetime) -> str:
     return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def last_line(message: str, limit: int = 400) -> str:
+    """The last non-empty line of a termination message (with FallbackToLogsOnError, the tail
+    of the container's log: the worker and the fetch end theirs with the reason)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _exit(terminated: Obj) -> str:
+    text = f"{terminated.get('reason', 'Error')}, code {terminated.get('exitCode')}"
+    message = last_line(str(terminated.get("message") or ""))
+    return f"{text}: {message}" if message else text
+
+
 def _container_problems(pod: Obj) -> list[Problem]:
     name = pod.get("metadata", {}).get("name", "?")
     status = pod.get("status", {}) or {}
     found = []
     for key in ("initContainerStatuses", "containerStatuses"):
         for cs in status.get(key) or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
+            state = cs.get("state") or {}
+            waiting = state.get("waiting") or {}
+            terminated = state.get("terminated") or {}
             reason = waiting.get("reason")
-            if reason not in BAD_WAITING:
+            if reason in BAD_WAITING:
+                message = f"pod {name}, container {cs.get('name')}: {reason}"
+                if waiting.get("message"):
+                    message += f": {last_line(str(waiting['message']))}"
+                last = (cs.get("lastState") or {}).get("terminated") or {}
+                if last:
+                    message += f" (last exit: {_exit(last)})"
+            elif terminated and terminated.get("exitCode") not in (None, 0):
+                # Exited with an error, not yet restarted: already say why.
+                reason = str(terminated.get("reason") or "Error")
+                message = f"pod {name}, container {cs.get('name')} exited: {_exit(terminated)}"
+            else:
                 continue
-            message = f"pod {name}, container {cs.get('name')}: {reason}"
-            if waiting.get("message"):
-                message += f": {waiting['message']}"
-            last = (cs.get("lastState") or {}).get("terminated") or {}
-            if last:
-                message += (
-                    f" (last exit: {last.get('reason', 'Error')}, code {last.get('exitCode')})"
-                )
             if cs.get("name", "").startswith("fetch-"):
                 message += "; the artifact fetch fails: check artifact.uri and its secretRef"
             found.append(Problem(reason, message))

@@ -2,16 +2,21 @@
 
 Reconciliation is level-based: creation, every spec change, operator restarts (resume) and
 a periodic timer all run the same function, which renders the desired objects from the spec,
-applies them with server-side apply, observes the Deployment and pods, and writes
-``status``. Running it twice changes nothing, so a restarted operator converges without
-duplicates. Handlers are registered on an explicit registry built from settings, so
-importing this module registers nothing.
+compares them with what exists, applies what is missing or drifted with server-side apply,
+and writes ``status``. What exists comes from kopf's indexes of the owned objects (watched,
+selected on the server by our ``managed-by`` label), so the timer costs no API reads and a
+deleted Service or ConfigMap is noticed and put back at the next tick. Running it twice
+changes nothing, so a restarted operator converges without duplicates. Handlers are
+registered on an explicit registry built from settings, so importing this module registers
+nothing.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -36,6 +41,28 @@ def _invalid(
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
     )
+
+
+class World:
+    """What a handler sees: kopf's indexes of our resources and of the objects they own."""
+
+    def __init__(self, indexes: Mapping[str, observe.Index]) -> None:
+        self.indexes = indexes
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> World:
+        return cls({kind: kwargs[_index_name(kind)] for kind in _INDEXED})
+
+    def children(self, w: workloads.Workload) -> observe.Children:
+        return observe.children(self.indexes, w.owner.namespace, w.name)
+
+    @property
+    def models(self) -> observe.Index:
+        return self.indexes["InferenceModel"]
+
+    @property
+    def ensembles(self) -> observe.Index:
+        return self.indexes["InferenceEnsemble"]
 
 
 class Reconciler:
@@ -106,30 +133,46 @@ class Reconciler:
             if previous.get(key) != value:
                 patch.status[key] = value
 
-    def _observe(self, w: workloads.Workload) -> conditions.Observation:
-        try:
-            return observe.workload(self.client, w)
-        except k8s.ApiError as exc:
-            raise kopf.TemporaryError(f"observing the workload failed: {exc}", delay=10) from exc
-
     def _converge(
-        self, body: kopf.Body, patch: kopf.Patch, w: workloads.Workload, *, force: bool
+        self,
+        body: kopf.Body,
+        patch: kopf.Patch,
+        w: workloads.Workload,
+        world: World,
+        *,
+        force: bool,
     ) -> None:
-        """Apply when asked to (spec changes, restarts) or when the Deployment drifted from
-        the rendered revision; then observe and report."""
-        observation = self._observe(w)
-        if force or _drifted(observation.deployment, w, workloads.revision(w, self.cfg)):
-            self._apply(body, patch, w)
-            observation = self._observe(w)
-        self._report(body, patch, w, w.replicas, observation)
+        """Apply what is missing or drifted (everything when ``force``: a spec change), clean
+        up what the revision no longer needs, then report what the world shows."""
+        children = world.children(w)
+        desired = self._desired(w, children)
+        stale = [] if force else [o for o in desired if _drifted(o, children)]
+        self._apply(body, patch, w, desired if force else stale)
+        self._clean_up(w, desired, children)
+        self._report(body, patch, w, w.replicas, children.observation())
 
-    def _apply(self, body: kopf.Body, patch: kopf.Patch, w: workloads.Workload) -> None:
+    def _desired(self, w: workloads.Workload, children: observe.Children) -> list[workloads.Obj]:
+        """The rendered objects; the revision's ConfigMap goes to its ReplicaSet once one
+        exists, so that it is garbage-collected with it (``revisionHistoryLimit``)."""
         objects = render.objects(w, self.cfg)
+        rev = workloads.revision(w, self.cfg)
+        owner = _replica_set_of(children.replica_sets, rev)
+        if owner is not None:
+            for obj in objects:
+                if obj["kind"] == "ConfigMap":
+                    obj["metadata"]["ownerReferences"] = [_owner_reference(owner)]
+        return objects
+
+    def _apply(
+        self,
+        body: kopf.Body,
+        patch: kopf.Patch,
+        w: workloads.Workload,
+        objects: list[workloads.Obj],
+    ) -> None:
         try:
             for obj in objects:
                 self.client.apply(obj)
-            if not any(o["kind"] == "PodDisruptionBudget" for o in objects):
-                self.client.delete("policy/v1", "PodDisruptionBudget", w.owner.namespace, w.name)
         except k8s.ApiError as exc:
             problem = conditions.Problem("ApplyFailed", f"applying the workload failed: {exc}")
             self._fail(body, patch, problem, desired=w.replicas)
@@ -138,45 +181,80 @@ class Reconciler:
                 raise kopf.TemporaryError(str(exc), delay=10) from exc
             raise kopf.PermanentError(str(exc)) from exc
 
-    def model(self, body: kopf.Body, patch: kopf.Patch, *, force: bool = True) -> None:
+    def _clean_up(
+        self, w: workloads.Workload, desired: list[workloads.Obj], children: observe.Children
+    ) -> None:
+        """Delete owned objects the revision no longer wants: a PodDisruptionBudget after a
+        scale-down to one replica, and ConfigMaps of revisions that never got a ReplicaSet
+        (those that did go with their ReplicaSet)."""
+        wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
+        doomed: list[workloads.Obj] = []
+        handed: list[tuple[workloads.Obj, workloads.Obj]] = []
+        budget = children.disruption_budget
+        if budget is not None and ("PodDisruptionBudget", w.name) not in wanted:
+            doomed.append(budget)
+        for config_map in children.config_maps:
+            if ("ConfigMap", config_map["metadata"]["name"]) in wanted:
+                continue
+            revision = (config_map["metadata"].get("labels") or {}).get(workloads.REVISION_LABEL)
+            replica_set = _replica_set_of(children.replica_sets, revision or "")
+            if replica_set is None:
+                if not any(kind == "ReplicaSet" for kind, _ in _owners(config_map)):
+                    doomed.append(config_map)  # a revision no pod ever ran
+            elif _owners(config_map) != [("ReplicaSet", replica_set["metadata"]["uid"])]:
+                handed.append((config_map, replica_set))  # an older revision still running
+        try:
+            for config_map, replica_set in handed:
+                self.client.patch(
+                    "v1",
+                    "ConfigMap",
+                    w.owner.namespace,
+                    config_map["metadata"]["name"],
+                    {"metadata": {"ownerReferences": [_owner_reference(replica_set)]}},
+                )
+            for obj in doomed:
+                self.client.delete(
+                    obj["apiVersion"], obj["kind"], w.owner.namespace, obj["metadata"]["name"]
+                )
+        except k8s.ApiError as exc:
+            raise kopf.TemporaryError(f"cleaning up failed: {exc}", delay=10) from exc
+
+    def model(self, body: kopf.Body, patch: kopf.Patch, world: World, *, force: bool) -> None:
         """Reconcile one InferenceModel."""
         try:
             im = api.InferenceModel.model_validate(dict(body))
         except pydantic.ValidationError as exc:
             self._invalid_spec(body, patch, _invalid(exc))
             return
-        problems = validating.model(im.spec)
+        problems = validating.model(im)
         if problems:
             self._invalid_spec(body, patch, "; ".join(problems))
             return
-        self._converge(body, patch, render.model_workload(im), force=force)
+        self._converge(body, patch, render.model_workload(im), world, force=force)
 
-    def ensemble(self, body: kopf.Body, patch: kopf.Patch, *, force: bool = True) -> None:
+    def ensemble(self, body: kopf.Body, patch: kopf.Patch, world: World, *, force: bool) -> None:
         """Reconcile one InferenceEnsemble (members are re-read every time)."""
         try:
             ie = api.InferenceEnsemble.model_validate(dict(body))
         except pydantic.ValidationError as exc:
             self._invalid_spec(body, patch, _invalid(exc))
             return
-        try:
-            members, problems = self._ensemble_problems(ie)
-        except k8s.ApiError as exc:
-            raise kopf.TemporaryError(f"reading the members failed: {exc}", delay=10) from exc
+        members, problems = self._ensemble_problems(ie, world)
         if problems:
             # A missing member may be created later: keep retrying, but say why in status.
             self._invalid_spec(body, patch, "; ".join(problems), permanent=False)
             return
         present = {k: v for k, v in members.items() if v is not None}
-        self._converge(body, patch, render.ensemble_workload(ie, present), force=force)
+        self._converge(body, patch, render.ensemble_workload(ie, present), world, force=force)
 
     def _ensemble_problems(
-        self, ie: api.InferenceEnsemble
+        self, ie: api.InferenceEnsemble, world: World
     ) -> tuple[dict[str, api.InferenceModel | None], list[str]]:
-        """The ensemble's members and what is wrong with it; raises k8s.ApiError."""
+        """The ensemble's members and what is wrong with it."""
         namespace, name = ie.metadata.namespace, ie.metadata.name
-        members = observe.members(self.client, namespace, {s.model_ref for s in ie.spec.steps})
-        problems = validating.ensemble(ie.spec, members)
-        if observe.exists(self.client, "InferenceModel", namespace, name):
+        members = observe.members(world.models, namespace, {s.model_ref for s in ie.spec.steps})
+        problems = validating.ensemble(ie, members)
+        if observe.exists(world.models, namespace, name):
             # Both would render children of the same name; the InferenceModel keeps them.
             problems.append(validating.name_clash("InferenceEnsemble", name, "InferenceModel"))
         return members, problems
@@ -192,54 +270,124 @@ class Reconciler:
             kopf.warn(body, reason=reason, message=message)
         logger.info("%s/%s: invalid spec: %s", body.meta.namespace, body.meta.name, message)
 
-    def admit_model(self, body: kopf.Body) -> None:
+    def admit_model(self, body: kopf.Body, world: World) -> None:
         """Webhook: refuse what the schema cannot."""
         try:
             im = api.InferenceModel.model_validate(dict(body))
         except pydantic.ValidationError as exc:
             raise kopf.AdmissionError(_invalid(exc), code=422) from exc
-        problems = validating.model(im.spec)
-        try:
-            clash = observe.exists(
-                self.client, "InferenceEnsemble", im.metadata.namespace, im.metadata.name
-            )
-        except k8s.ApiError as exc:
-            raise kopf.AdmissionError(f"cannot read the ensembles: {exc}", code=503) from exc
-        if clash:
+        problems = validating.model(im)
+        if observe.exists(world.ensembles, im.metadata.namespace, im.metadata.name):
             problems.append(
                 validating.name_clash("InferenceModel", im.metadata.name, "InferenceEnsemble")
             )
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
 
-    def admit_ensemble(self, body: kopf.Body) -> None:
+    def admit_ensemble(self, body: kopf.Body, world: World) -> None:
         """Webhook: refuse unknown members and bad wiring."""
         try:
             ie = api.InferenceEnsemble.model_validate(dict(body))
         except pydantic.ValidationError as exc:
             raise kopf.AdmissionError(_invalid(exc), code=422) from exc
-        try:
-            _, problems = self._ensemble_problems(ie)
-        except k8s.ApiError as exc:
-            raise kopf.AdmissionError(f"cannot read the members: {exc}", code=503) from exc
+        _, problems = self._ensemble_problems(ie, world)
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
 
 
-def _drifted(deployment: dict[str, Any] | None, w: workloads.Workload, revision: str) -> bool:
-    if deployment is None:
+def _drifted(desired: workloads.Obj, children: observe.Children) -> bool:
+    """Whether an owned object is missing or differs from the render in what matters."""
+    current = children.present(desired["kind"], desired["metadata"]["name"])
+    if current is None:
         return True
-    spec = deployment.get("spec") or {}
-    annotations = ((spec.get("template") or {}).get("metadata") or {}).get("annotations") or {}
-    return bool(
-        annotations.get(f"{api.GROUP}/revision") != revision or spec.get("replicas") != w.replicas
-    )
+    if desired["kind"] == "Deployment":
+        want, have = desired["spec"], current.get("spec") or {}
+        annotations = (have.get("template") or {}).get("metadata", {}).get("annotations") or {}
+        want_rev = want["template"]["metadata"]["annotations"][workloads.REVISION_LABEL]
+        return bool(
+            annotations.get(workloads.REVISION_LABEL) != want_rev
+            or have.get("replicas") != want["replicas"]
+        )
+    if desired["kind"] == "ConfigMap":
+        return _owners(current) != _owners(desired)
+    return False
+
+
+def _owners(obj: workloads.Obj) -> list[tuple[str, str]]:
+    references = obj["metadata"].get("ownerReferences") or []
+    return [(o.get("kind", ""), o.get("uid", "")) for o in references]
+
+
+def _replica_set_of(replica_sets: list[workloads.Obj], revision: str) -> workloads.Obj | None:
+    """The ReplicaSet whose pods run ``revision``."""
+    for rs in replica_sets:
+        template = (rs.get("spec") or {}).get("template") or {}
+        annotations = (template.get("metadata") or {}).get("annotations") or {}
+        if annotations.get(workloads.REVISION_LABEL) == revision and not rs["metadata"].get(
+            "deletionTimestamp"
+        ):
+            return rs
+    return None
+
+
+def _owner_reference(obj: workloads.Obj) -> workloads.Obj:
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "controller": False,
+        "blockOwnerDeletion": False,
+    }
+
+
+def _spec_changed(operation: str | None, old: kopf.Body | None, new: kopf.Body) -> bool:
+    """Whether an admission request creates a resource or changes its spec."""
+    if operation != "UPDATE" or old is None:
+        return operation == "CREATE" or old is None
+    return dict(old.get("spec") or {}) != dict(new.get("spec") or {})
+
+
+#: Every kind kopf indexes: our resources by (namespace, name), owned objects by workload.
+_INDEXED = ("InferenceModel", "InferenceEnsemble", *observe.CHILDREN)
+
+
+def _index_name(kind: str) -> str:
+    return f"{kind.lower()}_index"
+
+
+def _snapshot(body: kopf.Body) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+def _register_indexes(registry: kopf.OperatorRegistry, field_manager: str) -> None:
+    """kopf indexes of our resources and of every object we own."""
+
+    def by_name(body: kopf.Body, namespace: str | None, name: str | None, **_: Any) -> Any:
+        return {(namespace or "", name or ""): _snapshot(body)}
+
+    def by_workload(body: kopf.Body, namespace: str | None, labels: Any, **_: Any) -> Any:
+        key = observe.child_key(namespace, labels)
+        return {key: _snapshot(body)} if key else None
+
+    for kind, resource in (("InferenceModel", MODELS), ("InferenceEnsemble", ENSEMBLES)):
+        kopf.index(*resource, id=_index_name(kind), registry=registry)(by_name)
+    for kind, (group, version, plural) in observe.CHILDREN.items():
+        kopf.index(
+            group,
+            version,
+            plural,
+            id=_index_name(kind),
+            labels={observe.MANAGED_BY: field_manager},
+            registry=registry,
+        )(by_workload)
 
 
 def build(cfg: settings.Settings, client: k8s.Client) -> kopf.OperatorRegistry:
     """A registry with every handler of the operator, bound to ``cfg`` and ``client``."""
     registry = kopf.OperatorRegistry()
     reconciler = Reconciler(cfg, client)
+    _register_indexes(registry, workloads.MANAGER)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -256,6 +404,13 @@ def build(cfg: settings.Settings, client: k8s.Client) -> kopf.OperatorRegistry:
         settings.background.cancellation_polling = 1.0
         # One replica (Recreate): peering would only pause, it elects no leader.
         settings.peering.standalone = True
+        # Watch only what we own: the API server filters, so the operator never holds the
+        # cluster's other pods or ConfigMaps in memory.
+        for group, version, plural in observe.CHILDREN.values():
+            selector = (group, version, plural) if group else (version, plural)
+            settings.watching.label_selectors[selector] = (
+                f"{observe.MANAGED_BY}={workloads.MANAGER}"
+            )
         if cfg.webhook.enabled:
             hook = cfg.webhook
             settings.admission.server = kopf.WebhookServer(
@@ -288,36 +443,48 @@ def build(cfg: settings.Settings, client: k8s.Client) -> kopf.OperatorRegistry:
 
     interval = cfg.status_interval_seconds
 
-    @kopf.on.resume(*MODELS, registry=registry)
     @kopf.on.create(*MODELS, registry=registry)
     @kopf.on.update(*MODELS, registry=registry)
-    def reconcile_model(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        reconciler.model(body, patch)
+    def reconcile_model(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+        reconciler.model(body, patch, World.from_kwargs(kwargs), force=True)
 
+    @kopf.on.resume(*MODELS, registry=registry)
     @kopf.timer(*MODELS, interval=interval, idle=interval, registry=registry)
-    def observe_model(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        reconciler.model(body, patch, force=False)
+    def observe_model(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+        # After a restart nothing is re-applied unless it is missing or drifted.
+        reconciler.model(body, patch, World.from_kwargs(kwargs), force=False)
 
-    @kopf.on.resume(*ENSEMBLES, registry=registry)
     @kopf.on.create(*ENSEMBLES, registry=registry)
     @kopf.on.update(*ENSEMBLES, registry=registry)
-    def reconcile_ensemble(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        reconciler.ensemble(body, patch)
+    def reconcile_ensemble(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+        reconciler.ensemble(body, patch, World.from_kwargs(kwargs), force=True)
 
+    @kopf.on.resume(*ENSEMBLES, registry=registry)
     @kopf.timer(*ENSEMBLES, interval=interval, idle=interval, registry=registry)
-    def observe_ensemble(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    def observe_ensemble(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         # Also how an ensemble follows its members: their configs are in the revision.
-        reconciler.ensemble(body, patch, force=False)
+        reconciler.ensemble(body, patch, World.from_kwargs(kwargs), force=False)
 
     if cfg.webhook.enabled:  # kopf refuses to start with validators and no webhook server
+        # Only creation and spec changes are checked: a DELETE, or an UPDATE that only
+        # touches metadata (kopf releasing its finalizer), must pass even when the resource
+        # has become invalid, or it would hang in Terminating (an ensemble whose member is
+        # gone). The managed webhook configuration registers CREATE and UPDATE only.
+        admitted: list[kopf.Operation] = ["CREATE", "UPDATE"]
 
-        @kopf.on.validate(*MODELS, id="validate-inferencemodel", registry=registry)
-        def admit_model(body: kopf.Body, **_: Any) -> None:
+        @kopf.on.validate(
+            *MODELS, id="validate-inferencemodel", operations=admitted, registry=registry
+        )
+        def admit_model(body: kopf.Body, **kwargs: Any) -> None:
             # Validation has no side effects, so dry-run requests are answered the same way.
-            reconciler.admit_model(body)
+            if _spec_changed(kwargs.get("operation"), kwargs.get("old"), body):
+                reconciler.admit_model(body, World.from_kwargs(kwargs))
 
-        @kopf.on.validate(*ENSEMBLES, id="validate-inferenceensemble", registry=registry)
-        def admit_ensemble(body: kopf.Body, **_: Any) -> None:
-            reconciler.admit_ensemble(body)
+        @kopf.on.validate(
+            *ENSEMBLES, id="validate-inferenceensemble", operations=admitted, registry=registry
+        )
+        def admit_ensemble(body: kopf.Body, **kwargs: Any) -> None:
+            if _spec_changed(kwargs.get("operation"), kwargs.get("old"), body):
+                reconciler.admit_ensemble(body, World.from_kwargs(kwargs))
 
     return registry

@@ -78,6 +78,50 @@ def test_a_failing_fetch_says_to_check_the_artifact() -> None:
     assert "check artifact.uri" in _conds(status)["Ready"]["message"]
 
 
+def test_the_workers_own_last_words_reach_status_the_moment_it_exits() -> None:
+    log_tail = (
+        "2026-12-01 INFO polyserve_worker: loading 'mlp'\n"
+        "polyserve-worker: exiting: model 'mlp' failed to load: model 'mlp': input 'x' has "
+        "dims [4] but the model says [8] (start with --exit-on-error=false to serve the "
+        "other models anyway)\n"
+    )
+    exited = _pod(
+        phase="Running",
+        containerStatuses=[
+            {
+                "name": "worker",
+                "restartCount": 0,
+                "state": {"terminated": {"reason": "Error", "exitCode": 1, "message": log_tail}},
+            }
+        ],
+    )
+    status = _compute(conditions.Observation(_deployment(ready=0, updated=1, replicas=1), [exited]))
+    failure = status["lastFailure"]
+    assert failure["reason"] == "Error"
+    assert (
+        "container worker exited: Error, code 1: polyserve-worker: exiting: model 'mlp'"
+        in (failure["message"])
+    )
+    assert "loading 'mlp'" not in failure["message"], "only the last line, the reason"
+    backing_off = _pod(
+        phase="Running",
+        containerStatuses=[
+            {
+                "name": "worker",
+                "restartCount": 1,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+                "lastState": {
+                    "terminated": {"reason": "Error", "exitCode": 1, "message": log_tail}
+                },
+            }
+        ],
+    )
+    status = _compute(
+        conditions.Observation(_deployment(ready=0, updated=1, replicas=1), [backing_off])
+    )
+    assert "last exit: Error, code 1: polyserve-worker: exiting" in status["lastFailure"]["message"]
+
+
 def test_a_pending_pod_on_the_gpu_pool_says_what_it_needs() -> None:
     pod = _pod(
         phase="Pending",

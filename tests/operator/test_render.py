@@ -306,4 +306,4 @@ def test_polyserve_render_explains_an_invalid_resource(
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(doc))
     assert cli.main(["render", "-f", str(path)]) == 1
-    assert "needs a GPU: set hardware.pool to gpu" in capsys.readouterr().err
+    assert "need a GPU: set hardware.pool to gpu" in capsys.readouterr().err

@@ -35,6 +35,9 @@ CONFIG_DIR = "/etc/polyserve/config"
 PVC_ROOT = "/mnt/pvc"
 SECRET_DIR = "/var/run/secrets/polyserve/artifact"
 REVISION_LABEL = f"{api.GROUP}/revision"
+#: The app.kubernetes.io/managed-by label of every rendered object; the operator watches
+#: exactly the objects that carry it.
+MANAGER = "polyserve-operator"
 #: The longest name Kubernetes takes for containers, volumes and label values.
 DNS_LABEL_MAX = 63
 
@@ -91,7 +94,7 @@ def _metadata(w: Workload, name: str | None = None) -> Obj:
         "namespace": w.owner.namespace,
         "labels": {
             **labels(w),
-            "app.kubernetes.io/managed-by": "polyserve-operator",
+            "app.kubernetes.io/managed-by": MANAGER,
             "app.kubernetes.io/component": "worker",
             **w.extra_labels,
         },
