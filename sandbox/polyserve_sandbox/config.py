@@ -1,0 +1,96 @@
+"""The sandbox's configuration: ``DIR/sandbox.yaml``, all of it optional.
+
+```yaml
+network: 127.77.0.0/16          # pod IPs and Service cluster IPs (chosen at the first `up`)
+apiPort: 0                      # the API server's port on 127.0.0.1 (0: any free port)
+operator: {enabled: true, env: {POLYSERVE_OPERATOR_STATUS_INTERVAL_SECONDS: "2"}}
+claims: {models: /srv/models}   # PersistentVolumeClaim name (or NAMESPACE/NAME) -> folder
+nodes:                          # extra nodes for placement tests (pods still run here)
+- {name: big-xeon, labels: {pool: big}, allocatable: {cpu: "64", memory: 256Gi}}
+images:                         # more images, tried before the built-in worker images
+- {pattern: "registry.example/tool:*", path: [/opt/tool/bin], entrypoint: [tool]}
+backoff: {initialSeconds: 10, maxSeconds: 300}
+```
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
+
+
+class NodeConfig(_Model):
+    """A declared node: its pods run on this machine like any other."""
+
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    taints: list[dict[str, Any]] = Field(default_factory=list)
+    allocatable: dict[str, str] = Field(default_factory=dict)
+
+
+class ImageConfig(_Model):
+    """What a container of an image (a glob pattern) runs here."""
+
+    pattern: str
+    path: list[str] = Field(default_factory=list)
+    entrypoint: list[str] = Field(default_factory=list)
+    cmd: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class OperatorConfig(_Model):
+    """The operator the sandbox starts (the real one, as a process)."""
+
+    enabled: bool = True
+    env: dict[str, str] = Field(
+        default_factory=lambda: {"POLYSERVE_OPERATOR_STATUS_INTERVAL_SECONDS": "2"},
+        description="Operator settings (POLYSERVE_OPERATOR_*); status every 2 s here.",
+    )
+
+
+class BackoffConfig(_Model):
+    """CrashLoopBackOff timing (the kubelet's: 10 s doubling to 300 s)."""
+
+    initial_seconds: float = 10.0
+    max_seconds: float = 300.0
+
+
+class SandboxConfig(_Model):
+    network: str | None = None
+    api_port: int = 0
+    operator: OperatorConfig = Field(default_factory=OperatorConfig)
+    claims: dict[str, Path] = Field(default_factory=dict)
+    nodes: list[NodeConfig] = Field(default_factory=list)
+    images: list[ImageConfig] = Field(default_factory=list)
+    backoff: BackoffConfig = Field(default_factory=BackoffConfig)
+    machine_node: bool = True
+    """Register this machine as the Xeon-pool node (and as a GPU node when it has GPUs)."""
+
+    def claim(self, namespace: str, claim: str) -> Path | None:
+        """The folder that plays a PersistentVolumeClaim, if the config names one."""
+        return self.claims.get(f"{namespace}/{claim}") or self.claims.get(claim)
+
+
+def load(path: Path) -> SandboxConfig:
+    """The config in ``path``; defaults when the file does not exist."""
+    if not path.exists():
+        return SandboxConfig()
+    data = yaml.safe_load(path.read_text()) or {}
+    return SandboxConfig.model_validate(data)
+
+
+def choose_network() -> str:
+    """A /16 of the loopback range for one sandbox: pods from its low half, Services from
+    its high half. Chosen at random so two sandboxes on one machine rarely meet."""
+    return f"127.{random.randint(16, 250)}.0.0/16"
