@@ -1,0 +1,581 @@
+"""What each HTTP request does (aiohttp): Kubernetes' REST paths, verbs, content types and
+``Status`` errors, over plain HTTP with any bearer token accepted (``http`` serves it).
+
+Paths: ``/api/v1/...`` and ``/apis/G/V/...``, ``namespaces/NS/...``, subresources
+(``status``, ``scale``, ``log``, ``binding``), the legacy ``/watch/`` prefix, discovery,
+``/openapi/v2`` and ``/openapi/v3``, ``/version`` and the health checks. Every verb: GET,
+LIST, WATCH (``?watch=1``), POST, PUT, PATCH (merge, JSON, strategic, apply), DELETE with a
+``DeleteOptions`` body, and deletecollection. Lists and watches answer as Tables when the
+client asks (``Accept: application/json;as=Table;v=v1;g=meta.k8s.io``), as kubectl does.
+Unknown fields under ``fieldValidation=Warn`` (the default) come back as ``Warning``
+headers, which kubectl prints.
+
+Not served: protobuf bodies (JSON and YAML only; clients fall back to JSON), RBAC and
+authentication (every request is allowed), admission webhooks, aggregated API servers,
+``exec``/``attach``/``port-forward``, and ``logs -f`` follows nothing (the log as it is).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from polyserve_sandbox.apiserver import discovery, errors, openapi, tables, watching
+from polyserve_sandbox.apiserver.errors import ApiError
+from polyserve_sandbox.apiserver.resources import Resource
+from polyserve_sandbox.apiserver.store import Store
+
+logger = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+TABLE_TYPE = "application/json;as=Table;v=v1;g=meta.k8s.io"
+PATCH_TYPES = {
+    "application/json-patch+json": "json",
+    "application/merge-patch+json": "merge",
+    "application/strategic-merge-patch+json": "strategic",
+    "application/apply-patch+yaml": "apply",
+}
+_HEALTH = ("/healthz", "/livez", "/readyz")
+
+
+def _json(obj: Any, status: int = 200, content_type: str = "application/json") -> web.Response:
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    return web.Response(body=body, status=status, headers={"Content-Type": content_type})
+
+
+def _error(exc: ApiError) -> web.Response:
+    return _json(exc.status_object(), exc.status)
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes")
+
+
+@dataclass
+class Target:
+    """What a resource path names."""
+
+    resource: Resource
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+    watch: bool
+
+
+class Handler:
+    """One callable serving every path (routing by hand keeps a request's cost flat)."""
+
+    def __init__(self, store: Store, *, bookmark_interval: float = 30.0) -> None:
+        self.store = store
+        self.bookmark_interval = bookmark_interval
+        self.watches: set[asyncio.Task[Any]] = set()
+        self._openapi: tuple[int, dict[str, bytes]] | None = None
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._serve(request)
+        except ApiError as exc:
+            logger.debug("%s %s: %s", request.method, request.path_qs, exc.message)
+            return _error(exc)
+        except Exception as exc:
+            logger.exception("%s %s failed", request.method, request.path_qs)
+            return _error(ApiError(500, "InternalError", f"Internal error occurred: {exc}"))
+
+    # -- routing -------------------------------------------------------------------------
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        path = request.path.rstrip("/") or "/"
+        if path == "/version":
+            return _json(discovery.SERVER_VERSION)
+        if path in _HEALTH:
+            return web.Response(text="ok")
+        if path.startswith("/openapi/"):
+            return self._openapi_document(request, path)
+        parts = [p for p in path.split("/") if p]
+        if not parts or parts[0] not in ("api", "apis"):
+            raise errors.unknown_resource()
+        if parts[0] == "api":
+            if len(parts) == 1:
+                return self._discovery(request, core=True)
+            group, version, rest = "", parts[1], parts[2:]
+        else:
+            if len(parts) == 1:
+                return self._discovery(request, core=False)
+            if len(parts) == 2:
+                found = discovery.api_group(self.store.registry, parts[1])
+                if found is None:
+                    raise errors.unknown_resource()
+                return _json(found)
+            group, version, rest = parts[1], parts[2], parts[3:]
+        if not rest:
+            listed = discovery.resource_list(self.store.registry, group, version)
+            if listed is None:
+                raise errors.unknown_resource()
+            return _json(listed)
+        target = self._target(group, version, rest)
+        return await self._dispatch(request, target)
+
+    def _target(self, group: str, version: str, rest: list[str]) -> Target:
+        registry = self.store.registry
+        watch = rest[0] == "watch"
+        if watch:
+            rest = rest[1:]
+        namespace = None
+        if (
+            len(rest) >= 3
+            and rest[0] == "namespaces"
+            and (group or rest[2] not in ("status", "finalize"))
+        ):
+            namespace, rest = rest[1], rest[2:]
+        if not rest or len(rest) > 3:
+            raise errors.unknown_resource()
+        resource = registry.by_path(group, version, rest[0])
+        if resource is None or (namespace is not None and not resource.namespaced):
+            raise errors.unknown_resource()
+        name = rest[1] if len(rest) > 1 else None
+        sub = rest[2] if len(rest) > 2 else None
+        if sub is not None and sub not in resource.subresources:
+            raise errors.unknown_resource()
+        if name is not None and resource.namespaced and namespace is None:
+            raise errors.unknown_resource()
+        return Target(resource, namespace, name, sub, watch)
+
+    async def _dispatch(self, request: web.Request, target: Target) -> web.StreamResponse:
+        method = request.method
+        query = request.query
+        if method == "GET":
+            if target.name is None:
+                if target.watch or _flag(query.get("watch")):
+                    return await self._watch(request, target)
+                return self._list(request, target)
+            return self._get(request, target)
+        if method == "POST":
+            if target.name is None:
+                return await self._create(request, target)
+            if target.subresource == "binding":
+                return await self._bind(request, target)
+        if method == "PUT" and target.name is not None and target.subresource != "log":
+            return await self._replace(request, target)
+        if method == "PATCH" and target.name is not None and target.subresource != "log":
+            return await self._patch(request, target)
+        if method == "DELETE" and target.subresource is None:
+            if target.name is None:
+                return await self._delete_collection(request, target)
+            return await self._delete(request, target)
+        raise errors.method_not_allowed()
+
+    # -- discovery and OpenAPI -----------------------------------------------------------
+
+    def _discovery(self, request: web.Request, *, core: bool) -> web.Response:
+        registry = self.store.registry
+        if discovery.AGGREGATED in request.headers.get("Accept", ""):
+            document = discovery.aggregated(registry, core=core)
+            return _json(document, content_type=discovery.AGGREGATED)
+        if core:
+            return _json(discovery.api_versions(request.host))
+        return _json(discovery.api_group_list(registry))
+
+    def _openapi_document(self, request: web.Request, path: str) -> web.Response:
+        if path == "/openapi/v2":
+            if "protobuf" in request.headers.get("Accept", ""):
+                return web.Response(
+                    body=openapi.v2_protobuf(), headers={"Content-Type": openapi.PROTOBUF_V2}
+                )
+            return _json(openapi.v2_json())
+        registry = self.store.registry
+        if self._openapi is None or self._openapi[0] != registry.generation:
+            self._openapi = (registry.generation, openapi.documents(registry))
+        documents = self._openapi[1]
+        if path == "/openapi/v3":
+            return _json(openapi.index(registry, documents))
+        body = documents.get(path.removeprefix("/openapi/v3/"))
+        if body is None:
+            raise errors.unknown_resource()
+        return web.Response(body=body, headers={"Content-Type": "application/json"})
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def _wants_table(self, request: web.Request) -> bool:
+        accept = request.headers.get("Accept", "")
+        return "as=Table" in accept and "g=meta.k8s.io" in accept
+
+    def _table(
+        self, request: web.Request, target: Target, items: list[Obj], version: str
+    ) -> web.Response:
+        table = tables.table(
+            target.resource,
+            items,
+            version=version,
+            now=datetime.datetime.now(datetime.UTC),
+            include_object=request.query.get("includeObject", "PartialObjectMetadata"),
+        )
+        return _json(table, content_type=TABLE_TYPE)
+
+    def _get(self, request: web.Request, target: Target) -> web.Response:
+        assert target.name is not None
+        resource = target.resource
+        if target.subresource == "scale":
+            return _json(
+                self.store.get_scale(
+                    resource.api_version, resource.kind, target.namespace, target.name
+                )
+            )
+        if target.subresource == "log":
+            return self._log(request, target)
+        obj = self.store.view(resource, target.namespace, target.name)
+        if obj.get("apiVersion") != resource.api_version:
+            obj = {**obj, "apiVersion": resource.api_version}
+        if self._wants_table(request):
+            return self._table(request, target, [obj], obj["metadata"]["resourceVersion"])
+        return _json(obj)
+
+    def _list(self, request: web.Request, target: Target) -> web.Response:
+        resource = target.resource
+        items, version = self.store.select(
+            resource,
+            target.namespace,
+            label_selector=request.query.get("labelSelector") or None,
+            field_selector=request.query.get("fieldSelector") or None,
+        )
+        items = [
+            i
+            if i.get("apiVersion") == resource.api_version
+            else {**i, "apiVersion": resource.api_version}
+            for i in items
+        ]
+        if self._wants_table(request):
+            return self._table(request, target, items, str(version))
+        return _json(
+            {
+                "kind": resource.list_kind,
+                "apiVersion": resource.api_version,
+                "metadata": {"resourceVersion": str(version)},
+                "items": items,
+            }
+        )
+
+    async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
+        query = request.query
+        resource = target.resource
+        try:
+            timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
+        except ValueError:
+            raise errors.bad_request(f"invalid timeoutSeconds: {query['timeoutSeconds']}") from None
+        stream = watching.events(
+            self.store,
+            resource,
+            target.namespace,
+            label_selector=query.get("labelSelector") or None,
+            field_selector=query.get("fieldSelector") or None,
+            resource_version=query.get("resourceVersion"),
+            send_initial_events=_flag(query.get("sendInitialEvents")),
+            bookmarks=_flag(query.get("allowWatchBookmarks")),
+            timeout_seconds=timeout,
+            bookmark_interval=self.bookmark_interval,
+        )
+        as_table = self._wants_table(request)
+        # Refuse a bad request (selector, version) before the stream starts.
+        first = await anext(stream, None)
+        response = web.StreamResponse(
+            headers={"Content-Type": TABLE_TYPE if as_table else "application/json"}
+        )
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        task = asyncio.current_task()
+        if task is not None:
+            self.watches.add(task)
+        try:
+            event = first
+            while event is not None:
+                kind, obj = event
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    if obj.get("apiVersion") != resource.api_version:
+                        obj = {**obj, "apiVersion": resource.api_version}
+                    if as_table:
+                        obj = tables.table(
+                            resource,
+                            [obj],
+                            version=obj["metadata"]["resourceVersion"],
+                            now=datetime.datetime.now(datetime.UTC),
+                        )
+                line = json.dumps({"type": kind, "object": obj}, separators=(",", ":")) + "\n"
+                await response.write(line.encode())
+                event = await anext(stream, None)
+        except (ConnectionResetError, asyncio.CancelledError):
+            await stream.aclose()
+            if task is not None:
+                self.watches.discard(task)
+            raise
+        if task is not None:
+            self.watches.discard(task)
+        await response.write_eof()
+        return response
+
+    def _log(self, request: web.Request, target: Target) -> web.Response:
+        assert target.namespace is not None and target.name is not None
+        query = request.query
+        tail = query.get("tailLines")
+        try:
+            lines = int(tail) if tail else None
+        except ValueError:
+            raise errors.bad_request(f"invalid tailLines: {tail}") from None
+        body = self.store.read_log(
+            target.namespace,
+            target.name,
+            query.get("container") or None,
+            _flag(query.get("previous")),
+            lines,
+        )
+        return web.Response(body=body, headers={"Content-Type": "text/plain"})
+
+    # -- writes --------------------------------------------------------------------------
+
+    def _exists(self, resource: Resource, namespace: str | None, name: str) -> bool:
+        try:
+            self.store.view(resource, namespace, name)
+        except ApiError:
+            return False
+        return True
+
+    def _options(self, request: web.Request) -> tuple[bool, str, str]:
+        """(dry_run, field manager, field validation) of a write."""
+        query = request.query
+        dry_run = query.getall("dryRun", [])
+        if any(value != "All" for value in dry_run):
+            raise errors.bad_request(
+                f'dryRun: Unsupported value: "{dry_run[0]}": supported values: "All"'
+            )
+        manager = query.get("fieldManager") or _agent(request)
+        validation = query.get("fieldValidation") or "Warn"
+        if validation not in ("Strict", "Warn", "Ignore"):
+            raise errors.bad_request(
+                f'fieldValidation: Unsupported value: "{validation}": supported values: '
+                '"Ignore", "Strict", "Warn"'
+            )
+        return bool(dry_run), manager[:128], validation
+
+    async def _body(self, request: web.Request, *, yaml_ok: bool = False) -> Any:
+        content_type = request.headers.get("Content-Type", "application/json").split(";")[0]
+        if "protobuf" in content_type:
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types "
+                "include: application/json, application/yaml",
+            )
+        raw = await request.read()
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            if yaml_ok or "yaml" in content_type:
+                try:
+                    return yaml.safe_load(raw)
+                except yaml.YAMLError as yaml_exc:
+                    raise errors.bad_request(f"error decoding YAML: {yaml_exc}") from None
+            raise errors.bad_request(
+                f"couldn't get version/kind; json parse error: {exc}"
+            ) from None
+
+    def _written(self, obj: Obj, status: int, warnings: list[str]) -> web.Response:
+        response = _json(obj, status)
+        for warning in dict.fromkeys(warnings):
+            response.headers.add("Warning", f'299 - "{warning}"'.replace("\\", "\\\\"))
+        return response
+
+    async def _create(self, request: web.Request, target: Target) -> web.Response:
+        body = await self._body(request)
+        dry_run, manager, validation = self._options(request)
+        resource = target.resource
+        if isinstance(body, dict) and (body.get("apiVersion"), body.get("kind")) != (
+            resource.api_version,
+            resource.kind,
+        ):
+            raise errors.bad_request(
+                f"the API version in the data ({body.get('apiVersion')}) does not match the "
+                f"expected API version ({resource.api_version})"
+                if body.get("apiVersion") != resource.api_version
+                else f"the kind in the data ({body.get('kind')}) does not match the expected "
+                f"kind ({resource.kind})"
+            )
+        warnings: list[str] = []
+        created = self.store.create(
+            body,
+            dry_run=dry_run,
+            field_manager=manager,
+            namespace=target.namespace,
+            field_validation=validation,
+            warnings=warnings,
+            share=True,
+        )
+        return self._written(created, 201, warnings)
+
+    async def _replace(self, request: web.Request, target: Target) -> web.Response:
+        assert target.name is not None
+        body = await self._body(request)
+        dry_run, manager, validation = self._options(request)
+        resource = target.resource
+        if target.subresource == "scale":
+            if not isinstance(body, dict):
+                raise errors.bad_request("the body of the request must be a Scale")
+            return _json(
+                self.store.replace_scale(
+                    resource.api_version,
+                    resource.kind,
+                    target.namespace,
+                    target.name,
+                    body,
+                    dry_run=dry_run,
+                    field_manager=manager,
+                )
+            )
+        warnings: list[str] = []
+        if isinstance(body, dict):
+            body.setdefault("apiVersion", resource.api_version)
+            body.setdefault("kind", resource.kind)
+        replaced = self.store.replace(
+            body,
+            subresource=target.subresource,
+            dry_run=dry_run,
+            field_manager=manager,
+            namespace=target.namespace,
+            name=target.name,
+            field_validation=validation,
+            warnings=warnings,
+            share=True,
+        )
+        return self._written(replaced, 200, warnings)
+
+    async def _patch(self, request: web.Request, target: Target) -> web.Response:
+        assert target.name is not None
+        content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+        patch_type = PATCH_TYPES.get(content_type)
+        if patch_type is None:
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - accepted media types "
+                f"include: {', '.join(PATCH_TYPES)}",
+            )
+        body = await self._body(request, yaml_ok=patch_type == "apply")
+        dry_run, manager, validation = self._options(request)
+        if patch_type == "apply" and not request.query.get("fieldManager"):
+            raise errors.bad_request(
+                "PATCH, application/apply-patch+yaml requests require fieldManager"
+            )
+        resource = target.resource
+        existed = self._exists(resource, target.namespace, target.name)
+        warnings: list[str] = []
+        patched = self.store.patch(
+            resource.api_version,
+            resource.kind,
+            target.namespace,
+            target.name,
+            body,
+            patch_type=patch_type,
+            field_manager=manager,
+            force=_flag(request.query.get("force")),
+            subresource=target.subresource,
+            dry_run=dry_run,
+            field_validation=validation,
+            warnings=warnings,
+            share=True,
+        )
+        created = not existed and not dry_run
+        return self._written(patched, 201 if created else 200, warnings)
+
+    def _delete_options(self, request: web.Request, body: Any) -> tuple[str, int | None, Obj, bool]:
+        options = body if isinstance(body, dict) else {}
+        query = request.query
+        propagation = options.get("propagationPolicy") or query.get("propagationPolicy")
+        if propagation is None and (
+            options.get("orphanDependents") or _flag(query.get("orphanDependents"))
+        ):
+            propagation = "Orphan"
+        grace = options.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
+        try:
+            grace = int(grace) if grace is not None else None
+        except (TypeError, ValueError):
+            raise errors.bad_request(f"invalid gracePeriodSeconds: {grace}") from None
+        dry_run = "All" in (options.get("dryRun") or []) or "All" in query.getall("dryRun", [])
+        return propagation or "Background", grace, options.get("preconditions") or {}, dry_run
+
+    async def _delete(self, request: web.Request, target: Target) -> web.Response:
+        assert target.name is not None
+        raw = await request.read()
+        body = json.loads(raw) if raw.strip() else {}
+        propagation, grace, preconditions, dry_run = self._delete_options(request, body)
+        resource = target.resource
+        last = self.store.delete(
+            resource.api_version,
+            resource.kind,
+            target.namespace,
+            target.name,
+            propagation=propagation,
+            grace_period_seconds=grace,
+            preconditions=preconditions,
+            dry_run=dry_run,
+            share=True,
+        )
+        pending = not dry_run and self._exists(resource, target.namespace, target.name)
+        return _json(last, 202 if pending else 200)
+
+    async def _delete_collection(self, request: web.Request, target: Target) -> web.Response:
+        raw = await request.read()
+        body = json.loads(raw) if raw.strip() else {}
+        propagation, grace, _, dry_run = self._delete_options(request, body)
+        resource = target.resource
+        deleted = self.store.delete_collection(
+            resource.api_version,
+            resource.kind,
+            target.namespace,
+            label_selector=request.query.get("labelSelector") or None,
+            field_selector=request.query.get("fieldSelector") or None,
+            propagation=propagation,
+            grace_period_seconds=grace,
+            dry_run=dry_run,
+        )
+        return _json(
+            {
+                "kind": resource.list_kind,
+                "apiVersion": resource.api_version,
+                "metadata": {"resourceVersion": str(self.store.version)},
+                "items": deleted,
+            }
+        )
+
+    async def _bind(self, request: web.Request, target: Target) -> web.Response:
+        assert target.namespace is not None and target.name is not None
+        body = await self._body(request)
+        node = ((body or {}).get("target") or {}).get("name") if isinstance(body, dict) else None
+        if not node:
+            raise errors.invalid(
+                "Binding",
+                "",
+                target.name,
+                [errors.Cause("target.name", "Required value", "FieldValueRequired")],
+            )
+        self.store.bind_pod(target.namespace, target.name, str(node))
+        return _json(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "code": 201,
+            },
+            201,
+        )
+
+
+def _agent(request: web.Request) -> str:
+    """The default field manager: the User-Agent up to its first "/", as the real server."""
+    agent = request.headers.get("User-Agent", "")
+    return agent.split("/", 1)[0] or "unknown"

@@ -1,0 +1,184 @@
+"""Custom resources against their CRD's ``openAPIV3Schema``: defaults, pruning, validation.
+
+As the real server does for a structural schema: ``default`` values are filled in where a
+field is missing (inside objects that exist), fields the schema does not declare are
+pruned (kept under ``x-kubernetes-preserve-unknown-fields`` or a map's
+``additionalProperties``), and the rest is validated with ``jsonschema`` (OpenAPI v3.0 is
+JSON Schema draft 4 plus ``nullable`` and ``x-kubernetes-int-or-string``, mapped here).
+With ``fieldValidation=Strict`` (kubectl's default) an undeclared field is refused instead
+of pruned, with the real server's "strict decoding error" message.
+
+Not evaluated: CEL rules (``x-kubernetes-validations``), ``format`` checks, list-type and
+map-type uniqueness (``x-kubernetes-list-type``), and ratcheting of unchanged invalid
+values. The operator's own webhook and pydantic models still check what CEL would.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import jsonschema
+
+from polyserve_sandbox.apiserver import errors
+from polyserve_sandbox.apiserver.resources import Resource
+
+Obj = dict[str, Any]
+
+_ROOT_KEPT = ("apiVersion", "kind", "metadata")
+# Compiled validators by schema identity (the schema is kept with it, so an id is never reused).
+_validators: dict[int, tuple[Obj, jsonschema.Draft4Validator]] = {}
+
+
+def _json_schema(node: Any) -> Any:
+    """OpenAPI v3.0 (structural) -> JSON Schema draft 4."""
+    if isinstance(node, list):
+        return [_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {
+        k: _json_schema(v)
+        for k, v in node.items()
+        if not k.startswith("x-kubernetes-") and k not in ("nullable", "default", "format")
+    }
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    if node.get("nullable"):
+        if "type" in out:
+            out["type"] = [out["type"], "null"]
+        if "enum" in out:
+            out["enum"] = [*out["enum"], None]
+    return out
+
+
+def _validator(resource: Resource) -> jsonschema.Draft4Validator:
+    schema = resource.schema or {}
+    found = _validators.get(id(schema))
+    if found is None or found[0] is not schema:
+        body = _json_schema(schema)
+        body.get("properties", {}).pop("metadata", None)
+        found = _validators[id(schema)] = (schema, jsonschema.Draft4Validator(body))
+    return found[1]
+
+
+def admit(resource: Resource, obj: Obj, *, strict: bool, warnings: list[str] | None = None) -> None:
+    """Default, prune (or refuse, when strict) and validate ``obj`` (changed in place)."""
+    schema = resource.schema
+    if not schema:
+        return
+    unknown: list[str] = []
+    _prune(obj, schema, "", unknown, root=True)
+    if unknown and strict:
+        raise errors.strict_decoding(resource.kind, resource.version, unknown)
+    if warnings is not None:
+        warnings.extend(f'unknown field "{u}"' for u in unknown)
+    default(schema, obj)
+    name = (obj.get("metadata") or {}).get("name", "")
+    causes = [_cause(e) for e in _validator(resource).iter_errors(obj)]
+    if causes:
+        raise errors.invalid(resource.kind, resource.group, name, causes)
+
+
+def unknown_fields(resource: Resource, obj: Obj) -> list[str]:
+    """The undeclared fields of ``obj`` (not changed), for a strict apply configuration."""
+    unknown: list[str] = []
+    if resource.schema:
+        _prune(copy.deepcopy(obj), resource.schema, "", unknown, root=True)
+    return unknown
+
+
+def _prune(value: Any, schema: Obj, path: str, unknown: list[str], *, root: bool = False) -> None:
+    if isinstance(value, dict):
+        if schema.get("x-kubernetes-preserve-unknown-fields") and "properties" not in schema:
+            return
+        properties = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key in list(value):
+            if root and key in _ROOT_KEPT:
+                continue
+            sub = f"{path}.{key}" if path else key
+            if properties is not None and key in properties:
+                _prune(value[key], properties[key], sub, unknown)
+            elif isinstance(extra, dict):
+                _prune(value[key], extra, sub, unknown)
+            elif extra is True or schema.get("x-kubernetes-preserve-unknown-fields"):
+                continue
+            elif properties is not None or schema.get("type") == "object":
+                unknown.append(sub)
+                del value[key]
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            _prune(item, schema["items"], f"{path}[{index}]", unknown)
+
+
+def default(schema: Obj, value: Any) -> None:
+    """Fill in ``default`` values under ``value`` (which exists) as the schema declares."""
+    if isinstance(value, dict):
+        for key, sub in (schema.get("properties") or {}).items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                default(sub, value[key])
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in value:
+                if key not in (schema.get("properties") or {}):
+                    default(extra, value[key])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            default(schema["items"], item)
+
+
+def _field(path: Any) -> str:
+    text = ""
+    for step in path:
+        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else str(step))
+    return text
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _cause(error: jsonschema.ValidationError) -> errors.Cause:
+    field = _field(error.absolute_path)
+    value, rule = error.instance, error.validator_value
+    kind = error.validator
+    if kind == "required":
+        missing = [r for r in rule if isinstance(value, dict) and r not in value]
+        name = missing[0] if missing else ""
+        return errors.Cause(
+            f"{field}.{name}" if field else name, "Required value", "FieldValueRequired"
+        )
+    if kind == "enum":
+        allowed = ", ".join(_shown(v) for v in rule)
+        return errors.Cause(
+            field,
+            f"Unsupported value: {_shown(value)}: supported values: {allowed}",
+            "FieldValueNotSupported",
+        )
+    if kind == "type":
+        wanted = rule if isinstance(rule, str) else rule[0]
+        kind_name = type(value).__name__.replace("str", "string").replace("dict", "object")
+        return errors.Cause(
+            field,
+            f'Invalid value: "{kind_name}": {field} in body must be of type {wanted}: '
+            f'"{kind_name}"',
+            "FieldValueTypeInvalid",
+        )
+    detail = {
+        "minimum": f"should be greater than or equal to {rule}",
+        "maximum": f"should be less than or equal to {rule}",
+        "pattern": f"should match '{rule}'",
+        "minLength": f"should be at least {rule} chars long",
+        "maxLength": f"should be at most {rule} chars long",
+        "minItems": f"should have at least {rule} items",
+        "maxItems": f"should have at most {rule} items",
+        "minProperties": f"should have at least {rule} properties",
+        "maxProperties": f"should have at most {rule} properties",
+    }.get(str(kind))
+    if detail is None:
+        return errors.Cause(field, f"Invalid value: {_shown(value)}: {error.message}")
+    return errors.Cause(field, f"Invalid value: {_shown(value)}: {field} in body {detail}")
