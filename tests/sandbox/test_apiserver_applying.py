@@ -166,3 +166,18 @@ def test_apply_of_status_owns_status_fields_only(store: apistore.Store) -> None:
     entry = _managers(result)["operator"]
     assert entry["subresource"] == "status" and list(entry["fieldsV1"]) == ["f:status"]
     assert result["spec"]["replicas"] == 1
+
+
+def test_what_admission_defaults_inside_an_applied_list_neither_conflicts_nor_flaps(
+    store: apistore.Store,
+) -> None:
+    def admit(operation: str, new: Obj, old: Obj | None) -> None:
+        for container in new["spec"]["template"]["spec"]["containers"]:
+            container.setdefault("resources", {})
+
+    store.add_admission("apps/v1", "Deployment", admit)
+    _apply(store, deployment("web"), "operator", force=True)
+    shared = _apply(store, deployment("web"), "gitops")
+    again = _apply(store, deployment("web"), "operator")
+    assert again["metadata"]["resourceVersion"] == shared["metadata"]["resourceVersion"]
+    assert again["spec"]["template"]["spec"]["containers"][0]["resources"] == {}

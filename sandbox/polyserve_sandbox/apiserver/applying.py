@@ -233,11 +233,12 @@ def apply(
     force: bool,
     subresource: str | None,
     now: str,
-    normalize: Callable[[Obj], None] | None = None,
 ) -> Obj:
-    """Apply ``config`` onto ``live`` for ``manager``; returns the new object. ``normalize``
-    (the kind's defaults) runs before values are compared, so a field the server defaults
-    inside an applied value does not read as a change."""
+    """Apply ``config`` onto ``live`` for ``manager``; returns the new object.
+
+    An applied value that the live one already holds (the same, or the same plus fields the
+    server or an admission hook defaulted inside it) is no change: it is kept as it is, so
+    defaults inside an applied list neither read as a conflict nor flap."""
     status = _scope(subresource, resource.has_status)
     applied = leaves(config, status=status)
     entries = read_entries(live)
@@ -245,17 +246,10 @@ def apply(
     mine = _entry(entries, manager, "Apply", sub, resource.api_version)
     others = [e for e in entries if e is not mine]
 
-    merged: Obj = copy.deepcopy(live)
-    for path, value in applied.items():
-        _set(merged, path, value)
-    if normalize is not None:
-        normalize(merged)
-
+    changes = [p for p, value in applied.items() if not _contains(_get(live, p), value)]
     conflicts: list[tuple[Entry, Path]] = []
     owners = [(other, _touching(other.paths)) for other in others]
-    for path in applied:
-        if _get(live, path) == _get(merged, path):
-            continue  # the same value: shared, not a conflict
+    for path in changes:
         conflicts.extend((other, path) for other, owns in owners if owns(path))
     if conflicts and not force:
         name = (live.get("metadata") or {}).get("name", "")
@@ -270,6 +264,9 @@ def apply(
         other.paths = {p for p in other.paths if not taken(p)}
         other.changed = True
 
+    merged: Obj = copy.deepcopy(live)
+    for path in changes:
+        _set(merged, path, applied[path])
     # Remove what this manager applied before and no longer applies, unless shared.
     shared = _touching(p for e in others for p in e.paths)
     for path in mine.paths - set(applied):
@@ -280,6 +277,23 @@ def apply(
         mine.changed = True
     write_entries(merged, entries, now)
     return merged
+
+
+def _contains(live: Any, config: Any) -> bool:
+    """Whether the live value holds the configured one (maps: every configured key)."""
+    if isinstance(config, dict):
+        return isinstance(live, dict) and all(
+            k in live and _contains(live[k], v) for k, v in config.items()
+        )
+    if isinstance(config, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(config)
+            and all(_contains(a, b) for a, b in zip(live, config, strict=True))
+        )
+    if isinstance(config, bool) or isinstance(live, bool):
+        return live is config
+    return bool(live == config)
 
 
 _MISSING = object()

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from polyserve_sandbox.apiserver import discovery, errors, openapi, tables, watching
+from polyserve_sandbox.apiserver import discovery, errors, openapi, selectors, tables, watching
 from polyserve_sandbox.apiserver.errors import ApiError
 from polyserve_sandbox.apiserver.resources import Resource
 from polyserve_sandbox.apiserver.store import Store
@@ -77,9 +77,10 @@ class Handler:
         self.store = store
         self.bookmark_interval = bookmark_interval
         self.watches: set[asyncio.Task[Any]] = set()
+        self.closing = asyncio.Event()  # set when the server stops: open watches end
         self._openapi: tuple[int, dict[str, bytes]] | None = None
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
             return await self._serve(request)
         except ApiError as exc:
@@ -280,10 +281,14 @@ class Handler:
             bookmarks=_flag(query.get("allowWatchBookmarks")),
             timeout_seconds=timeout,
             bookmark_interval=self.bookmark_interval,
+            until=self.closing,
         )
         as_table = self._wants_table(request)
-        # Refuse a bad request (selector, version) before the stream starts.
-        first = await anext(stream, None)
+        # Refuse a bad request (selectors, version) with a Status, before the stream starts.
+        selectors.predicate(query.get("labelSelector") or None, query.get("fieldSelector") or None)
+        version = query.get("resourceVersion")
+        if version and not version.isdigit():
+            raise errors.bad_request(f'invalid resource version "{version}"')
         response = web.StreamResponse(
             headers={"Content-Type": TABLE_TYPE if as_table else "application/json"}
         )
@@ -293,9 +298,7 @@ class Handler:
         if task is not None:
             self.watches.add(task)
         try:
-            event = first
-            while event is not None:
-                kind, obj = event
+            async for kind, obj in stream:
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     if obj.get("apiVersion") != resource.api_version:
                         obj = {**obj, "apiVersion": resource.api_version}
@@ -308,14 +311,12 @@ class Handler:
                         )
                 line = json.dumps({"type": kind, "object": obj}, separators=(",", ":")) + "\n"
                 await response.write(line.encode())
-                event = await anext(stream, None)
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
+            return response  # the client went
+        finally:
             await stream.aclose()
             if task is not None:
                 self.watches.discard(task)
-            raise
-        if task is not None:
-            self.watches.discard(task)
         await response.write_eof()
         return response
 
@@ -387,7 +388,8 @@ class Handler:
     def _written(self, obj: Obj, status: int, warnings: list[str]) -> web.Response:
         response = _json(obj, status)
         for warning in dict.fromkeys(warnings):
-            response.headers.add("Warning", f'299 - "{warning}"'.replace("\\", "\\\\"))
+            escaped = warning.replace("\\", "\\\\").replace('"', '\\"')
+            response.headers.add("Warning", f'299 - "{escaped}"')
         return response
 
     async def _create(self, request: web.Request, target: Target) -> web.Response:

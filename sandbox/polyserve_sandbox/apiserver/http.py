@@ -46,7 +46,7 @@ class ApiServer:
     async def start(self) -> str:
         """Listen; returns the URL (``http://host:port``, the port chosen when 0)."""
         app = web.Application(client_max_size=16 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handler)
+        app.router.add_route("*", "/{tail:.*}", self._handler.handle)
         # Cancel a handler whose client went (a watch waiting for changes holds nothing else).
         self._runner = web.AppRunner(
             app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
@@ -62,11 +62,13 @@ class ApiServer:
         return self.url
 
     async def stop(self) -> None:
-        """End the open watches, then stop listening."""
-        for task in list(self._handler.watches):
-            task.cancel()
+        """End the open watches (their streams close cleanly), then stop listening."""
+        self._handler.closing.set()
+        self.store.log.wake()
         if self._handler.watches:
             await asyncio.wait(list(self._handler.watches), timeout=5)
+        for task in list(self._handler.watches):
+            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

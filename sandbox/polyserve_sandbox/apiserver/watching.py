@@ -68,8 +68,21 @@ class EventLog:
         lo = bisect.bisect_right(self._items, version, lo=self._start, key=lambda c: c.version)
         return self._items[lo:]
 
-    async def wait(self, seconds: float) -> bool:
-        """Until the next change (True) or for ``seconds`` at most (False)."""
+    def wake(self) -> None:
+        """Wake every waiting watch without a change (to let them see they should end)."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    @property
+    def last(self) -> int:
+        """The version of the newest change held (0 when none)."""
+        return self._items[-1].version if len(self._items) > self._start else self._dropped
+
+    async def wait(self, after: int, seconds: float) -> bool:
+        """Until there is a change after version ``after`` (True), for ``seconds`` at most."""
+        if self.last > after:
+            return True
         if self._changed is None:
             self._changed = asyncio.Event()
         try:
@@ -115,9 +128,10 @@ async def events(
     bookmarks: bool = False,
     timeout_seconds: float | None = None,
     bookmark_interval: float = 30.0,
+    until: asyncio.Event | None = None,
 ) -> AsyncGenerator[tuple[str, Obj], None]:
-    """The (type, object) events of one watch, objects read-only, for ``timeout_seconds``
-    (or until the consumer stops)."""
+    """The (type, object) events of one watch, objects read-only, for ``timeout_seconds``,
+    until ``until`` is set (and the log woken), or until the consumer stops."""
     test = selectors.predicate(label_selector, field_selector)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_seconds if timeout_seconds else None
@@ -154,9 +168,11 @@ async def events(
         if bookmarks and now >= next_bookmark:
             yield "BOOKMARK", bookmark(resource, store.version)
             next_bookmark = now + bookmark_interval
-        if deadline is not None and now >= deadline:
+        if (deadline is not None and now >= deadline) or (until is not None and until.is_set()):
             return
         wait = bookmark_interval if bookmarks else 3600.0
         if deadline is not None:
             wait = min(wait, deadline - now)
-        await store.log.wait(max(0.0, min(wait, next_bookmark - now if bookmarks else wait)))
+        await store.log.wait(
+            cursor, max(0.0, min(wait, next_bookmark - now if bookmarks else wait))
+        )

@@ -315,12 +315,6 @@ class Writer:
             if unknown:
                 raise errors.strict_decoding(resource.kind, resource.version, unknown)
         now = self._now(0)
-
-        def normalize(obj: Obj) -> None:
-            strategies.apply_defaults(resource, obj)
-            if resource.schema is not None:
-                schemas.default(resource.schema, obj)
-
         if old is None:
             if subresource:
                 raise resource.not_found(name)
@@ -339,7 +333,6 @@ class Writer:
                 force=force,
                 subresource=None,
                 now=now,
-                normalize=normalize,
             )
             return self.create(
                 resource,
@@ -360,7 +353,6 @@ class Writer:
             force=force,
             subresource=subresource,
             now=now,
-            normalize=normalize,
         )
         working = self.compose(resource, old, working, subresource)
         return self.update(
