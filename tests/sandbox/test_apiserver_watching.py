@@ -147,22 +147,24 @@ async def test_an_http_watch_streams_json_lines_from_a_version(
 ) -> None:
     store, url = served
     since = store.version
-    async with aiohttp.ClientSession() as session:
-        async with session.get(
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
             f"{url}/api/v1/namespaces/default/pods",
             params={"watch": "1", "resourceVersion": str(since)},
-        ) as response:
-            assert response.status == 200
-            store.create(pod("a"))
-            store.patch(
-                "v1",
-                "Pod",
-                "default",
-                "a",
-                {"metadata": {"labels": {"x": "1"}}},
-                patch_type="merge",
-            )
-            events = await _lines(response, 2)
+        ) as response,
+    ):
+        assert response.status == 200
+        store.create(pod("a"))
+        store.patch(
+            "v1",
+            "Pod",
+            "default",
+            "a",
+            {"metadata": {"labels": {"x": "1"}}},
+            patch_type="merge",
+        )
+        events = await _lines(response, 2)
     assert [e["type"] for e in events] == ["ADDED", "MODIFIED"]
     assert events[1]["object"]["metadata"]["labels"]["x"] == "1"
 
@@ -174,23 +176,26 @@ async def test_an_http_watch_answers_expired_as_an_error_event() -> None:
     server = http.ApiServer(store)
     url = await server.start()
     try:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
                 f"{url}/api/v1/configmaps", params={"watch": "true", "resourceVersion": "1"}
-            ) as response:
-                [event] = await _lines(response, 1)
+            ) as response,
+        ):
+            [event] = await _lines(response, 1)
     finally:
         await server.stop()
     assert event["type"] == "ERROR" and event["object"]["code"] == 410
 
 
-async def test_a_server_stop_ends_open_watches(served: tuple[apistore.Store, str]) -> None:
-    store, url = served
-    server = http.ApiServer(store)
-    other = await server.start()
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{other}/api/v1/pods", params={"watch": "1"}) as response:
-            assert response.status == 200
-            async with asyncio.timeout(5):
-                await server.stop()
-                assert await response.content.read() == b""
+async def test_a_server_stop_ends_open_watches() -> None:
+    server = http.ApiServer(apistore.Store())
+    url = await server.start()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/api/v1/pods", params={"watch": "1"}) as response,
+    ):
+        assert response.status == 200
+        async with asyncio.timeout(5):
+            await server.stop()
+            assert await response.content.read() == b""
