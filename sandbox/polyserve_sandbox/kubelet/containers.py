@@ -323,6 +323,7 @@ class ContainerRunner:
             read_only_root=read_only_root,
             user=user if ctx.as_root else None,
             cgroups=cgroup_dirs,
+            reach=[str(mount.host) for mount in fs.mounts],
         )
         return self._launch
 

@@ -147,14 +147,28 @@ def _why_not(path: str, env: dict[str, str], depth: int = 0) -> str | None:
     return None if inner is None else f"its interpreter {interpreter}: {inner}"
 
 
-def _switch_user(user: dict[str, Any], program: str, env: dict[str, str], report: int) -> None:
+def _unreachable(paths: list[str]) -> str | None:
+    """The first of the container's folders the effective user cannot reach, and why."""
+    for path in paths:
+        mode = os.X_OK if os.path.isdir(path) else os.R_OK
+        reason = _blocked(path, mode)
+        if reason is not None:
+            return f"cannot reach {path}: {reason}"
+    return None
+
+
+def _switch_user(user: dict[str, Any], program: str, spec: dict[str, Any], report: int) -> None:
     uid, gid, groups = int(user["uid"]), int(user["gid"]), [int(g) for g in user["groups"]]
     saved = os.getgroups()
     os.setgroups(groups)
     os.setegid(gid)
     os.seteuid(uid)
     try:
-        reason = _why_not(program, env)
+        reason = _why_not(program, spec["env"])
+        if reason is not None:
+            reason = f"cannot execute {program} ({reason})"
+        else:
+            reason = _unreachable([spec["cwd"], *(spec.get("reach") or [])])
     finally:
         os.seteuid(0)
         os.setegid(0)
@@ -163,10 +177,10 @@ def _switch_user(user: dict[str, Any], program: str, env: dict[str, str], report
         _report(
             report,
             warning=(
-                f"runAsUser {uid} cannot execute {program} ({reason}): the sandbox runs this "
-                f"container as uid {os.getuid()}, its own user, instead. To run it as {uid}, "
-                "install the image's programs where that user can read them (e.g. a virtual "
-                "environment outside /root), or drop runAsUser from the securityContext"
+                f"runAsUser {uid} {reason}: the sandbox runs this container as uid "
+                f"{os.getuid()}, its own user, instead. To run it as {uid}, keep the image's "
+                "programs and the sandbox's folder where that user can read them (e.g. not "
+                "under /root), or drop runAsUser from the securityContext"
             ),
         )
         return
@@ -184,7 +198,7 @@ def _exec(spec: dict[str, Any], report: int) -> None:
     if program is None:
         raise Failure("start", f'{RUNC}exec: "{argv[0]}": executable file not found in $PATH')
     if spec.get("user") and os.geteuid() == 0:
-        _switch_user(spec["user"], program, env, report)
+        _switch_user(spec["user"], program, spec, report)
     _die_with_parent()  # again: a change of credentials clears it
     try:
         os.chdir(cwd)

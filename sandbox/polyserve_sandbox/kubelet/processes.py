@@ -51,6 +51,9 @@ class Launch:
     read_only_root: bool = False
     user: User | None = None
     cgroups: list[str] = field(default_factory=list)
+    reach: list[str] = field(default_factory=list)
+    """Folders and files the user must reach (its volumes); else the launcher runs the
+    container as the sandbox's user and says why."""
 
     def payload(self, report_fd: int) -> bytes:
         user = None
@@ -66,6 +69,7 @@ class Launch:
                 "read_only_root": self.read_only_root,
                 "user": user,
                 "cgroups": self.cgroups,
+                "reach": self.reach,
                 "parent": os.getpid(),
                 "report_fd": report_fd,
             }
