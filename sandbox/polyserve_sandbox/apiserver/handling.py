@@ -385,6 +385,24 @@ class Handler:
                 f"couldn't get version/kind; json parse error: {exc}"
             ) from None
 
+    @staticmethod
+    def _typed(body: Any, resource: Resource) -> None:
+        """A body's apiVersion and kind: taken from the URL when missing (kopf's Events
+        have none), a 400 when they name something else."""
+        if not isinstance(body, dict):
+            return
+        api_version = body.setdefault("apiVersion", resource.api_version)
+        kind = body.setdefault("kind", resource.kind)
+        if api_version != resource.api_version:
+            raise errors.bad_request(
+                f"the API version in the data ({api_version}) does not match the expected API "
+                f"version ({resource.api_version})"
+            )
+        if kind != resource.kind:
+            raise errors.bad_request(
+                f"the kind in the data ({kind}) does not match the expected kind ({resource.kind})"
+            )
+
     def _written(self, obj: Obj, status: int, warnings: list[str]) -> web.Response:
         response = _json(obj, status)
         for warning in dict.fromkeys(warnings):
@@ -396,17 +414,7 @@ class Handler:
         body = await self._body(request)
         dry_run, manager, validation = self._options(request)
         resource = target.resource
-        if isinstance(body, dict) and (body.get("apiVersion"), body.get("kind")) != (
-            resource.api_version,
-            resource.kind,
-        ):
-            raise errors.bad_request(
-                f"the API version in the data ({body.get('apiVersion')}) does not match the "
-                f"expected API version ({resource.api_version})"
-                if body.get("apiVersion") != resource.api_version
-                else f"the kind in the data ({body.get('kind')}) does not match the expected "
-                f"kind ({resource.kind})"
-            )
+        self._typed(body, resource)
         warnings: list[str] = []
         created = self.store.create(
             body,
@@ -439,9 +447,7 @@ class Handler:
                 )
             )
         warnings: list[str] = []
-        if isinstance(body, dict):
-            body.setdefault("apiVersion", resource.api_version)
-            body.setdefault("kind", resource.kind)
+        self._typed(body, resource)
         replaced = self.store.replace(
             body,
             subresource=target.subresource,

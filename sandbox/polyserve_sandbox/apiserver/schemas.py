@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 import jsonschema
@@ -147,8 +148,9 @@ def _cause(error: jsonschema.ValidationError) -> errors.Cause:
     value, rule = error.instance, error.validator_value
     kind = error.validator
     if kind == "required":
-        missing = [r for r in rule if isinstance(value, dict) and r not in value]
-        name = missing[0] if missing else ""
+        # One error per missing property, named in its message ("'x' is a required property").
+        quoted = re.match(r"^'(.*)' is a required property", error.message)
+        name = quoted.group(1) if quoted else ""
         return errors.Cause(
             f"{field}.{name}" if field else name, "Required value", "FieldValueRequired"
         )
