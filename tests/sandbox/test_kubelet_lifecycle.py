@@ -4,7 +4,11 @@ termination, logs."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -294,3 +298,55 @@ async def test_logs_serve_the_current_and_the_previous_run_with_a_tail(tmp_path:
         assert pod_.runtime.logs("main", previous=True) == b"a\nb\nc\n"
         with pytest.raises(logs.LogsUnavailable, match="not valid for pod p"):
             pod_.runtime.logs("other")
+
+
+DRIVER = """
+import asyncio, sys
+from pathlib import Path
+from polyserve_sandbox.kubelet import pods
+from tests.sandbox.kubelet_harness import IMAGES, Resolver, address, container, pod
+
+code = (
+    "import subprocess, sys, time; "
+    "subprocess.Popen(['sh', '-c', 'sleep 600; :', sys.argv[1]]); time.sleep(600)"
+)
+spec = pod([container("main", code, args=[sys.argv[2]])])
+
+async def main():
+    runtime = pods.PodRuntime(
+        spec, pod_ip=address(), root=Path(sys.argv[1]), images=IMAGES, resolver=Resolver(),
+        on_status=lambda status: None, on_event=lambda *event: None,
+    )
+    await runtime.run()
+
+asyncio.run(main())
+"""
+
+
+def _wait_until(predicate: Callable[[], bool], deadline: float, what: str) -> None:
+    end = time.monotonic() + deadline
+    while not predicate():
+        assert time.monotonic() < end, what
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="the PID namespace that takes grandchildren needs root"
+)
+def test_a_killed_sandbox_leaves_no_process_behind(tmp_path: Path) -> None:
+    marker = f"crash-{tmp_path.name}"
+    sandbox = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(tmp_path), marker],
+        cwd=Path(__file__).parents[2],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        # The program and its own child; then the sandbox dies without running any clean-up
+        # code: only the kernel takes them (the parent-death signal and the PID namespace).
+        _wait_until(lambda: len(processes_with(marker)) >= 2, 20, "the pod did not start")
+        sandbox.kill()
+        sandbox.wait()
+        _wait_until(lambda: not processes_with(marker), 5, "processes were left behind")
+    finally:
+        sandbox.kill()
+        sandbox.wait()
