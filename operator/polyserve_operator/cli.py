@@ -91,6 +91,16 @@ def dump(objects: list[dict[str, Any]]) -> str:
     return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False)
 
 
+def _sandbox() -> Any:
+    """The local fleet's commands, when the sandbox extra is installed (imported only by
+    this command line: the operator itself never imports the sandbox)."""
+    try:
+        from polyserve_sandbox import cli as sandbox_cli
+    except ImportError:
+        return None
+    return sandbox_cli
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="polyserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -100,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     render_cmd.add_argument(
         "-f", "--filename", action="append", required=True, help="YAML file, or - for stdin"
     )
+    sandbox = _sandbox()
+    if sandbox is not None:
+        sandbox.add_commands(commands)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "sandbox" and sandbox is not None:
+        code: int = sandbox.run(args)
+        return code
     cfg = settings.Settings()
     try:
         objects = render_documents(_documents(args.filename, sys.stdin), cfg)

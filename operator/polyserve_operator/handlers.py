@@ -117,16 +117,18 @@ class Reconciler:
             kopf.info(body, reason="Rendered", message=f"applied revision {rev}")
         old_ready = {c.get("type"): c.get("status") for c in previous.get("conditions") or []}
         new = {c["type"]: c for c in status["conditions"]}
+        degraded = new["Degraded"]["status"] == "True"
         if old_ready.get("Ready") != new["Ready"]["status"]:
             if new["Ready"]["status"] == "True":
                 kopf.info(body, reason="Ready", message=new["Ready"]["message"])
-            else:
+            elif degraded:
                 kopf.warn(
                     body,
                     reason=new["Ready"]["reason"],
                     message=new["Ready"]["message"] or "not ready",
                 )
-        elif new["Degraded"]["status"] == "True" and old_ready.get("Degraded") != "True":
+            # Not ready and nothing wrong: a rollout in progress, which is no warning.
+        elif degraded and old_ready.get("Degraded") != "True":
             kopf.warn(body, reason=new["Degraded"]["reason"], message=new["Degraded"]["message"])
         # Only what changed: an unchanged status costs no API call and wakes no watcher.
         for key, value in status.items():

@@ -295,8 +295,9 @@ def deployment(w: Workload, cfg: settings.Settings) -> Obj:
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         # Loading a large model (or building a TensorRT engine) takes minutes: the startup
-        # probe allows 10 of them before liveness may restart the pod.
-        "startupProbe": _probe("/v2/health/ready", period=5, failures=120),
+        # probe allows 10 of them before liveness may restart the pod, and asks every 2 s so
+        # a pod is Ready within 2 s of its models.
+        "startupProbe": _probe("/v2/health/ready", period=2, failures=300),
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
         # Endpoints are removed while the pod still serves; only then does SIGTERM start the
