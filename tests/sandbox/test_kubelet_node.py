@@ -234,3 +234,41 @@ async def test_stop_terminates_every_pod(tmp_path: Path) -> None:
     assert processes_with(marker) == []
     assert sorted(addresses.returned) == sorted(addresses.taken)
     assert phase(cluster, "a") == "Succeeded"  # the processes exited 0 on SIGTERM
+
+
+async def test_a_readiness_gate_set_by_another_controller_counts_for_ready(
+    cluster: Cluster,
+) -> None:
+    cluster.store.create(
+        pod_object(
+            "web",
+            container("main", SERVE),
+            readinessGates=[{"conditionType": "example.com/load-balancer"}],
+        )
+    )
+
+    def ready() -> Obj:
+        pod = cluster.pod("web") or {}
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Ready"), {})
+
+    await up(cluster, "web")
+    await cluster.until(lambda: ready().get("reason") == "ReadinessGatesNotReady")
+    assert ready()["message"] == (
+        'corresponding condition of pod readiness gate "example.com/load-balancer" does not exist.'
+    )
+    pod = cluster.pod("web")
+    assert pod is not None
+    gate = {"type": "example.com/load-balancer", "status": "True"}
+    cluster.store.patch(
+        "v1",
+        "Pod",
+        "default",
+        "web",
+        {"status": {"conditions": [*pod["status"]["conditions"], gate]}},
+        patch_type="merge",
+        subresource="status",
+    )
+    await cluster.until(lambda: ready().get("status") == "True")
+    kept = (cluster.pod("web") or {})["status"]["conditions"]
+    assert any(c["type"] == "example.com/load-balancer" for c in kept)

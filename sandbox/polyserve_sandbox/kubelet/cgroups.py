@@ -52,6 +52,7 @@ class Cgroups:
     def __init__(self, bases: dict[str, Path], version: int) -> None:
         self.bases = bases  # "cpu", "memory" (v1) or "unified" (v2) -> our parent folder
         self.version = version
+        self._stale: set[str] = set()  # pods whose cgroups were still busy when removed
 
     @classmethod
     def detect(cls) -> Cgroups | None:
@@ -123,7 +124,15 @@ class Cgroups:
         return 0
 
     def remove(self, pod: str) -> None:
-        """Kill what is left of the pod's containers and remove its cgroups."""
+        """Kill what is left of the pod's containers and remove its cgroups. One still busy
+        (a process not yet reaped) is tried again at the next removal."""
+        for key in [pod, *self._stale]:
+            self._stale.discard(key)
+            if not self._remove(key):
+                self._stale.add(key)
+
+    def _remove(self, pod: str) -> bool:
+        removed = True
         for base in self.bases.values():
             folder = base / pod
             if not folder.is_dir():
@@ -133,8 +142,11 @@ class Cgroups:
                     _kill_all(child)
                     with contextlib.suppress(OSError):
                         child.rmdir()
-            with contextlib.suppress(OSError):
+            try:
                 folder.rmdir()
+            except OSError:
+                removed = False
+        return removed
 
 
 def _write(path: Path, value: object) -> None:

@@ -195,7 +195,9 @@ class Kubelet:
                 )
             return
         phase = (pod.get("status") or {}).get("phase")
-        if tracked is None and phase not in TERMINAL:
+        if tracked is not None:
+            tracked.runtime.observe(pod)
+        elif phase not in TERMINAL:
             self._run(pod)
 
     def _deleted(self, pod: Obj) -> None:

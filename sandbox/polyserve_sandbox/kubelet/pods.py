@@ -26,7 +26,8 @@ from typing import Any
 from polyserve_sandbox.kubelet import logs, statuses, volumes
 from polyserve_sandbox.kubelet.backoff import Backoff, Clock, SystemClock, timestamp
 from polyserve_sandbox.kubelet.cgroups import Cgroups
-from polyserve_sandbox.kubelet.containers import ContainerRunner, Context
+from polyserve_sandbox.kubelet.containers import ContainerRunner
+from polyserve_sandbox.kubelet.creating import Context
 from polyserve_sandbox.kubelet.images import ImageMap
 from polyserve_sandbox.kubelet.layout import PodLayout
 from polyserve_sandbox.kubelet.sources import Resolver
@@ -185,6 +186,19 @@ class PodRuntime:
         tasks = [asyncio.create_task(r.run(), name=f"container {r.name}") for r in self.regular]
         self._tasks += tasks
         await asyncio.gather(*tasks)
+
+    def observe(self, pod: Obj) -> None:
+        """The pod as the API holds it now: the conditions others own (PodScheduled,
+        readiness gates, DisruptionTarget) are kept in the status and count for Ready."""
+        theirs = [
+            c
+            for c in (pod.get("status") or {}).get("conditions") or []
+            if c.get("type") not in statuses.KUBELET_CONDITIONS
+        ]
+        mine = [c for c in self._conditions if c["type"] in statuses.KUBELET_CONDITIONS]
+        if theirs + mine != self._conditions:
+            self._conditions = theirs + mine
+            self._publish()
 
     def poke(self) -> None:
         """Sources may have changed (a ConfigMap, a Secret, a claim): rewrite configMap and

@@ -104,10 +104,13 @@ class Process:
             os.kill(self.pid, number)
 
     def kill(self) -> None:
-        """SIGKILL to the container's process and to every process of its group."""
+        """SIGKILL to the container's process: as PID 1 of its namespace it takes every
+        process of the container with it, and the launcher reaps it and exits. Without a
+        namespace the container's process group gets the signal."""
         self.signal(signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.group, signal.SIGKILL)
+        if self.pid == self.group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.group, signal.SIGKILL)
 
 
 def _kubernetes_code(code: int) -> int:

@@ -227,6 +227,8 @@ class PodVolumes:
         """The kubelet's atomic writer: files in a fresh ``..<stamp>`` folder, ``..data``
         pointed at it in one rename, and a link per top-level name through ``..data``."""
         files = self._files(spec)
+        if _holds(folder, files):
+            return
         folder.mkdir(parents=True, exist_ok=True)
         stamp = folder / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
         stamp.mkdir()
@@ -252,6 +254,21 @@ class PodVolumes:
         if previous is not None and previous != stamp.resolve():
             shutil.rmtree(previous, ignore_errors=True)
         self._own(folder, directory=True)
+
+
+def _holds(folder: Path, files: dict[str, tuple[bytes, int]]) -> bool:
+    """Whether a written volume already holds exactly these files."""
+    data = folder / "..data"
+    if not data.is_dir():
+        return False
+    held = {str(p.relative_to(data)) for p in data.rglob("*") if p.is_file()}
+    if held != set(files):
+        return False
+    return all(
+        (data / relative).read_bytes() == content
+        and (data / relative).stat().st_mode & 0o7777 == mode
+        for relative, (content, mode) in files.items()
+    )
 
 
 def _host_path(name: str, source: Obj) -> Path:
