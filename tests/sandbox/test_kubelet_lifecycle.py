@@ -350,3 +350,49 @@ def test_a_killed_sandbox_leaves_no_process_behind(tmp_path: Path) -> None:
     finally:
         sandbox.kill()
         sandbox.wait()
+
+
+async def test_a_sidecar_starts_before_the_next_init_container_and_stops_after_the_containers(
+    tmp_path: Path,
+) -> None:
+    mount = [{"name": "shared", "mountPath": "/data"}]
+    side = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        "open(sys.argv[1], 'w').write('up')\n"
+        "time.sleep(600)\n"
+    )
+    startup = {"exec": {"command": ["test", "-f", "/data/side"]}, "periodSeconds": 1}
+    check = "import os, sys; sys.exit(0 if os.path.exists(sys.argv[1]) else 1)"
+    spec = pod(
+        [container("main", "print('main ran')", volumeMounts=mount)],
+        init=[
+            container(
+                "side",
+                side,
+                args=["/data/side"],
+                restartPolicy="Always",
+                startupProbe=startup,
+                volumeMounts=mount,
+            ),
+            container("check", check, args=["/data/side"], volumeMounts=mount),
+        ],
+        volumes=[{"name": "shared", "emptyDir": {}}],
+        restart="Never",
+    )
+    async with running(spec, tmp_path) as pod_:
+        recorder = pod_.recorder
+        status = await recorder.until_status(lambda s: s["phase"] == "Succeeded")
+        assert state(status, "check")["state"]["terminated"]["exitCode"] == 0
+        assert state(status, "main")["state"]["terminated"]["exitCode"] == 0
+        # The kubelet stops the sidecar once the containers are done; it exits on SIGTERM.
+        assert state(status, "side")["state"]["terminated"]["exitCode"] == 0
+        assert ("Normal", "Killing", "Stopping container side") in recorder.events
+        # When the next init container ran, the sidecar ran and had started.
+        checking = next(
+            s
+            for s in recorder.statuses
+            if "running" in state(s, "check")["state"] or "terminated" in state(s, "check")["state"]
+        )
+        assert "running" in state(checking, "side")["state"]
+        assert state(checking, "side")["started"] is True

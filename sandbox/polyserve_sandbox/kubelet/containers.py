@@ -44,7 +44,13 @@ NEVER_STARTED = "1970-01-01T00:00:00Z"
 
 class ContainerRunner:
     def __init__(self, ctx: Context, spec: Obj, *, init: bool) -> None:
-        self.ctx, self.spec, self.init = ctx, spec, init
+        self.ctx, self.spec = ctx, spec
+        # A restartable init container (a sidecar) restarts and is probed like a container;
+        # the pod's next init container starts once it has started.
+        self.sidecar = init and spec.get("restartPolicy") == "Always"
+        self.init = init and not self.sidecar
+        self.has_started = asyncio.Event()
+        self.halted = False
         self.name: str = spec["name"]
         self.image_ref: str = spec.get("image", "")
         reason = "PodInitializing" if ctx.spec.get("initContainers") else "ContainerCreating"
@@ -105,7 +111,7 @@ class ContainerRunner:
 
     async def run(self) -> bool:
         """Run until no restart is due or the pod stops; whether the last run succeeded."""
-        while not self.ctx.stopping.is_set():
+        while not (self.ctx.stopping.is_set() or self.halted):
             if not await self._back_off():
                 break
             image = await self._pull()
@@ -115,7 +121,7 @@ class ContainerRunner:
             if launch is None:
                 continue
             code = await self._run(launch)
-            if code is None or self.ctx.stopping.is_set():
+            if code is None or self.ctx.stopping.is_set() or self.halted:
                 continue
             if not self._restart_due(code):
                 self.done, self.succeeded = True, code == 0
@@ -125,6 +131,8 @@ class ContainerRunner:
 
     def _restart_due(self, code: int) -> bool:
         policy = self.ctx.spec.get("restartPolicy", "Always")
+        if self.sidecar:
+            return True
         if self.init:
             return code != 0 and policy != "Never"
         return policy == "Always" or (policy == "OnFailure" and code != 0)
@@ -264,6 +272,8 @@ class ContainerRunner:
         started_at = timestamp(ctx.clock.wall())
         self.state = {"running": {"startedAt": started_at}}
         self.started = "startupProbe" not in self.spec
+        if self.started:
+            self.has_started.set()
         self._readiness = None
         ctx.event("Normal", "Started", f"Started container {self.name}")
         self._sync_ready()
@@ -356,6 +366,7 @@ class ContainerRunner:
             self._readiness = ok
         elif kind == "startup" and ok:
             self.started = True
+            self.has_started.set()
             self.ctx.changed()
         elif not ok:
             probe = self.spec.get(f"{kind}Probe") or {}
@@ -410,7 +421,8 @@ class ContainerRunner:
             await process.wait()
 
     async def stop(self, grace: float) -> None:
-        """Stop the running process for the pod's termination (preStop, SIGTERM, SIGKILL)."""
+        """Stop the running process for good (preStop, SIGTERM, SIGKILL after ``grace``)."""
+        self.halted = True
         if self.process is None:
             return
         self.ctx.event("Normal", "Killing", f"Stopping container {self.name}")

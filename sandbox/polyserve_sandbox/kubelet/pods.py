@@ -149,6 +149,10 @@ class PodRuntime:
             if await self._initialize():
                 await self._run_containers()
             if not self.ctx.stopping.is_set():
+                # Every container is done and none restarts: the pod is finished, and its
+                # sidecars are stopped (in reverse order, as the kubelet stops them).
+                self.ctx.stopping.set()
+                await self._stop_sidecars(self._grace())
                 self._terminal = True
                 self._publish()
             await self._terminated.wait()
@@ -157,6 +161,14 @@ class PodRuntime:
             for task in self._tasks:
                 task.cancel()
             raise
+
+    def _grace(self) -> float:
+        return float(self.pod.get("spec", {}).get("terminationGracePeriodSeconds", 30))
+
+    async def _stop_sidecars(self, grace: float) -> None:
+        for runner in reversed(self.init):
+            if runner.sidecar:
+                await runner.stop(grace)
 
     async def _mount(self) -> None:
         while not self.ctx.stopping.is_set():
@@ -178,7 +190,13 @@ class PodRuntime:
                 return False
             task = asyncio.create_task(runner.run(), name=f"init {runner.name}")
             self._tasks.append(task)
-            if not await task:
+            if runner.sidecar:  # the next one starts once this one has started
+                started = asyncio.ensure_future(runner.has_started.wait())
+                stopping = asyncio.ensure_future(self.ctx.stopping.wait())
+                await asyncio.wait([started, stopping], return_when="FIRST_COMPLETED")
+                started.cancel()
+                stopping.cancel()
+            elif not await task:
                 return False
         return not self.ctx.stopping.is_set()
 
@@ -218,7 +236,10 @@ class PodRuntime:
     async def _terminate(self, grace: float) -> None:
         self.ctx.stopping.set()
         try:
-            await asyncio.gather(*(r.stop(grace) for r in [*self.init, *self.regular]))
+            began = self.ctx.clock.monotonic()
+            workers = [r for r in [*self.init, *self.regular] if not r.sidecar]
+            await asyncio.gather(*(r.stop(grace) for r in workers))
+            await self._stop_sidecars(max(0.0, grace - (self.ctx.clock.monotonic() - began)))
             for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -7,7 +7,8 @@ terminal (or Running while they restart). Conditions follow ``status/generate.go
 PodReadyToStartContainers, Initialized, Ready, ContainersReady and PodScheduled, with the
 kubelet's reasons and messages (``containers with unready status: [worker]``); a
 condition's ``lastTransitionTime`` moves only when its status does. Restartable init
-containers (sidecars) are not played by the sandbox.
+containers (sidecars) count as the kubelet counts them: started before the next init
+container, ready like a container, not holding the phase once they stop.
 """
 
 from __future__ import annotations
@@ -22,11 +23,32 @@ def _go_list(names: list[str]) -> str:
     return "[" + " ".join(names) + "]"
 
 
+def sidecars(spec: Obj) -> set[str]:
+    """The restartable init containers (``restartPolicy: Always``) of a pod."""
+    return {
+        c["name"] for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"
+    }
+
+
+def _started(regular: list[Obj]) -> bool:
+    return any("running" in s["state"] or "terminated" in s["state"] for s in regular)
+
+
 def phase(spec: Obj, init: list[Obj], regular: list[Obj], *, terminal: bool) -> str:
     policy = spec.get("restartPolicy", "Always")
+    restartable = sidecars(spec)
     pending_init = failed_init = 0
+    running = waiting = stopped = succeeded = 0
     for status in init:
         state, last = status["state"], status.get("lastState") or {}
+        if status["name"] in restartable:
+            if "running" in state:
+                pending_init += not status.get("started")
+                running += 1
+            elif "waiting" in state and "terminated" not in last:
+                pending_init += 1
+                waiting += 1
+            continue
         if "running" in state:
             pending_init += 1
         elif "terminated" in state:
@@ -35,7 +57,6 @@ def phase(spec: Obj, init: list[Obj], regular: list[Obj], *, terminal: bool) -> 
             failed_init += last["terminated"]["exitCode"] != 0
         else:
             pending_init += 1
-    running = waiting = stopped = succeeded = 0
     for status in regular:
         state, last = status["state"], status.get("lastState") or {}
         if "running" in state:
@@ -49,7 +70,7 @@ def phase(spec: Obj, init: list[Obj], regular: list[Obj], *, terminal: bool) -> 
             waiting += 1
     if failed_init and policy == "Never":
         return "Failed"
-    if pending_init or waiting:
+    if (pending_init and not _started(regular)) or waiting:
         return "Pending"
     if running:
         return "Running"
@@ -67,9 +88,14 @@ def phase(spec: Obj, init: list[Obj], regular: list[Obj], *, terminal: bool) -> 
 def _initialized(spec: Obj, init: list[Obj], regular: list[Obj], pod_phase: str) -> Obj:
     if pod_phase == "Succeeded":
         return {"type": "Initialized", "status": "True", "reason": "PodCompleted"}
-    if any("running" in s["state"] or "terminated" in s["state"] for s in regular):
+    if _started(regular):
         return {"type": "Initialized", "status": "True"}
-    incomplete = [s["name"] for s in init if not s["ready"]]
+    restartable = sidecars(spec)
+    incomplete = [
+        s["name"]
+        for s in init
+        if not (s.get("started") if s["name"] in restartable else s["ready"])
+    ]
     if incomplete:
         return {
             "type": "Initialized",
@@ -80,11 +106,13 @@ def _initialized(spec: Obj, init: list[Obj], regular: list[Obj], pod_phase: str)
     return {"type": "Initialized", "status": "True"}
 
 
-def _containers_ready(regular: list[Obj], pod_phase: str) -> Obj:
+def _containers_ready(spec: Obj, init: list[Obj], regular: list[Obj], pod_phase: str) -> Obj:
     if pod_phase in ("Succeeded", "Failed"):
         reason = "PodCompleted" if pod_phase == "Succeeded" else "PodFailed"
         return {"type": "ContainersReady", "status": "False", "reason": reason}
-    unready = [s["name"] for s in regular if not s["ready"]]
+    restartable = sidecars(spec)
+    side = [s for s in init if s["name"] in restartable]
+    unready = [s["name"] for s in [*side, *regular] if not s["ready"]]
     if unready:
         return {
             "type": "ContainersReady",
@@ -135,7 +163,7 @@ def conditions(
     ready_to_start: Obj = {"type": "PodReadyToStartContainers", "status": "True"}
     if not sandbox_ready:
         ready_to_start = {"type": "PodReadyToStartContainers", "status": "False"}
-    containers_ready = _containers_ready(regular, pod_phase)
+    containers_ready = _containers_ready(spec, init, regular, pod_phase)
     kept = [c for c in others if c["type"] not in (*KUBELET_CONDITIONS, "PodScheduled")]
     scheduled = by_type.get("PodScheduled") or {"type": "PodScheduled", "status": "True"}
     return [
