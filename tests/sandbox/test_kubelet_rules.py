@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from polyserve_sandbox.kubelet import environment, mounts, statuses
+from polyserve_sandbox.kubelet import environment, mounts, processes, statuses
 from polyserve_sandbox.kubelet.backoff import Backoff, Tracker
 from polyserve_sandbox.kubelet.images import Image, ImageMap, ImageNotFound
 from polyserve_sandbox.kubelet.volumes import Volume
@@ -138,7 +138,7 @@ def test_a_mount_point_inside_a_read_only_mount_is_refused_as_runc_refuses_it(
     binds = allowed.prepare(as_root=True)
     assert (tmp_path / "models" / "m" / "config.pbtxt").is_file()
     assert (
-        mounts.Bind(
+        processes.Bind(
             str(tmp_path / "config" / "m.pbtxt"), str(tmp_path / "models/m/config.pbtxt"), True
         )
         in binds

@@ -21,7 +21,7 @@ TMPDIR points at whatever plays /tmp; HOME at the container's own ``home/`` fold
 What the runtime enforces, this module enforces: a mount point that must be created inside
 a read-only mount (a subPath file at /models/m/config.pbtxt when /models is mounted
 ``readOnly``) is ``CreateContainerError`` in runc's words (kubernetes#121294). Mount points
-inside writable volumes are created in the volume, as runc creates them. The ``Bind`` list
+inside writable volumes are created in the volume, as runc creates them. The list of binds
 is what the launcher does in the container's own mount namespace when running as root.
 """
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polyserve_sandbox.kubelet import environment
+from polyserve_sandbox.kubelet import environment, processes
 from polyserve_sandbox.kubelet.volumes import Volume
 
 Obj = dict[str, Any]
@@ -56,15 +56,6 @@ class Mount:
     """Its volume is written by the kubelet: mount points inside it are made, not refused."""
     implicit: bool = False
     """Provided by the runtime (termination-message file, the writable layer's /tmp)."""
-
-
-@dataclass(frozen=True)
-class Bind:
-    """A bind mount in the container's mount namespace: ``source`` over ``target``."""
-
-    source: str
-    target: str
-    read_only: bool
 
 
 def _inside(path: str, parent: str) -> bool:
@@ -187,7 +178,7 @@ class ContainerFs:
 
     # -- preparation -------------------------------------------------------------------
 
-    def prepare(self, *, as_root: bool) -> list[Bind]:
+    def prepare(self, *, as_root: bool) -> list[processes.Bind]:
         """Make the container's folders and mount points; return the binds for its mount
         namespace. Raises ``CreateError`` where runc would."""
         for folder in (self.view, self.home, self.scratch / "tmp"):
@@ -196,11 +187,11 @@ class ContainerFs:
         os.chmod(self.termination_file, 0o666)
         os.chmod(self.home, 0o777)
         os.chmod(self.scratch / "tmp", 0o1777)
-        binds: list[Bind] = []
+        binds: list[processes.Bind] = []
         for mount in self.mounts:
             if mount.implicit:
                 if mount.is_file:  # the termination-message file stays writable
-                    binds.append(Bind(str(mount.host), str(mount.host), False))
+                    binds.append(processes.Bind(str(mount.host), str(mount.host), False))
                 continue
             parent = self._parents.get(mount.path)
             if parent is None:
@@ -209,7 +200,7 @@ class ContainerFs:
             else:
                 target = self._mount_point(mount, parent, as_root=as_root)
             if mount.read_only or self.read_only_root or parent is not None:
-                binds.append(Bind(str(mount.host), target, mount.read_only))
+                binds.append(processes.Bind(str(mount.host), target, mount.read_only))
         return binds
 
     def _link_in_view(self, mount: Mount) -> None:

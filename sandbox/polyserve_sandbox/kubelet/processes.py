@@ -18,8 +18,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from polyserve_sandbox.kubelet.mounts import Bind
-
 LAUNCHER = str(Path(__file__).with_name("launcher.py"))
 
 
@@ -29,6 +27,15 @@ class LaunchError(Exception):
     def __init__(self, stage: str, message: str) -> None:
         super().__init__(message)
         self.stage = stage
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A bind mount in the container's mount namespace: ``source`` over ``target``."""
+
+    source: str
+    target: str
+    read_only: bool
 
 
 @dataclass(frozen=True)
