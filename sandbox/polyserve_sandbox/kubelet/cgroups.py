@@ -20,7 +20,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from polyserve_sandbox.kubelet import sources
+from polyserve_sandbox import quantities
 
 logger = logging.getLogger(__name__)
 ROOT = Path("/sys/fs/cgroup")
@@ -86,9 +86,9 @@ class Cgroups:
                     (folder.parent / "cgroup.subtree_control").write_text("+cpu +memory")
             folder.mkdir(parents=True, exist_ok=True)
             _kill_all(folder)
-        cpu_limit = sources.quantity(limits["cpu"]) if "cpu" in limits else None
-        cpu_request = sources.quantity(requests.get("cpu", limits.get("cpu", "0")))
-        memory = int(sources.quantity(limits["memory"])) if "memory" in limits else None
+        cpu_limit = quantities.parse(limits["cpu"]) if "cpu" in limits else None
+        cpu_request = quantities.parse(requests.get("cpu", limits.get("cpu", "0")))
+        memory = int(quantities.parse(limits["memory"])) if "memory" in limits else None
         quota = max(1000, math.ceil(cpu_limit * PERIOD_US)) if cpu_limit is not None else None
         if self.version == 1:
             cpu, mem = self.bases["cpu"] / pod / container, self.bases["memory"] / pod / container

@@ -13,12 +13,14 @@ A reference that cannot be resolved (a ConfigMap, Secret or key that is not ther
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+from polyserve_sandbox import quantities
 from polyserve_sandbox.kubelet import sources
 
 Obj = dict[str, Any]
@@ -113,11 +115,11 @@ def resource_value(pod: Obj, container: Obj, ref: Obj) -> str:
     )
     kind, _, resource = str(ref["resource"]).partition(".")
     value = ((target.get("resources") or {}).get(kind) or {}).get(resource)
-    amount = sources.quantity(value) if value is not None else None
+    amount = quantities.parse(value) if value is not None else None
     if amount is None:
         amount = _node_capacity(resource) if kind == "limits" else Decimal(0)
-    divisor = sources.quantity(ref.get("divisor", "1"))
-    return str(sources.ceil(amount / divisor))
+    divisor = quantities.parse(ref.get("divisor", "1"))
+    return str(math.ceil(amount / divisor))
 
 
 def _key_ref(
