@@ -14,6 +14,7 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 state = sys.argv[1]
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        print('GET', self.path, flush=True)
         found = os.path.exists(os.path.join(state, self.path.strip('/')))
         self.send_response(200 if found else 503)
         self.end_headers()
@@ -128,3 +129,16 @@ async def test_a_failed_startup_probe_restarts_the_container(tmp_path: Path) -> 
         assert ("Normal", "Killing", "Container web failed startup probe, will be restarted") in (
             recorder.events
         )
+
+
+async def test_an_http_pre_stop_hook_reaches_the_container_before_sigterm(tmp_path: Path) -> None:
+    readiness = probe({"tcpSocket": {"port": "http"}})
+    pre_stop = {"httpGet": {"path": "/prestop", "port": "http"}}
+    spec = pod(
+        [web(readinessProbe=readiness, lifecycle={"preStop": pre_stop})], volumes=[STATE_VOLUME]
+    )
+    async with running(spec, tmp_path) as pod_:
+        await pod_.recorder.until_status(lambda s: condition(s, "Ready") == "True")
+        await pod_.runtime.terminate(5)
+        assert pod_.runtime.logs("web").splitlines()[-1] == b"GET /prestop"
+        assert state(pod_.recorder.status, "web")["state"]["terminated"]["exitCode"] == 0

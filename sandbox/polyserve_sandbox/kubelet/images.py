@@ -23,10 +23,10 @@ from pathlib import Path
 
 POD_IP = "$(POD_IP)"
 HINT = (
-    "the sandbox has no image matching {reference!r}: add a pattern for it to the sandbox's "
-    "image map (polyserve_sandbox.kubelet.images.ImageMap: a glob such as "
-    "'registry.example/app:*' -> the local command that plays the image: path, "
-    "entrypoint, cmd, env)"
+    "the sandbox has no image matching {reference!r}: add it to the sandbox's image map, "
+    "under images: in the sandbox's sandbox.yaml, with the local command that plays it, "
+    "e.g. images: [{{pattern: 'registry.example/app:*', path: [/opt/app/bin], "
+    "entrypoint: [app]}}]"
 )
 
 
