@@ -232,3 +232,28 @@ def test_the_project_crds_register_and_the_examples_validate_strictly() -> None:
     assert created["spec"]["hardware"]["precision"] == "fp32"  # the schema's default
     resource = store.registry.lookup("polyserve.io/v1alpha1", "InferenceModel")
     assert resource.short_names == ("im",) and resource.printer_columns
+
+
+def test_only_what_a_write_changes_is_validated_again(store: apistore.Store) -> None:
+    """Ratcheting, as the real server does: an invalid value already stored (here put there
+    under an older schema) does not block writes that leave it as it is."""
+    store.create(widget(color="blue"))
+    crd = store.get(
+        "apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "widgets.example.com"
+    )
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec_schema["properties"]["color"]["enum"] = ["red"]
+    store.replace(crd)
+    patched = store.patch(
+        "example.com/v1", "Widget", "default", "w", {"spec": {"size": 5}}, patch_type="merge"
+    )
+    assert patched["spec"] == {"size": 5, "color": "blue"}
+    with pytest.raises(apistore.ApiError):
+        store.patch(
+            "example.com/v1",
+            "Widget",
+            "default",
+            "w",
+            {"spec": {"color": "green"}},
+            patch_type="merge",
+        )

@@ -28,8 +28,8 @@ from polyserve_sandbox.apiserver.resources import Resource
 Obj = dict[str, Any]
 
 _ROOT_KEPT = ("apiVersion", "kind", "metadata")
-# Compiled validators by schema identity (the schema is kept with it, so an id is never reused).
-_validators: dict[int, tuple[Obj, jsonschema.Draft4Validator]] = {}
+# Compiled validators by schema node identity (the node is kept with it: an id never reused).
+_validators: dict[tuple[int, bool], tuple[Obj, jsonschema.Draft4Validator]] = {}
 
 
 def _json_schema(node: Any) -> Any:
@@ -54,18 +54,62 @@ def _json_schema(node: Any) -> Any:
     return out
 
 
-def _validator(resource: Resource) -> jsonschema.Draft4Validator:
-    schema = resource.schema or {}
-    found = _validators.get(id(schema))
-    if found is None or found[0] is not schema:
-        body = _json_schema(schema)
-        body.get("properties", {}).pop("metadata", None)
-        found = _validators[id(schema)] = (schema, jsonschema.Draft4Validator(body))
+def _validator(node: Obj, *, shallow: bool) -> jsonschema.Draft4Validator:
+    """A compiled validator of one schema node (``shallow``: without its children's
+    schemas, which are checked where they changed)."""
+    key = (id(node), shallow)
+    found = _validators.get(key)
+    if found is None or found[0] is not node:
+        if len(_validators) > 4096:  # schemas replaced by CRD updates: start afresh
+            _validators.clear()
+        body = {k: v for k, v in node.items() if not (shallow and k in _CHILDREN)}
+        found = _validators[key] = (node, jsonschema.Draft4Validator(_json_schema(body)))
     return found[1]
 
 
-def admit(resource: Resource, obj: Obj, *, strict: bool, warnings: list[str] | None = None) -> None:
-    """Default, prune (or refuse, when strict) and validate ``obj`` (changed in place)."""
+_CHILDREN = ("properties", "additionalProperties", "items")
+_MISSING: Any = object()
+
+
+def _check(
+    node: Obj, new: Any, old: Any, path: tuple[Any, ...], causes: list[errors.Cause]
+) -> None:
+    """Validate ``new`` against ``node`` where it differs from ``old`` (the real server's
+    ratcheting: a value a write leaves as it was is not validated again)."""
+    if old is not _MISSING and new == old:
+        return
+    properties = node.get("properties")
+    extra = node.get("additionalProperties")
+    items = node.get("items")
+    if isinstance(new, dict) and (properties is not None or isinstance(extra, dict)):
+        causes.extend(_cause(e, path) for e in _validator(node, shallow=True).iter_errors(new))
+        before = old if isinstance(old, dict) else {}
+        for key, value in new.items():
+            if not path and key in _ROOT_KEPT:
+                continue
+            sub = properties.get(key) if properties and key in properties else extra
+            if isinstance(sub, dict):
+                _check(sub, value, before.get(key, _MISSING), (*path, key), causes)
+    elif isinstance(new, list) and isinstance(items, dict):
+        causes.extend(_cause(e, path) for e in _validator(node, shallow=True).iter_errors(new))
+        before_items = old if isinstance(old, list) else []
+        for index, value in enumerate(new):
+            previous = before_items[index] if index < len(before_items) else _MISSING
+            _check(items, value, previous, (*path, index), causes)
+    else:
+        causes.extend(_cause(e, path) for e in _validator(node, shallow=False).iter_errors(new))
+
+
+def admit(
+    resource: Resource,
+    obj: Obj,
+    *,
+    strict: bool,
+    warnings: list[str] | None = None,
+    old: Obj | None = None,
+) -> None:
+    """Default, prune (or refuse, when strict) and validate ``obj`` (changed in place);
+    with ``old``, only what changed is validated."""
     schema = resource.schema
     if not schema:
         return
@@ -77,7 +121,8 @@ def admit(resource: Resource, obj: Obj, *, strict: bool, warnings: list[str] | N
         warnings.extend(f'unknown field "{u}"' for u in unknown)
     default(schema, obj)
     name = (obj.get("metadata") or {}).get("name", "")
-    causes = [_cause(e) for e in _validator(resource).iter_errors(obj)]
+    causes: list[errors.Cause] = []
+    _check(schema, obj, _MISSING if old is None else old, (), causes)
     if causes:
         raise errors.invalid(resource.kind, resource.group, name, causes)
 
@@ -143,8 +188,8 @@ def _shown(value: Any) -> str:
     return json.dumps(value) if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def _cause(error: jsonschema.ValidationError) -> errors.Cause:
-    field = _field(error.absolute_path)
+def _cause(error: jsonschema.ValidationError, prefix: tuple[Any, ...] = ()) -> errors.Cause:
+    field = _field((*prefix, *error.absolute_path))
     value, rule = error.instance, error.validator_value
     kind = error.validator
     if kind == "required":

@@ -159,7 +159,7 @@ class Writer:
                 if crds.CLEANUP_FINALIZER not in finalizers:
                     finalizers.append(crds.CLEANUP_FINALIZER)
         if resource.schema is not None:
-            schemas.admit(resource, new, strict=strict, warnings=warnings)
+            schemas.admit(resource, new, strict=strict, warnings=warnings, old=old)
 
     def patched(self, resource: Resource, old: Obj, body: Any, patch_type: str) -> Obj:
         working = objects.clone(old)
