@@ -1,203 +1,130 @@
-"""End-to-end fixtures: the real operator (kopf.testing.KopfRunner) against an API server.
+"""End-to-end fixtures: the real operator against a fleet whose pods really run.
 
-Here the API server is kmock's Kubernetes emulator over real HTTP, served from its own
-thread (KopfRunner runs kopf in another). ``FixedEmulator`` closes the emulator gaps that
-testing-k8s.md lists and that the operator meets: uid/resourceVersion/creationTimestamp/
-generation, generateName (kopf's events), and server-side apply creating missing objects.
-Still not emulated, so no test pretends they happen: label selectors (our client filters
-again), owner-reference garbage collection, schema/CEL validation, admission, controllers.
-
-With ``POLYSERVE_E2E_KUBECONFIG`` pointing at a real cluster (kind/k3d) that has ``crds/``
-applied, the ``cluster`` variant of every test runs there too; without it, it skips.
+By default the fleet is the local sandbox (``polyserve sandbox up``): an emulated API server,
+nodes that reflect this machine, and pods that run as real worker processes, reached through
+their Services' local addresses. The operator runs in this process
+(``kopf.testing.KopfRunner``), so a test can restart it and post admission reviews to its
+webhook. With ``POLYSERVE_E2E_KUBECONFIG`` pointing at a real cluster (kind/k3d) that has
+``crds/`` applied and the worker image loaded, the ``cluster`` variant of every test runs
+there too; without it, it skips. Tests that need to reach a Service from this machine skip on
+a real cluster unless ``POLYSERVE_E2E_SERVICE_HOST`` says how (e.g. a port-forward).
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime
-import itertools
+import contextlib
+import io
+import json
 import os
+import shutil
 import socket
-import threading
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import attrs
-import kmock
 import pytest
 import yaml
 from kopf.testing import KopfRunner
 
-from polyserve_operator import api, crds, handlers, k8s, settings
+from e2e import artifacts
+from polyserve_operator import api, handlers, k8s, settings
+from polyserve_sandbox import cli as sandbox_cli
 
 T = TypeVar("T")
 
 REAL_CLUSTER_ENV = "POLYSERVE_E2E_KUBECONFIG"
 FIELD_MANAGER = "polyserve-e2e"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # kmock 0.8's load_bundled() uses importlib.resources.read_binary, deprecated in 3.11;
-    # nothing of ours can avoid it, and warnings are errors everywhere else.
-    config.addinivalue_line("filterwarnings", "ignore:read_binary is deprecated:DeprecationWarning")
-
-
-@attrs.frozen
-class UnprocessableError(kmock.KubernetesError):
-    """What the API server answers when a JSON patch's ``test`` fails (kopf then re-reads)."""
-
-    status: int = 422
-    reason: str = "Invalid"
-    message: str = "the JSON patch test failed: the object has changed"
-
-
-class FixedEmulator(kmock.KubernetesEmulator):
-    """kmock's emulator with the gaps closed that a real operator trips over."""
-
-    _versions = itertools.count(1)
-
-    def _key(self, request: kmock.Request) -> Any:
-        return (request.resource, request.namespace, request.name)
-
-    async def _handle(self, request: kmock.Request) -> Any:
-        data = request.data
-        if request.resource is not None and isinstance(data, list) and request.name:
-            self._json_patch(request, data)
-        if request.resource is not None and isinstance(data, dict):
-            meta = data.setdefault("metadata", {})
-            meta["resourceVersion"] = str(next(self._versions))
-            if request.action == kmock.action.CREATE:
-                if not meta.get("name") and meta.get("generateName"):
-                    meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
-                self._stamp(meta)
-            elif request.action == kmock.action.UPDATE and request.name is not None:
-                key = self._key(request)
-                exists = key in self.objects and not self.objects[key].deleted
-                is_apply = "apply-patch" in request.headers.get("Content-Type", "")
-                if not exists and is_apply:
-                    # Server-side apply creates what is missing.
-                    meta.setdefault("name", request.name)
-                    meta.setdefault("namespace", request.namespace)
-                    self._stamp(meta)
-                    self.objects[key] = dict(data)
-                elif exists and request.subresource is None and "spec" in data:
-                    current = self.objects[key]
-                    generation = int(current.get("metadata", {}).get("generation") or 1)
-                    if data["spec"] != current.get("spec"):
-                        generation += 1
-                    meta["generation"] = generation
-        return await super()._handle(request)
-
-    def _json_patch(self, request: kmock.Request, ops: list[dict[str, Any]]) -> None:
-        """Every write gets a new resourceVersion; a failed ``test`` is a 422, not a 500."""
-        key = self._key(request)
-        if key not in self.objects or self.objects[key].deleted:
-            return
-        current = self.objects[key].get("metadata", {}).get("resourceVersion")
-        for op in ops:
-            is_version_test = (
-                op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion"
-            )
-            if is_version_test and op.get("value") != current:
-                raise UnprocessableError()
-        ops.append(
-            {"op": "add", "path": "/metadata/resourceVersion", "value": str(next(self._versions))}
-        )
-
-    @staticmethod
-    def _stamp(meta: dict[str, Any]) -> None:
-        meta.setdefault("uid", str(uuid.uuid4()))
-        meta.setdefault("generation", 1)
-        meta.setdefault(
-            "creationTimestamp",
-            datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        )
-
-
-def _register(emulator: kmock.KubernetesEmulator) -> None:
-    emulator.resources.load_bundled()
-    for document in crds.definitions().values():
-        names = document["spec"]["names"]
-        emulator.resources[f"{api.GROUP}/{api.VERSION}/{names['plural']}"] = kmock.ResourceInfo(
-            kind=names["kind"],
-            singular=names["singular"],
-            namespaced=True,
-            shortnames=set(names["shortNames"]),
-            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-            subresources={"status"},
-        )
-
-
-class EmulatorThread:
-    """Serves a FixedEmulator on 127.0.0.1 (port 0) from a thread of its own."""
-
-    def __init__(self) -> None:
-        self.url = ""
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._run, name="kmock-emulator", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        emulator = FixedEmulator()
-        _register(emulator)
-        async with emulator, kmock.Server(emulator) as server:
-            self.url = str(server.url).rstrip("/")
-            self._ready.set()
-            await self._stop.wait()
-
-    def __enter__(self) -> EmulatorThread:
-        self._thread.start()
-        if not self._ready.wait(timeout=10):
-            raise RuntimeError("the emulator did not start in 10 s")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=10)
-
-
-def write_kubeconfig(url: str, folder: Path) -> Path:
-    path = folder / "kubeconfig"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "emu", "cluster": {"server": url}}],
-                "users": [{"name": "emu", "user": {"token": "emulated"}}],
-                "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}],
-                "current-context": "emu",
-            }
-        )
-    )
-    return path
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "manifests" / "examples"
 
 
 @dataclass
 class Cluster:
-    """An API server the operator runs against, and a client for the test's own calls."""
+    """An API server the operator runs against, a client for the test's own calls, and
+    (in the sandbox) where the fleet keeps its files."""
 
     kubeconfig: Path
     client: k8s.Client
-    emulated: bool
+    sandbox: Path | None = None
+    artifacts: dict[str, Path] = field(default_factory=dict)
 
-    def require_emulated(self, why: str) -> None:
-        if not self.emulated:
-            pytest.skip(f"emulator only: {why}")
+    @property
+    def emulated(self) -> bool:
+        return self.sandbox is not None
+
+    def require_sandbox(self, why: str) -> None:
+        if self.sandbox is None:
+            pytest.skip(f"sandbox only: {why}")
+
+    def service_address(self, namespace: str, name: str, port: str) -> str:
+        """``host:port`` of a Service port, reachable from this machine."""
+        if self.sandbox is None:
+            host = os.environ.get("POLYSERVE_E2E_SERVICE_HOST")
+            if not host:
+                pytest.skip("set POLYSERVE_E2E_SERVICE_HOST to reach Services of a real cluster")
+            return host
+        service = self.client.get("v1", "Service", namespace, name) or {}
+        spec = service.get("spec") or {}
+        (wanted,) = [p for p in spec.get("ports") or [] if p.get("name") == port]
+        return f"{spec['clusterIP']}:{wanted['port']}"
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """The real kubectl against this cluster."""
+        binary = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or "kubectl"
+        return subprocess.run(
+            [binary, "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=check,
+        )
 
 
-@pytest.fixture(scope="session", params=["emulator", "cluster"])
+def _build_artifacts(folder: Path) -> dict[str, Path]:
+    """The examples' stand-in models, and the claim folder the sandbox maps ``models`` to."""
+    claim = folder / "claims" / "models"
+    return {
+        "resnet": artifacts.resnet(folder / "store" / "resnet50" / "v7" / "model.onnx"),
+        "tokenizer": artifacts.tokenizer(folder / "store" / "tokenizer" / "v3" / "model.onnx"),
+        "sentiment": artifacts.sentiment(claim / "sentiment" / "v2" / "model.onnx"),
+        "double": artifacts.scale(folder / "store" / "double" / "model.onnx", 2.0),
+        "triple": artifacts.scale(folder / "store" / "triple" / "model.onnx", 3.0),
+        "claims": claim,
+    }
+
+
+@contextlib.contextmanager
+def sandbox(folder: Path, built: dict[str, Path]) -> Iterator[Path]:
+    """A fleet without its own operator (the tests run one), torn down at the end."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sandbox.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "operator": {"enabled": False},
+                "claims": {"models": str(built["claims"])},
+                # The kubelet's 10 s doubling to 5 min, shortened so crash loops show fast.
+                "backoff": {"initialSeconds": 1, "maxSeconds": 5},
+            }
+        )
+    )
+    out = io.StringIO()
+    try:
+        sandbox_cli.up(folder, operator=False, log=out)
+    except sandbox_cli.SandboxError as exc:
+        raise RuntimeError(f"the sandbox did not start: {exc}") from exc
+    try:
+        yield folder
+    finally:
+        sandbox_cli.down(folder, log=out)
+
+
+@pytest.fixture(scope="session", params=["sandbox", "cluster"])
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
@@ -207,13 +134,15 @@ def cluster(
             pytest.skip(f"no real cluster: set {REAL_CLUSTER_ENV} to a kubeconfig (kind/k3d)")
         path = Path(real)
         client = k8s.connect(path, FIELD_MANAGER)
-        yield Cluster(path, client, emulated=False)
+        yield Cluster(path, client)
         client.close()
         return
-    with EmulatorThread() as emulator:
-        path = write_kubeconfig(emulator.url, tmp_path_factory.mktemp("kube"))
-        client = k8s.connect(path, FIELD_MANAGER)
-        yield Cluster(path, client, emulated=True)
+    root = tmp_path_factory.mktemp("fleet")
+    built = _build_artifacts(root / "artifacts")
+    with sandbox(root / "sandbox", built) as folder:
+        kubeconfig = folder / "kubeconfig"
+        client = k8s.connect(kubeconfig, FIELD_MANAGER)
+        yield Cluster(kubeconfig, client, sandbox=folder, artifacts=built)
         client.close()
 
 
@@ -233,11 +162,14 @@ def _listening(port: int) -> bool:
 
 
 def operator_settings(kubeconfig: Path, webhook_port: int) -> settings.Settings:
-    """Fast status refreshes; the webhook over plain HTTP on 127.0.0.1, unmanaged (the
-    emulator runs no admission chain: tests post AdmissionReviews to it themselves)."""
+    """Fast status refreshes and drains; the webhook over plain HTTP on 127.0.0.1, unmanaged
+    (the sandbox runs no admission webhooks: tests post AdmissionReviews themselves)."""
     return settings.Settings(
         kubeconfig=kubeconfig,
         status_interval_seconds=0.5,
+        pre_stop_seconds=1,
+        worker_exit_timeout_seconds=10,
+        termination_grace_seconds=15,
         webhook=settings.Webhook(
             enabled=True,
             addr="127.0.0.1",
@@ -255,37 +187,41 @@ class Operator:
     webhook_url: str
 
 
-@pytest.fixture(scope="session")
-def operator(cluster: Cluster) -> Iterator[Operator]:
-    """The real operator, running for the whole session (one per API server)."""
+@contextlib.contextmanager
+def running_operator(kubeconfig: Path) -> Iterator[Operator]:
+    """The real operator in this process, for as long as the context lasts."""
     port = free_port()
-    cfg = operator_settings(cluster.kubeconfig, port)
-    client = k8s.connect(cluster.kubeconfig, cfg.field_manager)
+    cfg = operator_settings(kubeconfig, port)
+    client = k8s.connect(kubeconfig, cfg.field_manager)
     registry = handlers.build(cfg, client)
-    with KopfRunner(["run", "-A", "--standalone"], registry=registry, timeout=30) as runner:
+    with KopfRunner(["run", "-A", "--standalone"], registry=registry, timeout=60) as runner:
         # The runner is ready before kopf's webhook server listens: wait for the port.
-        wait_for("the webhook server", lambda: _listening(port))
+        wait_for("the webhook server", lambda: _listening(port), timeout=30)
         yield Operator(runner, f"http://127.0.0.1:{port}")
     client.close()
     assert runner.exit_code == 0, runner.output
 
 
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster) -> Iterator[Operator]:
+    """The real operator, running for the whole session (one per API server)."""
+    with running_operator(cluster.kubeconfig) as running:
+        yield running
+
+
 @pytest.fixture()
 def namespace(cluster: Cluster) -> Iterator[str]:
-    """A namespace of the test's own (created on a real cluster; the emulator needs none)."""
+    """A namespace of the test's own; its resources are deleted (and waited for) after."""
     name = "e2e-" + uuid.uuid4().hex[:8]
-    if not cluster.emulated:
-        cluster.client.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    cluster.client.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     yield name
     _delete_resources(cluster, name)
-    if not cluster.emulated:
-        cluster.client.delete("v1", "Namespace", None, name)
+    cluster.client.delete("v1", "Namespace", None, name)
 
 
 def _delete_resources(cluster: Cluster, namespace: str) -> None:
     """Each test leaves no resource behind (kopf's finalizers released), so the operator's
-    timers stay few and none is mid-request when kopf stops: a sync timer still running
-    then is orphaned by kopf and leaks its connection."""
+    timers stay few and none is mid-request when kopf stops."""
     kinds = ("InferenceEnsemble", "InferenceModel")
     for kind in kinds:
         for item in cluster.client.list(api.API_VERSION, kind, namespace, {}):
@@ -293,11 +229,11 @@ def _delete_resources(cluster: Cluster, namespace: str) -> None:
     wait_for(
         f"the resources of {namespace} to go",
         lambda: not any(cluster.client.list(api.API_VERSION, k, namespace, {}) for k in kinds),
-        timeout=30,
+        timeout=60,
     )
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0) -> T:
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
     """Poll ``probe`` until it returns something truthy, or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last: T | None = None
@@ -309,12 +245,81 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0) ->
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last seen: {last!r}")
 
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "examples"
-
-
 def example(name: str, namespace: str) -> list[dict[str, Any]]:
     """The documents of an example, moved into ``namespace``."""
     docs = [d for d in yaml.safe_load_all((EXAMPLES / name).read_text()) if d]
     for doc in docs:
         doc["metadata"]["namespace"] = namespace
     return docs
+
+
+def runnable(cluster: Cluster, doc: dict[str, Any]) -> dict[str, Any]:
+    """An example made to run here: its artifact at a stand-in of the same signature (the
+    object stores it names cannot be reached; ``pvc://`` stays, the sandbox maps the claim;
+    on a real cluster the example's own artifact stays), and requests that fit this machine
+    (the examples ask for production-sized ones)."""
+    if doc.get("kind") != "InferenceModel":
+        if doc.get("kind") == "InferenceEnsemble":
+            doc["spec"]["resources"] = {"requests": {"cpu": "100m", "memory": "256Mi"}}
+        return doc
+    spec = doc["spec"]
+    name = doc["metadata"]["name"]
+    uri = spec["artifact"]["uri"]
+    if cluster.emulated and not uri.startswith("pvc://"):
+        key = {"resnet50": "resnet"}.get(name, name)
+        spec["artifact"] = {"uri": cluster.artifacts[key].as_uri()}
+    spec["resources"] = {"requests": {"cpu": "100m", "memory": "256Mi"}}
+    return doc
+
+
+def ready_condition(cluster: Cluster, kind: str, namespace: str, name: str) -> dict[str, Any]:
+    body = cluster.client.get(api.API_VERSION, kind, namespace, name) or {}
+    conds = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
+    return conds.get("Ready") or {}
+
+
+def wait_ready(
+    cluster: Cluster, kind: str, namespace: str, name: str, timeout: float = 90.0
+) -> dict[str, Any]:
+    """Wait for the operator's own ``Ready=True``."""
+    return wait_for(
+        f"{kind} {name} to be Ready",
+        lambda: (
+            (r := ready_condition(cluster, kind, namespace, name)).get("status") == "True" and r
+        ),
+        timeout=timeout,
+    )
+
+
+def pod_processes(cluster: Cluster, namespace: str, prefix: str) -> list[int]:
+    """Processes of the sandbox's pods in ``namespace`` whose names start with ``prefix``."""
+    assert cluster.sandbox is not None
+    marker = str((cluster.sandbox / "pods").resolve() / f"{namespace}_{prefix}").encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline or marker in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def fleet_log(cluster: Cluster) -> str:
+    """The end of the sandbox's own log, for failure messages."""
+    if cluster.sandbox is None:
+        return ""
+    path = cluster.sandbox / "logs" / "sandbox.log"
+    return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+
+def api_json(cluster: Cluster, path: str) -> Any:
+    """GET a path of the sandbox's API server."""
+    assert cluster.sandbox is not None
+    state = json.loads((cluster.sandbox / "state.json").read_text())
+    with urllib.request.urlopen(state["api"] + path, timeout=10) as response:
+        return json.loads(response.read())

@@ -1,6 +1,6 @@
 """The validating webhook, through kopf's real admission server.
 
-A real API server calls it; the emulator runs no admission chain, so the test posts the
+A real API server calls it; the sandbox runs no admission webhooks, so the test posts the
 AdmissionReview the API server would send.
 """
 
@@ -14,7 +14,14 @@ from typing import Any
 from e2e.conftest import Cluster, Operator, example
 
 
-def _review(url: str, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+def _review(
+    url: str,
+    obj: dict[str, Any],
+    *,
+    dry_run: bool = False,
+    operation: str = "CREATE",
+    old: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     review = {
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -26,11 +33,12 @@ def _review(url: str, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str
                 "version": "v1alpha1",
                 "resource": obj["kind"].lower() + "s",
             },
-            "operation": "CREATE",
+            "operation": operation,
             "userInfo": {"username": "e2e"},
             "namespace": obj["metadata"]["namespace"],
             "name": obj["metadata"]["name"],
-            "object": obj,
+            "object": None if operation == "DELETE" else obj,
+            "oldObject": old if old is not None else (obj if operation == "DELETE" else None),
             "dryRun": dry_run,
         },
     }
@@ -71,7 +79,7 @@ def test_the_webhook_refuses_an_ensemble_with_unknown_members_and_bad_wiring(
     ensemble["spec"]["steps"][1]["inputs"] = {"input_ids": "tokenize.tokens"}
     answer = _review(url, ensemble)
     assert answer["allowed"] is False
-    assert "has no output tokens" in answer["status"]["message"]
+    assert "has no output 'tokens'" in answer["status"]["message"]
 
 
 def test_the_webhook_refuses_a_model_and_an_ensemble_of_the_same_name(
@@ -92,3 +100,17 @@ def test_the_webhook_refuses_a_model_and_an_ensemble_of_the_same_name(
     answer = _review(f"{operator.webhook_url}/validate-inferenceensemble", twin)
     assert answer["allowed"] is False
     assert "an InferenceModel named" in answer["status"]["message"]
+
+
+def test_the_webhook_lets_an_invalid_ensemble_be_deleted_or_its_metadata_change(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    _tokenizer, _sentiment, ensemble = example("ensemble.yaml", namespace)
+    url = f"{operator.webhook_url}/validate-inferenceensemble"
+    assert _review(url, ensemble)["allowed"] is False, "its members do not exist"
+    assert _review(url, ensemble, operation="DELETE")["allowed"] is True
+    released = {**ensemble, "metadata": {**ensemble["metadata"], "finalizers": []}}
+    answer = _review(url, released, operation="UPDATE", old=ensemble)
+    assert answer["allowed"] is True, "a metadata-only update (a finalizer released) passes"
+    changed = {**ensemble, "spec": {**ensemble["spec"], "replicas": 3}}
+    assert _review(url, changed, operation="UPDATE", old=ensemble)["allowed"] is False

@@ -250,13 +250,22 @@ class Reconciler:
         self._converge(body, patch, render.ensemble_workload(ie, present), world, force=force)
 
     def _ensemble_problems(
-        self, ie: api.InferenceEnsemble, world: World
+        self, ie: api.InferenceEnsemble, world: World, *, admitting: bool = False
     ) -> tuple[dict[str, api.InferenceModel | None], list[str]]:
-        """The ensemble's members and what is wrong with it."""
+        """The ensemble's members and what is wrong with it. Admission reads what the index
+        does not hold yet (a member created a moment ago); reconciles wait for the index."""
         namespace, name = ie.metadata.namespace, ie.metadata.name
-        members = observe.members(world.models, namespace, {s.model_ref for s in ie.spec.steps})
+
+        def read(model: str) -> dict[str, Any] | None:
+            try:
+                return self.client.get(api.API_VERSION, "InferenceModel", namespace, model)
+            except k8s.ApiError as exc:
+                raise kopf.AdmissionError(f"cannot read the members: {exc}", code=503) from exc
+
+        refs = {s.model_ref for s in ie.spec.steps}
+        members = observe.members(world.models, namespace, refs, read if admitting else None)
         problems = validating.ensemble(ie, members)
-        if observe.exists(world.models, namespace, name):
+        if observe.exists(world.models, namespace, name) or (admitting and read(name)):
             # Both would render children of the same name; the InferenceModel keeps them.
             problems.append(validating.name_clash("InferenceEnsemble", name, "InferenceModel"))
         return members, problems
@@ -279,7 +288,14 @@ class Reconciler:
         except pydantic.ValidationError as exc:
             raise kopf.AdmissionError(_invalid(exc), code=422) from exc
         problems = validating.model(im)
-        if observe.exists(world.ensembles, im.metadata.namespace, im.metadata.name):
+        namespace, name = im.metadata.namespace, im.metadata.name
+        try:
+            clash = observe.exists(world.ensembles, namespace, name) or bool(
+                self.client.get(api.API_VERSION, "InferenceEnsemble", namespace, name)
+            )
+        except k8s.ApiError as exc:
+            raise kopf.AdmissionError(f"cannot read the ensembles: {exc}", code=503) from exc
+        if clash:
             problems.append(
                 validating.name_clash("InferenceModel", im.metadata.name, "InferenceEnsemble")
             )
@@ -292,7 +308,7 @@ class Reconciler:
             ie = api.InferenceEnsemble.model_validate(dict(body))
         except pydantic.ValidationError as exc:
             raise kopf.AdmissionError(_invalid(exc), code=422) from exc
-        _, problems = self._ensemble_problems(ie, world)
+        _, problems = self._ensemble_problems(ie, world, admitting=True)
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
 

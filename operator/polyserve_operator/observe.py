@@ -10,7 +10,7 @@ turns the index contents into plain data; it does no I/O itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,11 +98,21 @@ def children(indexes: Mapping[str, Index], namespace: str, name: str) -> Childre
     )
 
 
-def members(models: Index, namespace: str, names: set[str]) -> dict[str, api.InferenceModel | None]:
-    """The InferenceModels an ensemble references; None for a missing or invalid one."""
+def members(
+    models: Index,
+    namespace: str,
+    names: set[str],
+    read: Callable[[str], Obj | None] | None = None,
+) -> dict[str, api.InferenceModel | None]:
+    """The InferenceModels an ensemble references; None for a missing or invalid one.
+
+    ``read`` looks up a model the index does not hold yet (the index trails the API by the
+    watch's delay: admission, which answers a user who just created the members, reads)."""
     found: dict[str, api.InferenceModel | None] = {}
     for name in sorted(names):
         bodies = list(models.get((namespace, name), ())) if (namespace, name) in models else []
+        if not bodies and read is not None and (body := read(name)) is not None:
+            bodies = [body]
         try:
             found[name] = api.InferenceModel.model_validate(bodies[0]) if bodies else None
         except pydantic.ValidationError:

@@ -22,6 +22,7 @@ from typing import Any
 
 DEFAULT_DIR = Path(".polyserve-sandbox")
 STATE = "state.json"
+PID = "sandbox.pid"
 UP_TIMEOUT_SECONDS = 120.0
 DOWN_TIMEOUT_SECONDS = 90.0
 
@@ -68,30 +69,25 @@ def _api(folder: Path, path: str, timeout: float = 10.0) -> Any:
 
 def up(folder: Path, *, operator: bool, log: Any = sys.stdout) -> int:
     folder.mkdir(parents=True, exist_ok=True)
-    state = _state(folder)
-    if _alive(state.get("pid")):
-        print(f"the sandbox in {folder} is already up (pid {state['pid']})", file=log)
+    running = _state(folder).get("pid") or _pid(folder)
+    if _alive(running):
+        print(f"the sandbox in {folder} is already up (pid {running})", file=log)
         print(f"kubeconfig: {folder.resolve() / 'kubeconfig'}", file=log)
         return 0
     (folder / STATE).unlink(missing_ok=True)
+    (folder / PID).unlink(missing_ok=True)
     (folder / "logs").mkdir(exist_ok=True)
-    command = [sys.executable, "-m", "polyserve_sandbox", "serve", "--dir", str(folder)]
+    command = [sys.executable, "-m", "polyserve_sandbox", "serve", "--daemon", "--dir", str(folder)]
     if not operator:
         command.append("--no-operator")
     with open(folder / "logs" / "sandbox.log", "ab") as out:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        # `serve --daemon` forks and returns at once; the fleet runs on in its own session.
+        subprocess.run(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=True
         )
     started = time.monotonic()
     last_note = started
     while time.monotonic() - started < UP_TIMEOUT_SECONDS:
-        if process.poll() is not None:
-            tail = (folder / "logs" / "sandbox.log").read_text(errors="replace")[-3000:]
-            raise SandboxError(f"the sandbox exited with status {process.returncode}:\n{tail}")
         state = _state(folder)
         if state.get("ready"):
             kubeconfig = folder.resolve() / "kubeconfig"
@@ -99,14 +95,27 @@ def up(folder: Path, *, operator: bool, log: Any = sys.stdout) -> int:
             print(f"kubeconfig: {kubeconfig}", file=log)
             print(f"  export KUBECONFIG={kubeconfig}; kubectl get nodes", file=log)
             return 0
+        daemon = _pid(folder)
+        if daemon is not None and not _alive(daemon):
+            tail = (folder / "logs" / "sandbox.log").read_text(errors="replace")[-3000:]
+            raise SandboxError(f"the sandbox exited while starting:\n{tail}")
         if time.monotonic() - last_note > 10:
             print("  still starting (see logs/sandbox.log) ...", file=log)
             last_note = time.monotonic()
         time.sleep(0.1)
-    process.terminate()
+    daemon = _pid(folder)
+    if daemon is not None and _alive(daemon):
+        os.kill(daemon, signal.SIGTERM)
     raise SandboxError(
         f"the sandbox did not come up in {UP_TIMEOUT_SECONDS:.0f} s; see {folder}/logs/sandbox.log"
     )
+
+
+def _pid(folder: Path) -> int | None:
+    try:
+        return int((folder / PID).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
@@ -144,8 +153,7 @@ def _still_running(processes: dict[int, int]) -> list[int]:
 
 
 def down(folder: Path, log: Any = sys.stdout) -> int:
-    state = _state(folder)
-    pid = state.get("pid")
+    pid = _state(folder).get("pid") or _pid(folder)
     if not _alive(pid):
         print(f"no sandbox is up in {folder}", file=log)
         return 0
@@ -168,6 +176,7 @@ def down(folder: Path, log: Any = sys.stdout) -> int:
         with _quiet():
             os.kill(stray, signal.SIGKILL)
     (folder / STATE).unlink(missing_ok=True)
+    (folder / PID).unlink(missing_ok=True)
     note = f"; killed {len(leftovers)} process(es) it left behind" if leftovers else ""
     print(f"sandbox down in {time.monotonic() - started:.1f} s{note}", file=log)
     return 0

@@ -253,7 +253,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("serve")
         parser.add_argument("--dir", type=Path, default=cli.DEFAULT_DIR)
         parser.add_argument("--no-operator", action="store_true")
+        parser.add_argument("--daemon", action="store_true", help="fork into the background")
         args = parser.parse_args(args_list)
+        if args.daemon and os.fork() > 0:
+            return 0  # `polyserve sandbox up` waits for the state file, not for this process
+        if args.daemon:
+            os.setsid()
+        args.dir.mkdir(parents=True, exist_ok=True)
+        (args.dir / cli.PID).write_text(str(os.getpid()))
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
