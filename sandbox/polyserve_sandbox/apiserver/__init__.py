@@ -25,7 +25,8 @@ validation of built-in kinds, exec/attach/port-forward, and following logs.
 
 Modules: ``store`` (the verbs), ``writing`` (the write path), ``collecting`` (deletion and
 garbage collection), ``applying`` (server-side apply), ``patching``, ``schemas`` (CRD
-schemas), ``crds``, ``strategies`` (per-kind rules), ``watching``, ``selectors``,
-``indexes``, ``resources`` and ``kinds`` (what is served), ``discovery``, ``openapi``,
-``tables``/``printing``/``jsonpath`` (kubectl's columns), ``handling`` and ``http``.
+schemas), ``crds``, ``strategies`` (per-kind rules), ``listening`` (in-process observers),
+``watching``, ``selectors``, ``indexes``, ``resources`` and ``kinds`` (what is served),
+``discovery``, ``openapi``, ``tables``/``printing``/``jsonpath`` (kubectl's columns),
+``queries`` (reading a request), ``handling`` (answering it) and ``http`` (the server).
 """

@@ -21,14 +21,21 @@ import asyncio
 import datetime
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from aiohttp import web
 
-from polyserve_sandbox.apiserver import discovery, errors, openapi, selectors, tables, watching
+from polyserve_sandbox.apiserver import (
+    discovery,
+    errors,
+    openapi,
+    queries,
+    selectors,
+    tables,
+    watching,
+)
 from polyserve_sandbox.apiserver.errors import ApiError
+from polyserve_sandbox.apiserver.queries import Target
 from polyserve_sandbox.apiserver.resources import Resource
 from polyserve_sandbox.apiserver.store import Store
 
@@ -37,13 +44,8 @@ logger = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 TABLE_TYPE = "application/json;as=Table;v=v1;g=meta.k8s.io"
-PATCH_TYPES = {
-    "application/json-patch+json": "json",
-    "application/merge-patch+json": "merge",
-    "application/strategic-merge-patch+json": "strategic",
-    "application/apply-patch+yaml": "apply",
-}
 _HEALTH = ("/healthz", "/livez", "/readyz")
+_SUCCESS = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
 
 
 def _json(obj: Any, status: int = 200, content_type: str = "application/json") -> web.Response:
@@ -55,19 +57,11 @@ def _error(exc: ApiError) -> web.Response:
     return _json(exc.status_object(), exc.status)
 
 
-def _flag(value: str | None) -> bool:
-    return (value or "").lower() in ("1", "true", "yes")
-
-
-@dataclass
-class Target:
-    """What a resource path names."""
-
-    resource: Resource
-    namespace: str | None
-    name: str | None
-    subresource: str | None
-    watch: bool
+def _versioned(obj: Obj, resource: Resource) -> Obj:
+    """The stored object as the requested version names it (one storage for all versions)."""
+    if obj.get("apiVersion") == resource.api_version:
+        return obj
+    return {**obj, "apiVersion": resource.api_version}
 
 
 class Handler:
@@ -121,40 +115,15 @@ class Handler:
             if listed is None:
                 raise errors.unknown_resource()
             return _json(listed)
-        target = self._target(group, version, rest)
+        target = queries.target(self.store.registry, group, version, rest)
         return await self._dispatch(request, target)
-
-    def _target(self, group: str, version: str, rest: list[str]) -> Target:
-        registry = self.store.registry
-        watch = rest[0] == "watch"
-        if watch:
-            rest = rest[1:]
-        namespace = None
-        if (
-            len(rest) >= 3
-            and rest[0] == "namespaces"
-            and (group or rest[2] not in ("status", "finalize"))
-        ):
-            namespace, rest = rest[1], rest[2:]
-        if not rest or len(rest) > 3:
-            raise errors.unknown_resource()
-        resource = registry.by_path(group, version, rest[0])
-        if resource is None or (namespace is not None and not resource.namespaced):
-            raise errors.unknown_resource()
-        name = rest[1] if len(rest) > 1 else None
-        sub = rest[2] if len(rest) > 2 else None
-        if sub is not None and sub not in resource.subresources:
-            raise errors.unknown_resource()
-        if name is not None and resource.namespaced and namespace is None:
-            raise errors.unknown_resource()
-        return Target(resource, namespace, name, sub, watch)
 
     async def _dispatch(self, request: web.Request, target: Target) -> web.StreamResponse:
         method = request.method
         query = request.query
         if method == "GET":
             if target.name is None:
-                if target.watch or _flag(query.get("watch")):
+                if target.watch or queries.flag(query.get("watch")):
                     return await self._watch(request, target)
                 return self._list(request, target)
             return self._get(request, target)
@@ -204,10 +173,6 @@ class Handler:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def _wants_table(self, request: web.Request) -> bool:
-        accept = request.headers.get("Accept", "")
-        return "as=Table" in accept and "g=meta.k8s.io" in accept
-
     def _table(
         self, request: web.Request, target: Target, items: list[Obj], version: str
     ) -> web.Response:
@@ -231,10 +196,8 @@ class Handler:
             )
         if target.subresource == "log":
             return self._log(request, target)
-        obj = self.store.view(resource, target.namespace, target.name)
-        if obj.get("apiVersion") != resource.api_version:
-            obj = {**obj, "apiVersion": resource.api_version}
-        if self._wants_table(request):
+        obj = _versioned(self.store.view(resource, target.namespace, target.name), resource)
+        if queries.wants_table(request):
             return self._table(request, target, [obj], obj["metadata"]["resourceVersion"])
         return _json(obj)
 
@@ -246,13 +209,8 @@ class Handler:
             label_selector=request.query.get("labelSelector") or None,
             field_selector=request.query.get("fieldSelector") or None,
         )
-        items = [
-            i
-            if i.get("apiVersion") == resource.api_version
-            else {**i, "apiVersion": resource.api_version}
-            for i in items
-        ]
-        if self._wants_table(request):
+        items = [_versioned(item, resource) for item in items]
+        if queries.wants_table(request):
             return self._table(request, target, items, str(version))
         return _json(
             {
@@ -266,10 +224,7 @@ class Handler:
     async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
         query = request.query
         resource = target.resource
-        try:
-            timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
-        except ValueError:
-            raise errors.bad_request(f"invalid timeoutSeconds: {query['timeoutSeconds']}") from None
+        timeout = queries.integer(request, "timeoutSeconds")
         stream = watching.events(
             self.store,
             resource,
@@ -277,13 +232,13 @@ class Handler:
             label_selector=query.get("labelSelector") or None,
             field_selector=query.get("fieldSelector") or None,
             resource_version=query.get("resourceVersion"),
-            send_initial_events=_flag(query.get("sendInitialEvents")),
-            bookmarks=_flag(query.get("allowWatchBookmarks")),
+            send_initial_events=queries.flag(query.get("sendInitialEvents")),
+            bookmarks=queries.flag(query.get("allowWatchBookmarks")),
             timeout_seconds=timeout,
             bookmark_interval=self.bookmark_interval,
             until=self.closing,
         )
-        as_table = self._wants_table(request)
+        as_table = queries.wants_table(request)
         # Refuse a bad request (selectors, version) with a Status, before the stream starts.
         selectors.predicate(query.get("labelSelector") or None, query.get("fieldSelector") or None)
         version = query.get("resourceVersion")
@@ -300,8 +255,7 @@ class Handler:
         try:
             async for kind, obj in stream:
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    if obj.get("apiVersion") != resource.api_version:
-                        obj = {**obj, "apiVersion": resource.api_version}
+                    obj = _versioned(obj, resource)
                     if as_table:
                         obj = tables.table(
                             resource,
@@ -323,17 +277,12 @@ class Handler:
     def _log(self, request: web.Request, target: Target) -> web.Response:
         assert target.namespace is not None and target.name is not None
         query = request.query
-        tail = query.get("tailLines")
-        try:
-            lines = int(tail) if tail else None
-        except ValueError:
-            raise errors.bad_request(f"invalid tailLines: {tail}") from None
         body = self.store.read_log(
             target.namespace,
             target.name,
             query.get("container") or None,
-            _flag(query.get("previous")),
-            lines,
+            queries.flag(query.get("previous")),
+            queries.integer(request, "tailLines"),
         )
         return web.Response(body=body, headers={"Content-Type": "text/plain"})
 
@@ -346,64 +295,9 @@ class Handler:
             return False
         return True
 
-    def _options(self, request: web.Request) -> tuple[bool, str, str]:
-        """(dry_run, field manager, field validation) of a write."""
-        query = request.query
-        dry_run = query.getall("dryRun", [])
-        if any(value != "All" for value in dry_run):
-            raise errors.bad_request(
-                f'dryRun: Unsupported value: "{dry_run[0]}": supported values: "All"'
-            )
-        manager = query.get("fieldManager") or _agent(request)
-        validation = query.get("fieldValidation") or "Warn"
-        if validation not in ("Strict", "Warn", "Ignore"):
-            raise errors.bad_request(
-                f'fieldValidation: Unsupported value: "{validation}": supported values: '
-                '"Ignore", "Strict", "Warn"'
-            )
-        return bool(dry_run), manager[:128], validation
-
-    async def _body(self, request: web.Request, *, yaml_ok: bool = False) -> Any:
-        content_type = request.headers.get("Content-Type", "application/json").split(";")[0]
-        if "protobuf" in content_type:
-            raise ApiError(
-                415,
-                "UnsupportedMediaType",
-                "the body of the request was in an unknown format - accepted media types "
-                "include: application/json, application/yaml",
-            )
-        raw = await request.read()
-        try:
-            return json.loads(raw)
-        except ValueError as exc:
-            if yaml_ok or "yaml" in content_type:
-                try:
-                    return yaml.safe_load(raw)
-                except yaml.YAMLError as yaml_exc:
-                    raise errors.bad_request(f"error decoding YAML: {yaml_exc}") from None
-            raise errors.bad_request(
-                f"couldn't get version/kind; json parse error: {exc}"
-            ) from None
-
     @staticmethod
-    def _typed(body: Any, resource: Resource) -> None:
-        """A body's apiVersion and kind: taken from the URL when missing (kopf's Events
-        have none), a 400 when they name something else."""
-        if not isinstance(body, dict):
-            return
-        api_version = body.setdefault("apiVersion", resource.api_version)
-        kind = body.setdefault("kind", resource.kind)
-        if api_version != resource.api_version:
-            raise errors.bad_request(
-                f"the API version in the data ({api_version}) does not match the expected API "
-                f"version ({resource.api_version})"
-            )
-        if kind != resource.kind:
-            raise errors.bad_request(
-                f"the kind in the data ({kind}) does not match the expected kind ({resource.kind})"
-            )
-
-    def _written(self, obj: Obj, status: int, warnings: list[str]) -> web.Response:
+    def _written(obj: Obj, status: int, warnings: list[str]) -> web.Response:
+        """The written object, and a ``Warning`` header per warning (kubectl prints them)."""
         response = _json(obj, status)
         for warning in dict.fromkeys(warnings):
             escaped = warning.replace("\\", "\\\\").replace('"', '\\"')
@@ -411,17 +305,16 @@ class Handler:
         return response
 
     async def _create(self, request: web.Request, target: Target) -> web.Response:
-        body = await self._body(request)
-        dry_run, manager, validation = self._options(request)
-        resource = target.resource
-        self._typed(body, resource)
+        body = await queries.body(request)
+        options = queries.write_options(request)
+        queries.typed(body, target.resource)
         warnings: list[str] = []
         created = self.store.create(
             body,
-            dry_run=dry_run,
-            field_manager=manager,
+            dry_run=options.dry_run,
+            field_manager=options.manager,
             namespace=target.namespace,
-            field_validation=validation,
+            field_validation=options.validation,
             warnings=warnings,
             share=True,
         )
@@ -429,33 +322,32 @@ class Handler:
 
     async def _replace(self, request: web.Request, target: Target) -> web.Response:
         assert target.name is not None
-        body = await self._body(request)
-        dry_run, manager, validation = self._options(request)
+        body = await queries.body(request)
+        options = queries.write_options(request)
         resource = target.resource
         if target.subresource == "scale":
             if not isinstance(body, dict):
                 raise errors.bad_request("the body of the request must be a Scale")
-            return _json(
-                self.store.replace_scale(
-                    resource.api_version,
-                    resource.kind,
-                    target.namespace,
-                    target.name,
-                    body,
-                    dry_run=dry_run,
-                    field_manager=manager,
-                )
+            scale = self.store.replace_scale(
+                resource.api_version,
+                resource.kind,
+                target.namespace,
+                target.name,
+                body,
+                dry_run=options.dry_run,
+                field_manager=options.manager,
             )
+            return _json(scale)
+        queries.typed(body, resource)
         warnings: list[str] = []
-        self._typed(body, resource)
         replaced = self.store.replace(
             body,
             subresource=target.subresource,
-            dry_run=dry_run,
-            field_manager=manager,
+            dry_run=options.dry_run,
+            field_manager=options.manager,
             namespace=target.namespace,
             name=target.name,
-            field_validation=validation,
+            field_validation=options.validation,
             warnings=warnings,
             share=True,
         )
@@ -463,17 +355,9 @@ class Handler:
 
     async def _patch(self, request: web.Request, target: Target) -> web.Response:
         assert target.name is not None
-        content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
-        patch_type = PATCH_TYPES.get(content_type)
-        if patch_type is None:
-            raise ApiError(
-                415,
-                "UnsupportedMediaType",
-                f"the body of the request was in an unknown format - accepted media types "
-                f"include: {', '.join(PATCH_TYPES)}",
-            )
-        body = await self._body(request, yaml_ok=patch_type == "apply")
-        dry_run, manager, validation = self._options(request)
+        patch_type = queries.patch_type(request)
+        body = await queries.body(request, yaml_ok=patch_type == "apply")
+        options = queries.write_options(request)
         if patch_type == "apply" and not request.query.get("fieldManager"):
             raise errors.bad_request(
                 "PATCH, application/apply-patch+yaml requests require fieldManager"
@@ -488,57 +372,38 @@ class Handler:
             target.name,
             body,
             patch_type=patch_type,
-            field_manager=manager,
-            force=_flag(request.query.get("force")),
+            field_manager=options.manager,
+            force=queries.flag(request.query.get("force")),
             subresource=target.subresource,
-            dry_run=dry_run,
-            field_validation=validation,
+            dry_run=options.dry_run,
+            field_validation=options.validation,
             warnings=warnings,
             share=True,
         )
-        created = not existed and not dry_run
+        created = not existed and not options.dry_run
         return self._written(patched, 201 if created else 200, warnings)
-
-    def _delete_options(self, request: web.Request, body: Any) -> tuple[str, int | None, Obj, bool]:
-        options = body if isinstance(body, dict) else {}
-        query = request.query
-        propagation = options.get("propagationPolicy") or query.get("propagationPolicy")
-        if propagation is None and (
-            options.get("orphanDependents") or _flag(query.get("orphanDependents"))
-        ):
-            propagation = "Orphan"
-        grace = options.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
-        try:
-            grace = int(grace) if grace is not None else None
-        except (TypeError, ValueError):
-            raise errors.bad_request(f"invalid gracePeriodSeconds: {grace}") from None
-        dry_run = "All" in (options.get("dryRun") or []) or "All" in query.getall("dryRun", [])
-        return propagation or "Background", grace, options.get("preconditions") or {}, dry_run
 
     async def _delete(self, request: web.Request, target: Target) -> web.Response:
         assert target.name is not None
-        raw = await request.read()
-        body = json.loads(raw) if raw.strip() else {}
-        propagation, grace, preconditions, dry_run = self._delete_options(request, body)
+        options = await queries.delete_options(request)
         resource = target.resource
         last = self.store.delete(
             resource.api_version,
             resource.kind,
             target.namespace,
             target.name,
-            propagation=propagation,
-            grace_period_seconds=grace,
-            preconditions=preconditions,
-            dry_run=dry_run,
+            propagation=options.propagation,
+            grace_period_seconds=options.grace,
+            preconditions=options.preconditions,
+            dry_run=options.dry_run,
             share=True,
         )
-        pending = not dry_run and self._exists(resource, target.namespace, target.name)
+        # 202 Accepted while finalizers or a grace period keep the object.
+        pending = not options.dry_run and self._exists(resource, target.namespace, target.name)
         return _json(last, 202 if pending else 200)
 
     async def _delete_collection(self, request: web.Request, target: Target) -> web.Response:
-        raw = await request.read()
-        body = json.loads(raw) if raw.strip() else {}
-        propagation, grace, _, dry_run = self._delete_options(request, body)
+        options = await queries.delete_options(request)
         resource = target.resource
         deleted = self.store.delete_collection(
             resource.api_version,
@@ -546,44 +411,24 @@ class Handler:
             target.namespace,
             label_selector=request.query.get("labelSelector") or None,
             field_selector=request.query.get("fieldSelector") or None,
-            propagation=propagation,
-            grace_period_seconds=grace,
-            dry_run=dry_run,
+            propagation=options.propagation,
+            grace_period_seconds=options.grace,
+            dry_run=options.dry_run,
         )
-        return _json(
-            {
-                "kind": resource.list_kind,
-                "apiVersion": resource.api_version,
-                "metadata": {"resourceVersion": str(self.store.version)},
-                "items": deleted,
-            }
-        )
+        listed = {
+            "kind": resource.list_kind,
+            "apiVersion": resource.api_version,
+            "metadata": {"resourceVersion": str(self.store.version)},
+            "items": deleted,
+        }
+        return _json(listed)
 
     async def _bind(self, request: web.Request, target: Target) -> web.Response:
         assert target.namespace is not None and target.name is not None
-        body = await self._body(request)
+        body = await queries.body(request)
         node = ((body or {}).get("target") or {}).get("name") if isinstance(body, dict) else None
         if not node:
-            raise errors.invalid(
-                "Binding",
-                "",
-                target.name,
-                [errors.Cause("target.name", "Required value", "FieldValueRequired")],
-            )
+            cause = errors.Cause("target.name", "Required value", "FieldValueRequired")
+            raise errors.invalid("Binding", "", target.name, [cause])
         self.store.bind_pod(target.namespace, target.name, str(node))
-        return _json(
-            {
-                "kind": "Status",
-                "apiVersion": "v1",
-                "metadata": {},
-                "status": "Success",
-                "code": 201,
-            },
-            201,
-        )
-
-
-def _agent(request: web.Request) -> str:
-    """The default field manager: the User-Agent up to its first "/", as the real server."""
-    agent = request.headers.get("User-Agent", "")
-    return agent.split("/", 1)[0] or "unknown"
+        return _json(_SUCCESS, 201)

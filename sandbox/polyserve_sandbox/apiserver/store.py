@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import builtins
 import datetime
-import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from polyserve_sandbox.apiserver import (
@@ -26,6 +24,7 @@ from polyserve_sandbox.apiserver import (
     errors,
     indexes,
     kinds,
+    listening,
     objects,
     patching,
     resources,
@@ -35,11 +34,10 @@ from polyserve_sandbox.apiserver import (
     writing,
 )
 from polyserve_sandbox.apiserver.errors import ApiError
+from polyserve_sandbox.apiserver.listening import Event
 from polyserve_sandbox.apiserver.resources import Resource
 
 __all__ = ["ApiError", "Event", "Obj", "Store"]
-
-logger = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 Storage = tuple[str, str]
@@ -48,25 +46,6 @@ LogReader = Callable[[str, str, str, bool, int | None], bytes]
 
 DEFAULT_MANAGER = "polyserve-sandbox"
 PATCH_TYPES = ("merge", "json", "strategic", "apply")
-
-
-@dataclass(frozen=True)
-class Event:
-    """A committed change, as in-process listeners see it (their own copies)."""
-
-    type: str  # ADDED | MODIFIED | DELETED
-    object: Obj
-    old: Obj | None
-
-
-@dataclass
-class _Listener:
-    callback: Callable[[Event], None]
-    kinds: frozenset[Storage] | None
-
-
-def _storage_of(api_version: str, kind: str) -> Storage:
-    return (api_version.rsplit("/", 1)[0] if "/" in api_version else "", kind)
 
 
 class Store:
@@ -80,9 +59,7 @@ class Store:
         self._clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         self._index = indexes.Index()
         self._version = 0
-        self._listeners: builtins.list[_Listener] = []
-        self._pending: builtins.list[tuple[Storage, Event]] = []
-        self._delivering = False
+        self._listeners = listening.Listeners()
         self._admission: dict[Storage, builtins.list[AdmissionHook]] = {}
         self._log_reader: LogReader | None = None
         self._collector = collecting.Collector(self._index, self.registry, self._commit, self._now)
@@ -104,19 +81,11 @@ class Store:
     ) -> Callable[[], None]:
         """Call ``callback`` after every committed change of the given (apiVersion, kind)s
         (all when None); returns the function that unsubscribes."""
-        storages = frozenset(_storage_of(v, k) for v, k in kinds) if kinds is not None else None
-        listener = _Listener(callback, storages)
-        self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return unsubscribe
+        return self._listeners.add(callback, kinds)
 
     def add_admission(self, api_version: str, kind: str, hook: AdmissionHook) -> None:
         """Mutating and validating admission of every write of a kind, before commit."""
-        self._admission.setdefault(_storage_of(api_version, kind), []).append(hook)
+        self._admission.setdefault(listening.storage_of(api_version, kind), []).append(hook)
 
     def set_log_reader(self, reader: LogReader) -> None:
         """Who serves ``pods/log``: (namespace, pod, container, previous, tail_lines) -> bytes."""
@@ -444,13 +413,8 @@ class Store:
         """``pods/binding``: assign a Pod to a node, once (as a scheduler does)."""
         resource = self.registry.lookup("v1", "Pod")
         old = self.view(resource, namespace, name)
-        assigned = (old.get("spec") or {}).get("nodeName")
-        if assigned:
-            raise errors.conflict(
-                "pods", "", name, f'pod {name} is already assigned to node "{assigned}"'
-            )
         working = objects.clone(old)
-        working.setdefault("spec", {})["nodeName"] = node_name
+        strategies.bind(working, node_name)
         return self._out(
             resource,
             self._writer.update(
@@ -476,22 +440,7 @@ class Store:
     ) -> bytes:
         """``pods/log`` through the reader the kubelet registered."""
         pod = self.view(self.registry.lookup("v1", "Pod"), namespace, name)
-        spec = pod.get("spec") or {}
-        main = [str(c.get("name")) for c in spec.get("containers") or []]
-        every = main + [str(c.get("name")) for c in spec.get("initContainers") or []]
-        if container is None:
-            default = (pod["metadata"].get("annotations") or {}).get(
-                "kubectl.kubernetes.io/default-container"
-            )
-            if len(main) == 1 or default in main:
-                container = main[0] if len(main) == 1 else str(default)
-            else:
-                raise errors.bad_request(
-                    f"a container name must be specified for pod {name}, choose one of: "
-                    f"[{' '.join(main)}]"
-                )
-        if container not in every:
-            raise errors.bad_request(f"container {container} is not valid for pod {name}")
+        container = strategies.log_container(pod, container)
         if self._log_reader is None:
             raise ApiError(
                 404,
@@ -542,34 +491,8 @@ class Store:
         self.log.append(watching.Change(self._version, resource.storage, key[1], kind, state, old))
         if resource.storage == strategies.CRD:
             self._sync_crd(kind, state)
-        self._notify(resource.storage, kind, state, old if kind != "ADDED" else None)
+        self._listeners.notify(resource.storage, kind, state, old if kind != "ADDED" else None)
         return state
-
-    def _notify(self, storage: Storage, kind: str, state: Obj, old: Obj | None) -> None:
-        if not self._listeners:
-            return
-        self._pending.append((storage, Event(kind, state, old)))
-        if self._delivering:
-            return  # delivered in order by the outer call
-        self._delivering = True
-        try:
-            while self._pending:
-                storage, event = self._pending.pop(0)
-                for listener in list(self._listeners):
-                    if listener.kinds is not None and storage not in listener.kinds:
-                        continue
-                    mine = Event(event.type, objects.clone(event.object), objects.clone(event.old))
-                    try:
-                        listener.callback(mine)
-                    except Exception:
-                        logger.exception(
-                            "a listener failed on %s %s/%s",
-                            event.type,
-                            storage[1],
-                            event.object["metadata"].get("name"),
-                        )
-        finally:
-            self._delivering = False
 
     def _sync_crd(self, kind: str, crd: Obj) -> None:
         name = crd["metadata"]["name"]

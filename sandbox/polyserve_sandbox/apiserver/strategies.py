@@ -185,6 +185,40 @@ def pod_grace_period(pod: Obj, requested: int | None) -> int:
     return int(period) if isinstance(period, int) else 30
 
 
+def log_container(pod: Obj, container: str | None) -> str:
+    """Which container ``pods/log`` reads: the one named (a main or an init container),
+    else the only one, else the ``kubectl.kubernetes.io/default-container``."""
+    name = (pod.get("metadata") or {}).get("name", "")
+    spec = pod.get("spec") or {}
+    main = [str(c.get("name")) for c in spec.get("containers") or []]
+    every = main + [str(c.get("name")) for c in spec.get("initContainers") or []]
+    if container is None:
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        default = annotations.get("kubectl.kubernetes.io/default-container")
+        if len(main) == 1:
+            return main[0]
+        if default in main:
+            return str(default)
+        raise errors.bad_request(
+            f"a container name must be specified for pod {name}, choose one of: [{' '.join(main)}]"
+        )
+    if container not in every:
+        raise errors.bad_request(f"container {container} is not valid for pod {name}")
+    return container
+
+
+def bind(pod: Obj, node_name: str) -> None:
+    """``pods/binding`` on a working copy: a Pod is assigned to a node once."""
+    spec = pod.setdefault("spec", {})
+    assigned = spec.get("nodeName")
+    if assigned:
+        name = (pod.get("metadata") or {}).get("name", "")
+        raise errors.conflict(
+            "pods", "", name, f'pod {name} is already assigned to node "{assigned}"'
+        )
+    spec["nodeName"] = node_name
+
+
 # -- the scale subresource -------------------------------------------------------------------
 
 
