@@ -310,3 +310,18 @@ async def test_version_and_health(api: Api) -> None:
     assert version["major"] == "1" and version["gitVersion"].startswith("v1.")
     status, text, _ = await api.call("GET", "/readyz")
     assert (status, text) == (200, "ok")
+
+
+async def test_a_protobuf_body_of_another_kind_is_refused_with_the_json_way(api: Api) -> None:
+    def field(number: int, payload: bytes) -> bytes:
+        return bytes([number << 3 | 2, len(payload)]) + payload
+
+    envelope = b"k8s\x00" + field(1, field(1, b"v1") + field(2, b"Pod")) + field(2, b"")
+    async with api.session.post(
+        api.url + "/api/v1/namespaces/default/pods",
+        data=envelope,
+        headers={"Content-Type": "application/vnd.kubernetes.protobuf"},
+    ) as response:
+        status = await response.json()
+    assert status["code"] == 415 and status["reason"] == "UnsupportedMediaType"
+    assert "--dry-run=client -o yaml | kubectl apply -f -" in status["message"]

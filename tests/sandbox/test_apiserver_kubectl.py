@@ -361,6 +361,72 @@ def test_explain_reads_the_crd_schema(cluster: Cluster) -> None:
     assert "KIND:       InferenceModel" in out and "Node pool, engine and precision." in out
 
 
+def test_kubectl_create_sends_protobuf_which_the_server_reads(cluster: Cluster) -> None:
+    namespace = "created"
+    commands = [
+        ["create", "namespace", namespace],
+        ["create", "configmap", "cfg", "--from-literal=a=b", "-n", namespace],
+        ["create", "secret", "generic", "creds", "--from-literal=k=v", "-n", namespace],
+        ["create", "serviceaccount", "runner", "-n", namespace],
+        [
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx:1",
+            "--replicas=0",
+            "--port=80",
+            "-n",
+            namespace,
+        ],
+        ["create", "service", "clusterip", "web", "--tcp=80:8080", "-n", namespace],
+        ["create", "role", "reader", "--verb=get", "--resource=pods", "-n", namespace],
+        [
+            "create",
+            "rolebinding",
+            "reader",
+            "--role=reader",
+            "--serviceaccount=created:runner",
+            "-n",
+            namespace,
+        ],
+        [
+            "create",
+            "poddisruptionbudget",
+            "web",
+            "--selector=app=web",
+            "--min-available=50%",
+            "-n",
+            namespace,
+        ],
+    ]
+    for command in commands:
+        assert "created" in cluster.kubectl(*command).stdout
+    store = cluster.server.call(
+        lambda s: {
+            "cm": s.get("v1", "ConfigMap", namespace, "cfg"),
+            "secret": s.get("v1", "Secret", namespace, "creds"),
+            "deployment": s.get("apps/v1", "Deployment", namespace, "web"),
+            "service": s.get("v1", "Service", namespace, "web"),
+            "binding": s.get("rbac.authorization.k8s.io/v1", "RoleBinding", namespace, "reader"),
+            "pdb": s.get("policy/v1", "PodDisruptionBudget", namespace, "web"),
+        }
+    )
+    assert store["cm"]["data"] == {"a": "b"}
+    assert store["secret"]["data"] == {"k": "dg=="}
+    deployment = store["deployment"]
+    assert deployment["spec"]["replicas"] == 0  # a pointer set to zero stays zero
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["ports"] == [
+        {"containerPort": 80, "protocol": "TCP"}
+    ]
+    assert store["service"]["spec"]["ports"][0]["targetPort"] == 8080
+    assert store["binding"]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "runner", "namespace": "created"}
+    ]
+    assert store["pdb"]["spec"]["minAvailable"] == "50%"
+    managers = {m["manager"] for m in deployment["metadata"]["managedFields"]}
+    assert managers == {"kubectl-create"}
+
+
 def test_a_store_without_crds_answers_kubectl_as_a_real_server_would(tmp_path: Path) -> None:
     store = apistore.Store()
     assert store.registry.find("polyserve.io/v1alpha1", "InferenceModel") is None

@@ -20,13 +20,15 @@ aggregated), OpenAPI v2/v3 as kubectl needs them, and server-side Tables (kubect
 Not emulated: CEL validation rules (``x-kubernetes-validations``), admission webhooks
 (ValidatingWebhookConfigurations are stored, never called: in-process admission hooks
 stand in), authentication and RBAC (every request is allowed; Roles are stored only),
-protobuf bodies, aggregated API servers, CRD conversion between versions, the field-level
-validation of built-in kinds, exec/attach/port-forward, and following logs.
+protobuf bodies beyond what ``kubectl create <kind>`` sends, aggregated API servers, CRD
+conversion between versions, the field-level validation of built-in kinds,
+exec/attach/port-forward, and following logs.
 
 Modules: ``store`` (the verbs), ``writing`` (the write path), ``collecting`` (deletion and
 garbage collection), ``applying`` (server-side apply), ``patching``, ``schemas`` (CRD
 schemas), ``crds``, ``strategies`` (per-kind rules), ``listening`` (in-process observers),
 ``watching``, ``selectors``, ``indexes``, ``resources`` and ``kinds`` (what is served),
 ``discovery``, ``openapi``, ``tables``/``printing``/``jsonpath`` (kubectl's columns),
-``queries`` (reading a request), ``handling`` (answering it) and ``http`` (the server).
+``queries`` (reading a request), ``protobuf`` (kubectl create's bodies), ``handling``
+(answering it) and ``http`` (the server).
 """

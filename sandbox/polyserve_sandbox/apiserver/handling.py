@@ -10,8 +10,9 @@ client asks (``Accept: application/json;as=Table;v=v1;g=meta.k8s.io``), as kubec
 Unknown fields under ``fieldValidation=Warn`` (the default) come back as ``Warning``
 headers, which kubectl prints.
 
-Not served: protobuf bodies (JSON and YAML only; clients fall back to JSON), RBAC and
-authentication (every request is allowed), admission webhooks, aggregated API servers,
+Bodies are JSON or YAML, and protobuf only as ``kubectl create <kind>`` sends it
+(``protobuf``); answers are always JSON. Not served: RBAC and authentication (every request
+is allowed), admission webhooks, aggregated API servers,
 ``exec``/``attach``/``port-forward``, and ``logs -f`` follows nothing (the log as it is).
 """
 

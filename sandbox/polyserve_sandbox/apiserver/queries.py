@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from polyserve_sandbox.apiserver import errors
+from polyserve_sandbox.apiserver import errors, protobuf
 from polyserve_sandbox.apiserver.errors import ApiError
 from polyserve_sandbox.apiserver.resources import Registry, Resource
 
@@ -128,16 +128,12 @@ async def delete_options(request: web.Request) -> DeleteOptions:
 
 
 async def body(request: web.Request, *, yaml_ok: bool = False) -> Any:
-    """The request's object: JSON, or YAML for apply patches and YAML content types."""
+    """The request's object: JSON, YAML for apply patches and YAML content types, or
+    protobuf as ``kubectl create`` sends it."""
     content_type = request.headers.get("Content-Type", "application/json").split(";")[0]
-    if "protobuf" in content_type:
-        raise ApiError(
-            415,
-            "UnsupportedMediaType",
-            "the body of the request was in an unknown format - accepted media types include: "
-            "application/json, application/yaml",
-        )
     raw = await request.read()
+    if "protobuf" in content_type:
+        return protobuf.decode(raw)
     try:
         return json.loads(raw)
     except ValueError as exc:
