@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from polyserve_sandbox.apiserver import http
-from polyserve_sandbox.apiserver import store as apistore
 from tests.sandbox.apiserver_support import (
     KUBECTL,
     ROOT,
@@ -428,8 +427,6 @@ def test_kubectl_create_sends_protobuf_which_the_server_reads(cluster: Cluster) 
 
 
 def test_a_store_without_crds_answers_kubectl_as_a_real_server_would(tmp_path: Path) -> None:
-    store = apistore.Store()
-    assert store.registry.find("polyserve.io/v1alpha1", "InferenceModel") is None
     with ServerThread() as server:
         kubeconfig = http.write_kubeconfig(server.url, tmp_path / "config")
         done = kubectl(kubeconfig, "get", "im", check=False)
