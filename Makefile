@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # are CPU builds (torch is pinned to its CPU wheel). GPU extras (onnx-gpu, tensorrt) are not.
 EXTRAS := worker,onnx,operator,sandbox,dev,torch,tensorflow,openvino
 
-.PHONY: demo test test-all lint crds bench models clean venv
+.PHONY: demo demo-worker test test-all lint crds bench models clean venv
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -23,8 +23,12 @@ models: $(STAMP)
 	$(BIN)/python examples/build_models.py examples/models
 	$(BIN)/python examples/build_framework_models.py examples/models
 
+# The operator's tour on a local fleet (polyserve sandbox); the worker alone: demo-worker.
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+demo-worker: $(STAMP)
+	$(BIN)/python examples/demo_worker.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker operator sandbox tests e2e bench examples
@@ -50,4 +54,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/extensions.py --out bench/RESULTS.md
 
 clean:
-	rm -rf $(VENV) examples/models .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) examples/models .polyserve-sandbox .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,6 @@
 """The main job on the bundled example models: build, serve, call over every protocol, stop.
 
-    make demo        (or: .venv/bin/python examples/demo.py)
+    make demo-worker        (or: .venv/bin/python examples/demo_worker.py)
 
 Builds ``examples/models`` (mlp and cnn, ONNX, and the same mlp in every other framework
 installed: TorchScript, TensorFlow SavedModel, OpenVINO IR in FP32 and BF16), starts
