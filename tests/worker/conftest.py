@@ -82,6 +82,9 @@ def settings_for(repo: Path, **overrides: Any) -> WorkerSettings:
         "grpc_port": 0,
         "metrics_port": 0,
         "exit_timeout_secs": 5,
+        # Test clients keep idle keep-alive connections open; waiting the default second for
+        # them at every stop would add minutes to the run (drain tests set their own).
+        "exit_idle_secs": 0.05,
         # Many repositories here hold broken models on purpose, to show the rest keep
         # serving; exiting on a failed start is tested on its own (test_lifecycle).
         "exit_on_error": False,

@@ -138,7 +138,7 @@ def test_every_format_reports_the_same_metrics(served: RunningWorker) -> None:
     with urllib.request.urlopen(served.metrics, timeout=5) as response:
         text = response.read().decode()
     samples = {
-        (s.name, s.labels.get("model")): s.value
+        (family.name if family.type == "counter" else s.name, s.labels.get("model")): s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
         if "le" not in s.labels

@@ -233,6 +233,54 @@ async def test_timeout_action_delay_serves_late_requests_after_the_others(clock:
     await b.stop()
 
 
+async def test_requests_delayed_by_a_timeout_still_count_against_max_queue_size(
+    clock: FakeClock,
+) -> None:
+    """Triton's PolicyQueue counts its delayed requests in its size: a DELAY policy must not
+    turn max_queue_size into no limit at all."""
+    inst = SumInstance()
+    inst.gate.clear()
+    policy = {
+        1: batching.QueuePolicy(default_timeout_us=1000, timeout_action="DELAY", max_queue_size=4)
+    }
+    b = make([inst], clock, max_batch_size=1, queue_policies=policy)
+    running = submit(b, 0)
+    await settle()
+    late = [submit(b, v) for v in (1, 2, 3, 4)]
+    await settle()
+    clock.advance(0.002)  # all four time out and are delayed
+    await settle()
+    with pytest.raises(errors.Unavailable, match="max_queue_size 4"):
+        await b.submit(x(5), (), 1)
+    assert b.stats.pending == 4
+    inst.gate.set()
+    await asyncio.gather(running, *late)
+    await b.submit(x(6), (), 1)  # room again once they are served
+    await b.stop()
+
+
+async def test_stop_answers_what_is_still_running_at_its_deadline_and_keeps_it(
+    clock: FakeClock,
+) -> None:
+    inst = SumInstance()
+    inst.gate.clear()  # never opens: the instance hangs
+    b = make([inst], clock, max_batch_size=1)
+    running = submit(b, 0)
+    await settle()
+    queued = submit(b, 1)
+    await settle()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await b.stop(drain_timeout=0.2)
+    assert loop.time() - started < 1.0
+    for request in (running, queued):
+        with pytest.raises(errors.Unavailable, match="stopped before the request finished"):
+            await request
+    assert b.in_flight == 0
+    inst.gate.set()  # let the hung batch end, as a real instance thread would eventually
+    await settle()
+
+
 async def test_request_timeout_overrides_only_when_allowed(clock: FakeClock) -> None:
     for allowed in (True, False):
         inst = SumInstance()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
+from polyserve_worker.transport import grpc as grpc_transport
 from tests.worker import models
 from tests.worker.conftest import RunningWorker, StartWorker
 
@@ -99,7 +101,8 @@ def test_stream_infer_answers_every_request_and_reports_errors_in_stream(
     for key, value in got.items():
         np.testing.assert_array_equal(value, np.full((1, 16), 2 * int(key)))
     assert len(errors) == 1
-    assert "INPUT1" in errors[0]
+    # Its shape is checked against the model before its data is decoded.
+    assert "expects shape [-1, 16], got [1, 3]" in errors[0]
 
 
 @pytest.mark.parametrize(
@@ -151,3 +154,36 @@ def test_unimplemented_rpcs_say_so(simple: RunningWorker) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         stub.TraceSetting(pb.TraceSettingRequest(), timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_stream_whose_client_reads_no_answers_stops_reading_requests(
+    simple: RunningWorker,
+) -> None:
+    """At most max_stream_in_flight requests are taken ahead of the answers the client has
+    read; the rest wait in the client (HTTP/2 flow control), not in the worker."""
+    servicer = grpc_transport.InferenceServicer(simple.worker.core, max_stream_in_flight=4)
+    request = pb.ModelInferRequest(model_name="simple")
+    for name in ("INPUT0", "INPUT1"):
+        request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+        request.raw_input_contents.append(np.ones(16, np.int32).tobytes())
+    pulled = 0
+
+    async def requests() -> Any:
+        nonlocal pulled
+        for _ in range(300):
+            pulled += 1
+            yield request
+
+    async def scenario() -> tuple[int, int]:
+        stream = servicer.ModelStreamInfer(requests(), None)
+        await anext(stream)  # the client reads one answer, then nothing for a while
+        for _ in range(500):
+            await asyncio.sleep(0)
+        held = pulled
+        rest = [answer async for answer in stream]
+        assert all(not answer.error_message for answer in rest)
+        return held, 1 + len(rest)
+
+    held, answered = simple.call(scenario())
+    assert held <= 5, f"{held} requests taken while the client read no answers"
+    assert answered == 300

@@ -1,8 +1,10 @@
-"""Kubernetes-facing lifecycle: live vs ready, required models, draining on SIGTERM."""
+"""Kubernetes-facing lifecycle: live vs ready, required models, the process and its exit.
+
+What clients see while the worker drains is in test_draining.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -23,7 +25,7 @@ import tritonclient.http as httpclient
 from polyserve_worker.backends import base
 from polyserve_worker.tensors import Array
 from tests.worker import models
-from tests.worker.conftest import StartWorker, in_background
+from tests.worker.conftest import StartWorker
 
 
 def status(url: str) -> int:
@@ -105,41 +107,47 @@ output: [{name: OUTPUT0, data_type: TYPE_FP32, dims: [2]}]
 """
 
 
-def test_stop_refuses_new_requests_and_drains_those_in_flight(
-    tmp_path: Path, start_worker: StartWorker
-) -> None:
-    (tmp_path / "gated" / "1").mkdir(parents=True)
-    (tmp_path / "gated" / "1" / "model.txt").write_text("fake")
-    (tmp_path / "gated" / "config.yaml").write_text(GATED_CONFIG)
-    backend = GatedBackend()
-    worker = start_worker(tmp_path, extra_backends={"gated": backend})
-    inp = httpclient.InferInput("INPUT0", [1, 2], "FP32")
-    inp.set_data_from_numpy(np.array([[1.0, 2.0]], np.float32))
-    in_flight = in_background(
-        lambda: httpclient.InferenceServerClient(worker.http).infer("gated", [inp])
-    )
-    served = worker.worker.repository.resolve("gated")
-    deadline = time.monotonic() + 10
-    while served.in_flight == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert served.in_flight == 1, "the request never reached the model"
-    stopping = asyncio.run_coroutine_threadsafe(worker.worker.stop(), worker.loop)
-    deadline = time.monotonic() + 10
-    while worker.worker.core.ready() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not stopping.done(), "stop must wait for the request in flight"
-    assert status(f"http://{worker.http}/v2/health/ready") == 503
-    with pytest.raises(Exception, match="shutting down"):
-        httpclient.InferenceServerClient(worker.http).infer("gated", [inp])
-    backend.gate.set()
-    np.testing.assert_array_equal(in_flight.result(30).as_numpy("OUTPUT0"), [[2.0, 4.0]])
-    stopping.result(30)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_process(
+    repo: Path, exit_timeout: float, *flags: str, module: str = "polyserve_worker.main"
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """The worker as a process on free ports (``module`` may be tests.worker.echo_worker),
+    once it is ready; its HOME is a fresh folder next to the repository."""
+    http_port, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            module,
+            f"--model-repository={repo}",
+            "--host=127.0.0.1",
+            f"--http-port={http_port}",
+            f"--grpc-port={grpc_port}",
+            f"--metrics-port={free_port()}",
+            f"--exit-timeout-secs={exit_timeout}",
+            *flags,
+        ],
+        env={**os.environ, "HOME": str(repo.parent / "home")},
+        cwd=Path(__file__).parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if status(f"http://127.0.0.1:{http_port}/v2/health/ready") == 200:
+                return proc, http_port, grpc_port
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("worker never became ready:\n" + proc.communicate()[0].decode())
+        time.sleep(0.05)
 
 
 def test_the_worker_process_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -211,3 +219,22 @@ def test_a_model_that_fails_at_start_makes_the_process_exit_1_with_the_reason_la
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("polyserve-worker: exiting: model 'broken' failed to load")
     assert "--exit-on-error=false" in last
+
+
+def test_the_worker_leaves_no_onnx_runtime_telemetry_in_its_home(tmp_path: Path) -> None:
+    repo = models.triton_repository(tmp_path / "repo")
+    proc, http_port, _ = start_process(repo, exit_timeout=5)
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        inputs = [httpclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+        for inp in inputs:
+            inp.set_data_from_numpy(np.ones((1, 16), np.int32))
+        client.infer("simple", inputs)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    home = tmp_path / "home"
+    assert not home.exists() or list(home.rglob("*")) == [], sorted(home.rglob("*"))

@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.worker import models
-from tests.worker.conftest import StartWorker
+from tests.worker.conftest import RunningWorker, StartWorker
+from tests.worker.test_http import error_of
+
+
+def scrape(worker: RunningWorker) -> str:
+    with urllib.request.urlopen(worker.metrics, timeout=5) as response:
+        text: str = response.read().decode()
+    return text
+
+
+def samples_of(text: str) -> dict[tuple[str, Any, Any], float]:
+    """(family or histogram sample name, model, le) -> value, as Prometheus parses it."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            name = family.name if family.type == "counter" else s.name
+            found[(name, s.labels.get("model"), s.labels.get("le"))] = s.value
+    return found
 
 
 def test_metrics_use_triton_names_and_add_histograms(
@@ -23,13 +42,8 @@ def test_metrics_use_triton_names_and_add_histograms(
         inp.set_data_from_numpy(np.zeros((2, 16), np.int32))
     for _ in range(3):
         client.infer("simple", inputs)
-    with urllib.request.urlopen(worker.metrics, timeout=5) as response:
-        text = response.read().decode()
-    samples = {
-        (s.name, s.labels.get("model"), s.labels.get("le")): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    text = scrape(worker)
+    samples = samples_of(text)
     assert samples[("nv_inference_request_success", "simple", None)] == 3
     assert samples[("nv_inference_count", "simple", None)] == 6
     assert samples[("nv_inference_exec_count", "simple", None)] >= 1
@@ -48,3 +62,50 @@ def test_metrics_use_triton_names_and_add_histograms(
     assert samples[("polyserve_request_duration_seconds_bucket", "simple", "+Inf")] == 3
     assert samples[("polyserve_batch_size_bucket", "simple", "2.0")] >= 1
     assert ("polyserve_queue_duration_seconds_sum", "simple", None) in samples
+
+
+def test_triton_counters_parse_as_counters_under_their_own_names(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    worker = start_worker(models.triton_repository(tmp_path))
+    text = scrape(worker)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in (
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us",
+    ):
+        assert families[name].type == "counter", f"{name} parses as {families[name].type}"
+        assert f"# TYPE {name} counter\n" in text, "HELP/TYPE name the samples exactly"
+        assert f'{name}{{model="simple",version="1"}}' in text, "Triton's names, no _total"
+    assert families["nv_inference_pending_request_count"].type == "gauge"
+    assert families["polyserve_request_duration_seconds"].type == "histogram"
+
+
+def test_requests_the_model_refuses_count_as_failures(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    worker = start_worker(models.triton_repository(tmp_path))
+
+    def infer(**overrides: Any) -> None:
+        inputs = [
+            {"name": n, "shape": [1, 16], "datatype": "INT32", "data": [0] * 16}
+            for n in ("INPUT0", "INPUT1")
+        ]
+        inputs[0].update(overrides)
+        body = json.dumps({"inputs": inputs}).encode()
+        status, _ = error_of(worker, "POST", "/v2/models/simple/infer", body)
+        assert status == 400
+
+    infer(shape=[1, 15], data=[0] * 15)  # shape
+    infer(datatype="FP32", data=[0.0] * 16)  # datatype
+    infer(shape=[9, 16], data=[0] * 144)  # batch size
+    infer(data=[None] * 16)  # not numbers
+    samples = samples_of(scrape(worker))
+    assert samples[("nv_inference_request_failure", "simple", None)] == 4
+    assert samples[("nv_inference_request_success", "simple", None)] == 0
+    stats = httpclient.InferenceServerClient(worker.http).get_inference_statistics("simple")
+    assert stats["model_stats"][0]["inference_stats"]["fail"]["count"] == 4

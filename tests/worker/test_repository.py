@@ -295,3 +295,89 @@ def test_a_model_can_be_loaded_from_files_sent_with_the_request(
     http.unload_model("scale")
     assert not http.is_model_ready("scale")
     assert not list(Path(tempfile.gettempdir()).glob("polyserve-upload-scale-*"))
+
+
+def test_an_instance_group_over_the_cap_fails_the_load_before_building_anything(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    models.scale_versions(tmp_path, {1: 1.0, 2: 2.0})
+    worker = start_worker(tmp_path, model_control_mode="explicit", max_model_instances=8)
+    client = httpclient.InferenceServerClient(worker.http)
+    started = time.monotonic()
+    with pytest.raises(InferenceServerException, match="--max-model-instances") as caught:
+        client.load_model(
+            "scale", config=json.dumps({"instance_group": [{"kind": "KIND_CPU", "count": 100000}]})
+        )
+    assert caught.value.status() == "400"
+    assert time.monotonic() - started < 5, "no session may be built for a refused load"
+    policy = {"all": {}}  # 5 instances x 2 versions = 10 > 8
+    with pytest.raises(InferenceServerException, match="10 instances over 2 version"):
+        client.load_model(
+            "scale",
+            config=json.dumps(
+                {"version_policy": policy, "instance_group": [{"kind": "KIND_CPU", "count": 5}]}
+            ),
+        )
+    client.load_model(
+        "scale",
+        config=json.dumps(
+            {"version_policy": policy, "instance_group": [{"kind": "KIND_CPU", "count": 4}]}
+        ),
+    )
+    assert scale_infer(worker, "2") == 2.0
+
+
+@pytest.mark.parametrize("escape", ["relative", "absolute"])
+def test_a_default_model_filename_outside_the_model_directory_fails_the_load(
+    tmp_path: Path, start_worker: StartWorker, escape: str
+) -> None:
+    repo = tmp_path / "repo"
+    models.scale_versions(repo, {1: 1.0})
+    models.scale(tmp_path / "outside" / "model.onnx", 7.0)  # a model, but not this one's
+    filename = (
+        "../../../outside/model.onnx"
+        if escape == "relative"
+        else str(tmp_path / "outside" / "model.onnx")
+    )
+    worker = start_worker(repo, model_control_mode="explicit")
+    client = httpclient.InferenceServerClient(worker.http)
+    config = {"backend": "onnxruntime", "default_model_filename": filename}
+    with pytest.raises(InferenceServerException, match="default_model_filename '") as caught:
+        client.load_model("scale", config=json.dumps(config))
+    assert caught.value.status() == "400"
+    assert not client.is_model_ready("scale")
+
+
+@pytest.mark.parametrize(
+    ("tensors", "fragment"),
+    [
+        (
+            {"input": [{"name": "WRONG", "data_type": "TYPE_FP32", "dims": [4]}]},
+            "input 'WRONG' is not in the model file",
+        ),
+        (
+            {"input": [{"name": "INPUT0", "data_type": "TYPE_INT32", "dims": [4]}]},
+            "input 'INPUT0' is TYPE_INT32 in the config but TYPE_FP32 in the model file",
+        ),
+        (
+            {"input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [5]}]},
+            "has shape [-1, 5] (with the batch dimension) in the config but [-1, 4]",
+        ),
+        (
+            {"output": [{"name": "OUT", "data_type": "TYPE_FP32", "dims": [4]}]},
+            "output 'OUT' is not in the model file",
+        ),
+    ],
+)
+def test_a_config_whose_tensors_do_not_match_the_model_file_fails_at_load(
+    tmp_path: Path, start_worker: StartWorker, tensors: dict[str, object], fragment: str
+) -> None:
+    models.scale_versions(tmp_path, {1: 1.0})
+    worker = start_worker(tmp_path, model_control_mode="explicit")
+    client = httpclient.InferenceServerClient(worker.http)
+    config = {"max_batch_size": 4, **tensors}
+    with pytest.raises(InferenceServerException) as caught:
+        client.load_model("scale", config=json.dumps(config))
+    assert caught.value.status() == "400"
+    assert fragment in str(caught.value)
+    assert not client.is_model_ready("scale")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -264,3 +265,57 @@ def test_a_cuda_region_round_trips_through_a_real_gpu(served: RunningWorker) -> 
         client.unregister_cuda_shared_memory()
         cudashm.destroy_shared_memory_region(region)
         cudashm.destroy_shared_memory_region(out)
+
+
+def test_a_key_that_is_a_symbolic_link_is_refused_and_its_target_left_alone(
+    served: RunningWorker, tmp_path: Path
+) -> None:
+    target = tmp_path / "secret.txt"
+    target.write_bytes(b"do not read me" + b"\0" * 50)
+    link = Path("/dev/shm") / f"ps_link_{uuid.uuid4().hex[:8]}"
+    link.symlink_to(target)
+    try:
+        client = httpclient.InferenceServerClient(served.http)
+        with pytest.raises(InferenceServerException, match="symbolic link") as caught:
+            client.register_system_shared_memory("stolen", f"/{link.name}", 64)
+        assert caught.value.status() == "400"
+        assert client.get_system_shared_memory_status() == []
+    finally:
+        link.unlink()
+    assert target.read_bytes().startswith(b"do not read me")
+
+
+def test_a_key_that_is_not_a_shared_memory_object_is_refused(served: RunningWorker) -> None:
+    fifo = Path("/dev/shm") / f"ps_fifo_{uuid.uuid4().hex[:8]}"
+    os.mkfifo(fifo)
+    try:
+        client = httpclient.InferenceServerClient(served.http)
+        with pytest.raises(InferenceServerException, match="not a shared memory object") as caught:
+            client.register_system_shared_memory("pipe", f"/{fifo.name}", 8)
+        assert caught.value.status() == "400"
+    finally:
+        fifo.unlink()
+
+
+def test_registrations_are_capped_in_number_and_in_bytes_mapped(
+    tmp_path: Path, start_worker: StartWorker, regions: dict[str, Any]
+) -> None:
+    worker = start_worker(
+        models.triton_repository(tmp_path),
+        allow_client_shm=True,
+        max_shm_regions=3,
+        max_shm_bytes=300,
+    )
+    key = f"/ps_in_{regions['tag']}"
+    client = httpclient.InferenceServerClient(worker.http)
+    for name in ("a", "b", "c"):
+        client.register_system_shared_memory(name, key, 64)
+    with pytest.raises(InferenceServerException, match="--max-shm-regions") as caught:
+        client.register_system_shared_memory("d", key, 8)
+    assert caught.value.status() == "400"
+    client.unregister_system_shared_memory("c")
+    with pytest.raises(InferenceServerException, match="--max-shm-bytes") as caught:
+        client.register_system_shared_memory("c", key, 200)  # 64 + 64 + 200 > 300
+    assert caught.value.status() == "400"
+    client.register_system_shared_memory("c", key, 100)
+    assert sorted(r["name"] for r in client.get_system_shared_memory_status()) == ["a", "b", "c"]

@@ -11,7 +11,8 @@ it to that instance:
   0 and the queue is drained (so batches form naturally while every instance is busy).
 - per level: ``max_queue_size`` refuses with Unavailable, ``default_timeout_microseconds``
   with ``timeout_action`` REJECT (fail) or DELAY (serve after everything not timed out),
-  ``allow_timeout_override`` lets a request set its own timeout.
+  ``allow_timeout_override`` lets a request set its own timeout. A delayed request still
+  counts against its level's ``max_queue_size``, as in Triton's PolicyQueue.
 - ``preserve_ordering`` releases responses in arrival order even across instances.
 
 Without ``dynamic_batching`` each request runs alone, as Triton's default scheduler does.
@@ -112,6 +113,7 @@ class _Pending:
     deadline: float | None
     future: asyncio.Future[base.Outputs]
     delayed: bool = False
+    settled: bool = False
 
 
 class Batcher:
@@ -140,6 +142,7 @@ class Batcher:
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
+        self._executing: set[_Pending] = set()  # requests in batches an instance is running
         self._task: asyncio.Task[None] | None = None
         self._accepting = True
         self._idle = asyncio.Event()
@@ -162,7 +165,12 @@ class Batcher:
         self._task.add_done_callback(self._loop_exited)
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
-        """Refuse new requests, let queued and running ones finish, then close instances."""
+        """Refuse new requests, let queued and running ones finish, then close instances.
+
+        Everything happens within ``drain_timeout``: requests still unanswered then fail
+        with Unavailable, and an instance still busy is left to finish on its own."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
         self._accepting = False
         try:
             await asyncio.wait_for(self._idle.wait(), drain_timeout)
@@ -170,15 +178,30 @@ class Batcher:
             logger.warning(
                 "model '%s': %d requests still in flight at stop", self.model, self._in_flight
             )
+            self.abort(f"model '{self.model}' stopped before the request finished")
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for pending in self._all_queued():
-            self._resolve(pending, errors.Unavailable(f"model '{self.model}' was unloaded"))
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        self.abort(f"model '{self.model}' was unloaded")
         for instance in self._instances:
-            await instance.close()
+            try:
+                await asyncio.wait_for(instance.close(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                logger.warning("model '%s': an instance was still busy at stop", self.model)
+
+    def abort(self, reason: str) -> None:
+        """Refuse new requests and fail every queued and running request now (Unavailable):
+        the exit deadline has come, and an answer beats a connection closed under it."""
+        self._accepting = False
+        failure = errors.Unavailable(reason)
+        for pending in self._all_queued():
+            self.stats.pending -= 1
+            self._settle(pending, failure)
+        for queue in self._ordered():
+            queue.clear()
+        for pending in list(self._executing):
+            self._settle(pending, failure)
+        self._finished.clear()
 
     @property
     def in_flight(self) -> int:
@@ -200,7 +223,7 @@ class Batcher:
         level = self._level(priority)
         policy = self.policy.queue_policies.get(level, QueuePolicy())
         queue = self._queues[level]
-        if policy.max_queue_size and len(queue) >= policy.max_queue_size:
+        if policy.max_queue_size and self._queued_at(level) >= policy.max_queue_size:
             raise errors.Unavailable(
                 f"model '{self.model}': the queue for priority {level} is full "
                 f"(max_queue_size {policy.max_queue_size}); retry later or add instances"
@@ -230,6 +253,11 @@ class Batcher:
         self.stats.pending += 1
         self._wake.set()
         return await future
+
+    def _queued_at(self, level: int) -> int:
+        """Requests waiting at ``level``, including its timed-out ones that DELAY kept."""
+        delayed = sum(1 for p in self._delayed if p.level == level) if self._delayed else 0
+        return len(self._queues[level]) + delayed
 
     def _loop_of(self) -> asyncio.AbstractEventLoop:
         # Cached: get_running_loop() costs a getpid() syscall per call on Python 3.11.
@@ -392,6 +420,7 @@ class Batcher:
         for pending in batch:
             self.stats.pending -= 1
             self.stats.record_queue(int((now - pending.enqueued) * 1e9))
+            self._executing.add(pending)
         task = asyncio.create_task(self._run(instance, batch, size), name=f"execute:{self.model}")
         self._running.add(task)
         task.add_done_callback(self._running.discard)
@@ -415,6 +444,7 @@ class Batcher:
                     outcome = {n: outcome[n] for n in pending.outputs if n in outcome}
                 self._resolve(pending, outcome)
         finally:
+            self._executing.difference_update(batch)
             self._free.append(instance)
             self._wake.set()
 
@@ -429,6 +459,9 @@ class Batcher:
             self._settle(ready, result)
 
     def _settle(self, pending: _Pending, outcome: base.Outputs | BaseException) -> None:
+        if pending.settled:  # abort() answered it already
+            return
+        pending.settled = True
         if not pending.future.done():
             if isinstance(outcome, BaseException):
                 pending.future.set_exception(outcome)

@@ -207,6 +207,8 @@ def parse_yaml(text: str, source: str = "config.yaml") -> Any:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise errors.ModelLoadError(f"{source}: not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise errors.ModelLoadError(f"{source}: nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise errors.ModelLoadError(f"{source}: expected a mapping at the top level")
     params = data.get("parameters")
@@ -216,10 +218,11 @@ def parse_yaml(text: str, source: str = "config.yaml") -> Any:
             for k, v in params.items()
         }
     try:
-        spec = ModelConfigSpec.model_validate(data)
+        return ModelConfigSpec.model_validate(data).to_proto()
     except ValidationError as exc:
         raise errors.ModelLoadError(f"{source}: {exc}") from exc
-    return spec.to_proto()
+    except json_format.ParseError as exc:  # a value the proto cannot hold, e.g. over int32
+        raise errors.ModelLoadError(f"{source}: {exc}") from exc
 
 
 def parse_pbtxt(text: str, source: str = PBTXT) -> Any:
@@ -229,6 +232,8 @@ def parse_pbtxt(text: str, source: str = PBTXT) -> Any:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
         raise errors.ModelLoadError(f"{source}: {exc}") from exc
+    except RecursionError:
+        raise errors.ModelLoadError(f"{source}: nested too deeply to be a config") from None
     return message
 
 
@@ -239,6 +244,8 @@ def parse_json(text: str, source: str = "config") -> Any:
         json_format.Parse(text, message)
     except json_format.ParseError as exc:
         raise errors.InvalidArgument(f"{source}: not a valid ModelConfig: {exc}") from exc
+    except RecursionError:
+        raise errors.InvalidArgument(f"{source}: nested too deeply to be a config") from None
     return message
 
 

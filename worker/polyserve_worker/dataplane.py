@@ -3,15 +3,22 @@
 REST and gRPC decode their wire formats into numpy arrays and call this module; it
 validates requests against the model config, runs them through the model's batcher and
 records statistics. It raises ``errors`` only: no HTTP or gRPC codes here.
+
+A transport decodes a request body only after ``require`` has found the model, through
+``decode``: that gives the decoder the request's ``tensors.Budget`` (shapes checked against
+the model and the caps before anything is allocated), moves large bodies off the event loop,
+and counts a request the model refuses as a failure, as Triton does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from polyserve_worker import __version__, backends, errors, repository, shm, stats, tensors
 from polyserve_worker import config as model_config
@@ -28,6 +35,35 @@ EXTENSIONS = (
 )
 
 _DATA_TYPES = model_config.model_config_pb2.DataType
+
+#: Bodies above this many bytes are decoded on a worker thread, so that one large request
+#: never holds up the event loop (health checks, other clients) for the whole decode: JSON
+#: decodes at roughly 50-100 MB/s, so 256 KiB is a few milliseconds on the loop at most.
+OFFLOAD_BYTES = 256 * 1024
+
+T = TypeVar("T")
+
+
+class Activity:
+    """The requests the transports are handling, so a drain can tell when they have gone
+    quiet: ``with core.activity:`` around each request."""
+
+    def __init__(self) -> None:
+        self.in_progress = 0
+        self.last_finished = time.monotonic()
+
+    def __enter__(self) -> None:
+        self.in_progress += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.in_progress -= 1
+        self.last_finished = time.monotonic()
+
+    def quiet_for(self) -> float:
+        """Seconds since the last request finished; 0 while one is in progress."""
+        if self.in_progress:
+            return 0.0
+        return time.monotonic() - self.last_finished
 
 
 @dataclass
@@ -48,16 +84,23 @@ class DataPlane:
         control_mode: str = "none",
         server_name: str = "polyserve",
         shared_memory: shm.Registry | None = None,
+        limits: tensors.Limits | None = None,
     ) -> None:
         self.repository = repo
         self.shm = shared_memory or shm.Registry(enabled=False)
         self.strict_readiness = strict_readiness
         self.control_mode = control_mode
         self.server_name = server_name
+        self.limits = limits or tensors.Limits()
         #: Models whose readiness is the server's readiness; loading others never flips it.
         self.required: set[str] = set()
         self.started = False
-        self.accepting = True
+        #: Set on SIGTERM: readiness turns false at once, while requests that still arrive
+        #: on open connections are served (their clients could not have known).
+        self.draining = False
+        #: Set when the drain is over: open streams stop taking requests.
+        self.stopping = asyncio.Event()
+        self.activity = Activity()
 
     # -- health and metadata -------------------------------------------------------------
 
@@ -65,7 +108,7 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        if not (self.started and self.accepting):
+        if not self.started or self.draining:
             return False
         if not self.strict_readiness:
             return True
@@ -78,11 +121,11 @@ class DataPlane:
         return {"name": self.server_name, "version": __version__, "extensions": sorted(extensions)}
 
     def model_ready(self, name: str, version: str = "") -> bool:
+        """Whether the model can take requests; an unknown model or a name that is no model
+        name raises (404, 400) rather than answering not ready."""
         try:
             self.repository.resolve(name, version)
-        except errors.NotFound:
-            raise
-        except errors.ClientError:
+        except errors.Unavailable:
             return False
         return True
 
@@ -112,9 +155,35 @@ class DataPlane:
 
     # -- inference -----------------------------------------------------------------------
 
-    def require(self, name: str, version: str = "") -> None:
-        """Fail fast, before decoding a body, when the model cannot take requests."""
-        self.repository.resolve(name, version)
+    def require(self, name: str, version: str = "") -> repository.ServedVersion:
+        """The version a request goes to; fails fast, before a body is decoded, when the model
+        cannot take requests."""
+        return self.repository.resolve(name, version)
+
+    async def decode(
+        self, served: repository.ServedVersion, size: int, decoder: Callable[[tensors.Budget], T]
+    ) -> T:
+        """Run a transport's ``decoder`` for a request to ``served``.
+
+        The decoder gets the request's budget, which checks each input against the model and
+        the caps before it is allocated. Bodies over ``OFFLOAD_BYTES`` decode on a thread. A
+        refused request counts as a failure of the model, as Triton counts it."""
+        budget = tensors.Budget(self.limits, _input_check(served.config))
+        start = time.perf_counter_ns()
+        try:
+            if size > OFFLOAD_BYTES:
+                return await asyncio.to_thread(decoder, budget)
+            return decoder(budget)
+        except Exception:
+            served.stats.record_request(False, time.perf_counter_ns() - start)
+            raise
+
+    async def encode(self, result: InferResult, encoder: Callable[[], T]) -> T:
+        """Run a transport's response ``encoder``; large results encode on a thread (BYTES
+        tensors serialize element by element in Python)."""
+        if sum(array.nbytes for array in result.outputs.values()) > OFFLOAD_BYTES:
+            return await asyncio.to_thread(encoder)
+        return encoder()
 
     async def infer(
         self,
@@ -125,8 +194,6 @@ class DataPlane:
         parameters: Mapping[str, Any] | None = None,
         request_id: str = "",
     ) -> InferResult:
-        if not self.accepting:
-            raise errors.Unavailable("the server is shutting down; retry on another replica")
         served = self.repository.resolve(name, version)
         params = parameters or {}
         produced = await self._submit(served, inputs, outputs, params, log_failures=True)
@@ -143,13 +210,16 @@ class DataPlane:
         params: Mapping[str, Any],
         log_failures: bool,
     ) -> dict[str, Array]:
-        """Validate and run one request on one model version (or ensemble), with statistics."""
+        """Validate and run one request on one model version (or ensemble), with statistics.
+
+        A request the model refuses (shape, datatype, batch size, parameters) counts as a
+        failure too, as in Triton's nv_inference_request_failure."""
         start = time.perf_counter_ns()
-        model_inputs, batch_size = _validate_inputs(served.config, inputs)
-        _validate_outputs(served.config, outputs)
-        priority = _int_parameter(params, "priority", 0)
-        timeout = _int_parameter(params, "timeout", -1)
         try:
+            model_inputs, batch_size = _validate_inputs(served.config, inputs)
+            _validate_outputs(served.config, outputs)
+            priority = _int_parameter(params, "priority", 0)
+            timeout = _int_parameter(params, "timeout", -1)
             if served.ensemble is not None:
                 produced = await self._run_ensemble(
                     served, model_inputs, outputs, priority, timeout
@@ -234,6 +304,57 @@ class DataPlane:
             )
 
 
+def _input_check(config: Any) -> tensors.InputCheck:
+    """Checks one input, before its data is decoded, against what ``config`` declares."""
+    declared = {t.name: t for t in config.input}
+
+    def check(name: str, datatype: str, dims: tuple[int, ...]) -> None:
+        tensor = declared.get(name)
+        if tensor is None:
+            raise errors.InvalidArgument(
+                f"model '{config.name}' has no input named {name!r}; "
+                f"its inputs are {', '.join(repr(n) for n in declared)}"
+            )
+        _check_tensor(config, tensor, name, datatype, list(dims))
+
+    return check
+
+
+def _check_tensor(config: Any, tensor: Any, name: str, datatype: str, shape: list[int]) -> None:
+    """One input's datatype, shape and batch size against its declaration."""
+    expected_type = tensors.wire_datatype(_DATA_TYPES.Name(tensor.data_type))
+    if datatype != expected_type:
+        raise errors.InvalidArgument(
+            f"input '{name}' of model '{config.name}' has datatype {datatype}, "
+            f"expected {expected_type}"
+        )
+    batched = config.max_batch_size > 0
+    dims = [int(d) for d in tensor.dims]
+    expected = ([-1] if batched else []) + dims
+    if len(shape) != len(expected) or any(
+        e != -1 and e != s for e, s in zip(expected, shape, strict=False)
+    ):
+        hint = ""
+        if batched and len(shape) == len(dims):
+            hint = (
+                f"; the model batches (max_batch_size {config.max_batch_size}), so the "
+                f"first dimension is the batch size: send [1, {', '.join(map(str, shape))}] "
+                "for one sample"
+            )
+        elif not batched and len(shape) == len(dims) + 1:
+            hint = (
+                "; the model does not batch (max_batch_size 0), so dims already hold the full shape"
+            )
+        raise errors.InvalidArgument(
+            f"input '{name}' of model '{config.name}' expects shape {expected}, got {shape}{hint}"
+        )
+    if batched and (shape[0] < 1 or shape[0] > config.max_batch_size):
+        raise errors.InvalidArgument(
+            f"input '{name}' of model '{config.name}': batch size {shape[0]} is "
+            f"outside 1..{config.max_batch_size} (max_batch_size); split the request"
+        )
+
+
 def _validate_inputs(config: Any, inputs: Mapping[str, Array]) -> tuple[dict[str, Array], int]:
     """Check every input against the config; returns the inputs and the request's batch size."""
     declared = {t.name: t for t in config.input}
@@ -255,42 +376,10 @@ def _validate_inputs(config: Any, inputs: Mapping[str, Array]) -> tuple[dict[str
     result: dict[str, Array] = {}
     for name, array in inputs.items():
         tensor = declared[name]
-        expected_type = tensors.wire_datatype(_DATA_TYPES.Name(tensor.data_type))
-        actual_type = tensors.datatype_of(array)
-        if actual_type != expected_type:
-            raise errors.InvalidArgument(
-                f"input '{name}' of model '{config.name}' has datatype {actual_type}, "
-                f"expected {expected_type}"
-            )
-        dims = [int(d) for d in tensor.dims]
         shape = list(array.shape)
-        expected = ([-1] if batched else []) + dims
-        if len(shape) != len(expected) or any(
-            e != -1 and e != s for e, s in zip(expected, shape, strict=False)
-        ):
-            hint = ""
-            if batched and len(shape) == len(dims):
-                hint = (
-                    f"; the model batches (max_batch_size {config.max_batch_size}), so the "
-                    f"first dimension is the batch size: send [1, {', '.join(map(str, shape))}] "
-                    "for one sample"
-                )
-            elif not batched and len(shape) == len(dims) + 1:
-                hint = (
-                    "; the model does not batch (max_batch_size 0), so dims already hold "
-                    "the full shape"
-                )
-            raise errors.InvalidArgument(
-                f"input '{name}' of model '{config.name}' expects shape {expected}, "
-                f"got {shape}{hint}"
-            )
+        _check_tensor(config, tensor, name, tensors.datatype_of(array), shape)
         if batched:
             sizes[name] = shape[0]
-            if shape[0] < 1 or shape[0] > config.max_batch_size:
-                raise errors.InvalidArgument(
-                    f"input '{name}' of model '{config.name}': batch size {shape[0]} is "
-                    f"outside 1..{config.max_batch_size} (max_batch_size); split the request"
-                )
         if tensor.HasField("reshape"):
             lead = [shape[0]] if batched else []
             array = array.reshape([*lead, *[int(d) for d in tensor.reshape.shape]])
@@ -316,14 +405,18 @@ def _validate_outputs(config: Any, outputs: Sequence[str]) -> None:
 
 
 def _int_parameter(params: Mapping[str, Any], key: str, default: int) -> int:
+    """An integer request parameter (``priority``, ``timeout``): an integer, an integral
+    finite number, or its decimal text; anything else is the client's mistake."""
     if key not in params:
         return default
     value = params[key]
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
         try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise errors.InvalidArgument(
-                f"parameter '{key}' must be an integer, got {value!r}"
-            ) from None
-    return value
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise errors.InvalidArgument(f"parameter '{key}' must be an integer, got {value!r}")

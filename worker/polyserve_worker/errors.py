@@ -10,6 +10,7 @@ status codes with a single table (``transport.rest.STATUS``, ``transport.grpc.ST
     │   ├── Unavailable           not ready, queue full, timed out, shutting down (503)
     │   ├── Unsupported           not implemented by this server (501)
     │   ├── PayloadTooLarge       body over --http-max-input-size (413)
+    │   ├── RequestTimeout        body not received within --http-body-timeout-secs (408)
     │   └── ModelLoadError        a model's files or config are wrong; the rest keep serving (400)
     └── ServerError               our fault or the backend's (500)
 """
@@ -43,6 +44,10 @@ class Unsupported(ClientError):
 
 class PayloadTooLarge(ClientError):
     pass
+
+
+class RequestTimeout(ClientError):
+    """The client did not send its request in time."""
 
 
 class ModelLoadError(ClientError):

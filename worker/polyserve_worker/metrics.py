@@ -5,11 +5,17 @@ serving pays nothing per scrape-able series. Triton's counters keep their exact 
 (``nv_inference_*``, no ``_total`` suffix) and ``model``/``version`` labels so existing
 dashboards and alerts work; our histograms use the ``polyserve_`` prefix and aggregate
 across pods, so p95/p99 can be computed fleet-wide.
+
+The counters are written here, not by prometheus_client: its text writer names a counter's
+HELP and TYPE lines ``<name>_total`` whatever the samples are called, so Triton's names
+(samples without ``_total``) would come out untyped to every parser. Written by hand, each
+HELP/TYPE line names exactly its samples, as Triton's exposition does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -88,7 +94,7 @@ _HISTOGRAMS: tuple[tuple[str, str, Callable[[stats.ModelStats], stats.Histogram]
 
 
 class StatsCollector:
-    """A prometheus_client collector over the live statistics of every loaded version."""
+    """A prometheus_client collector of the gauge and histograms of every loaded version."""
 
     def __init__(self, source: Callable[[], Iterable[stats.ModelStats]]) -> None:
         self._source = source
@@ -96,11 +102,6 @@ class StatsCollector:
     def collect(self) -> Iterator[Metric]:
         versions = list(self._source())
         labels = ["model", "version"]
-        for name, help_text, getter in _COUNTERS:
-            metric = Metric(name, help_text, "counter")
-            for s in versions:
-                metric.add_sample(name, {"model": s.name, "version": s.version}, float(getter(s)))
-            yield metric
         pending = GaugeMetricFamily(
             "nv_inference_pending_request_count",
             "Instantaneous number of pending requests awaiting execution per-model.",
@@ -124,13 +125,39 @@ def _bound(value: float) -> str:
     return repr(float(value))
 
 
-def registry_for(source: Callable[[], Iterable[stats.ModelStats]]) -> CollectorRegistry:
+@dataclass(frozen=True)
+class Registry:
+    """Where the exposition reads the statistics of every loaded version."""
+
+    source: Callable[[], Iterable[stats.ModelStats]]
+    collectors: CollectorRegistry
+
+
+def registry_for(source: Callable[[], Iterable[stats.ModelStats]]) -> Registry:
     """A registry of our own, so several workers in one process never collide."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(source))
-    return registry
+    collectors = CollectorRegistry(auto_describe=False)
+    collectors.register(StatsCollector(source))
+    return Registry(source, collectors)
 
 
-def exposition(registry: CollectorRegistry) -> bytes:
-    output: bytes = generate_latest(registry)
-    return output
+def exposition(registry: Registry) -> bytes:
+    """The text exposition (format 0.0.4): Triton's counters, then gauge and histograms."""
+    versions = list(registry.source())
+    lines: list[str] = []
+    for name, help_text, getter in _COUNTERS:
+        lines.append(f"# HELP {name} {_escape_help(help_text)}")
+        lines.append(f"# TYPE {name} counter")
+        for s in versions:
+            labels = f'model="{_escape_label(s.name)}",version="{_escape_label(s.version)}"'
+            lines.append(f"{name}{{{labels}}} {float(getter(s))!r}")
+    counters = ("\n".join(lines) + "\n").encode()
+    rest: bytes = generate_latest(registry.collectors)
+    return counters + rest
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

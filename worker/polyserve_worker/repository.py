@@ -5,6 +5,11 @@ Each loaded version gets its backend instances (per ``instance_group``) behind i
 batcher. Loads and reloads build the new versions before the old ones are drained, so a
 reload never drops a request; a failed load leaves the model UNAVAILABLE with its reason
 and never disturbs other models.
+
+A model name from a request is a plain directory name (``check_name``) before it meets the
+filesystem, so no request can probe paths outside the repository; files a load request
+uploads, and a config's ``default_model_filename``, stay inside the model's directory. A
+model may load at most ``max_instances`` backend instances.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from polyserve_worker import ensemble as ensembles
 from polyserve_worker.backends import base
 
 logger = logging.getLogger(__name__)
+
+#: The longest file name Linux allows (NAME_MAX), in bytes.
+NAME_MAX = 255
 
 READY = "READY"
 LOADING = "LOADING"
@@ -67,8 +75,10 @@ class Repository:
         root: Path,
         clock: clocks.Clock | None = None,
         extra_backends: Mapping[str, base.Backend] | None = None,
+        max_instances: int = 64,
     ) -> None:
         self.root = root
+        self.max_instances = max_instances
         self._clock = clock or clocks.MonotonicClock()
         self._extra_backends = dict(extra_backends or {})
         self._loading: set[str] = set()  # ensembles being loaded, to refuse cycles
@@ -107,8 +117,7 @@ class Repository:
         ``files`` (``{"1/model.onnx": b"..."}``) are the model's files sent with the request,
         Triton's ``file:`` parameters; they need ``override``, the config that goes with them.
         """
-        if name.startswith(".") or "/" in name or not name:
-            raise errors.InvalidArgument(f"{name!r} is not a model name")
+        check_name(name)
         upload_dir = None
         if files:
             if override is None:
@@ -135,6 +144,10 @@ class Repository:
                 entry.state = READY if previous else UNAVAILABLE
                 if upload_dir is not None:
                     shutil.rmtree(upload_dir, ignore_errors=True)
+                if not previous and not (self.root / name).is_dir():
+                    # Only uploaded files named it: forget it, or failed uploads under ever
+                    # new names would pile up here.
+                    self._models.pop(name, None)
                 if isinstance(exc, errors.PolyserveError):
                     entry.reason = str(exc)
                     logger.error("failed to load model '%s': %s", name, exc)
@@ -153,7 +166,8 @@ class Repository:
         if previous_upload is not None and previous_upload != upload_dir:
             shutil.rmtree(previous_upload, ignore_errors=True)
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, drain_timeout: float = 30.0) -> None:
+        check_name(name)
         entry = self._models.get(name)
         if entry is None or (entry.state == UNAVAILABLE and not entry.versions):
             if not (self.root / name).is_dir():
@@ -163,7 +177,7 @@ class Repository:
             entry.state = UNLOADING
             previous = list(entry.versions.values())
             entry.versions = {}
-            await self._retire(previous)
+            await self._retire(previous, drain_timeout)
             if entry.upload_dir is not None:
                 shutil.rmtree(entry.upload_dir, ignore_errors=True)
                 entry.upload_dir = None
@@ -171,15 +185,24 @@ class Repository:
             entry.reason = "unloaded"
             logger.info("model '%s' unloaded", name)
 
-    async def close(self) -> None:
+    async def close(self, drain_timeout: float = 30.0) -> None:
+        """Unload every model, all within ``drain_timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
         for name, entry in list(self._models.items()):
             if entry.versions:
-                await self.unload(name)
+                await self.unload(name, max(0.0, deadline - loop.time()))
 
-    async def _retire(self, versions: Any) -> None:
+    def abort(self, reason: str) -> None:
+        """Fail every request queued or running in any model now (Unavailable)."""
+        for served in self.loaded():
+            if served.batcher is not None:
+                served.batcher.abort(reason)
+
+    async def _retire(self, versions: Any, drain_timeout: float = 30.0) -> None:
         for served in versions:
             if served.batcher is not None:
-                await served.batcher.stop()
+                await served.batcher.stop(drain_timeout)
         # Sessions are freed by reference counting as the batchers close their instances (no
         # gc.collect(): with torch or TensorFlow imported one costs ~0.5 s per unload). glibc
         # keeps freed blocks in per-thread arenas, so hand them back to the OS explicitly:
@@ -213,6 +236,8 @@ class Repository:
         filename = config.default_model_filename or backends.model_filename(
             backend_name, latest_dir, backend.default_filename
         )
+        _check_filename(name, filename)
+        self._check_instances(config, len(chosen))
         for version in chosen:
             path = model_dir / str(version) / filename
             if not path.exists():
@@ -279,6 +304,20 @@ class Repository:
         )
         return {version: served}
 
+    def _check_instances(self, config: Any, versions: int) -> None:
+        """Refuse, before building any, more instances than ``max_instances``."""
+        total = 0
+        for group in config.instance_group:
+            devices = len(group.gpus) if _kind(group.kind) == "KIND_GPU" and group.gpus else 1
+            total += max(1, group.count) * devices
+        total *= versions
+        if total > self.max_instances:
+            raise errors.ModelLoadError(
+                f"model '{config.name}': its instance_group asks for {total} instances over "
+                f"{versions} version(s), more than this worker loads for one model "
+                f"({self.max_instances}, --max-model-instances)"
+            )
+
     async def _instances(
         self, backend: base.Backend, config: Any, path: Path
     ) -> list[base.ModelInstance]:
@@ -304,6 +343,7 @@ class Repository:
     # -- queries -------------------------------------------------------------------------
 
     def entry(self, name: str) -> ModelEntry:
+        check_name(name)
         entry = self._models.get(name)
         if entry is None:
             if (self.root / name).is_dir():
@@ -414,25 +454,79 @@ def _kind(value: int) -> str:
     return "KIND_CPU" if kind == "KIND_AUTO" else kind
 
 
+def check_name(name: str) -> None:
+    """A model name a request gives must be a plain name of a directory in the repository:
+    no slash, no NUL or control characters, not hidden, at most NAME_MAX bytes. Anything
+    else is refused before it meets the filesystem."""
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        size = -1
+    if (
+        not 0 < size <= NAME_MAX
+        or name.startswith(".")
+        or "/" in name
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)
+    ):
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        raise errors.InvalidArgument(
+            f"{shown!r} is not a model name: a model is named by its directory in the "
+            f"repository (no '/', no control characters, not starting with '.', at most "
+            f"{NAME_MAX} bytes)"
+        )
+
+
+def _relative_parts(path: str) -> tuple[str, ...] | None:
+    """The parts of a relative path that stays inside where it is put: no '..', not
+    absolute, no NUL, each part at most NAME_MAX bytes. None for any other path."""
+    parts = Path(path).parts
+    if (
+        not parts
+        or Path(path).is_absolute()
+        or ".." in parts
+        or "\0" in path
+        or any(len(part.encode(errors="surrogatepass")) > NAME_MAX for part in parts)
+    ):
+        return None
+    return parts
+
+
+def _check_filename(name: str, filename: str) -> None:
+    if _relative_parts(filename) is None:
+        raise errors.ModelLoadError(
+            f"model '{name}': default_model_filename {filename[:80]!r} must be a relative "
+            f"path inside the version directory (no '..', no NUL, parts of at most "
+            f"{NAME_MAX} bytes)"
+        )
+
+
 def _write_upload(name: str, files: Mapping[str, bytes]) -> Path:
     """Write a load request's files to a private directory laid out as a repository."""
+    paths: dict[str, tuple[str, ...]] = {}
+    for relative in files:
+        parts = _relative_parts(relative)
+        if parts is None or not parts[0].isdigit() or len(parts) < 2:
+            raise errors.InvalidArgument(
+                f"file '{relative[:80]}': name it <version>/<path>, e.g. 1/model.onnx, a "
+                f"relative path inside the model's directory (no '..', no NUL, parts of at "
+                f"most {NAME_MAX} bytes)"
+            )
+        paths[relative] = parts
+    directories = {parts[:i] for parts in paths.values() for i in range(1, len(parts))}
+    for relative, parts in paths.items():
+        if parts in directories:
+            raise errors.InvalidArgument(
+                f"file '{relative}' is also the directory of another file in the same load"
+            )
     root = Path(tempfile.mkdtemp(prefix=f"polyserve-upload-{name}-"))
     try:
         for relative, content in files.items():
-            parts = Path(relative).parts
-            if (
-                not parts
-                or Path(relative).is_absolute()
-                or ".." in parts
-                or not parts[0].isdigit()
-                or len(parts) < 2
-            ):
-                raise errors.InvalidArgument(
-                    f"file '{relative}': name it <version>/<path>, e.g. 1/model.onnx"
-                )
             target = root / name / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
+    except OSError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        raise errors.InvalidArgument(f"model '{name}': cannot store its files: {exc}") from exc
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise

@@ -1,28 +1,44 @@
 """Assembles one worker process: repository, dataplane, REST, gRPC and metrics servers.
 
 Owns the lifecycle Kubernetes sees: live as soon as the HTTP server answers; ready once the
-required models are loaded; on stop, not ready at once, new requests refused, requests in
-flight drained within ``exit_timeout_secs``, then the servers close. Every long-lived task is
-named and supervised.
+required models are loaded. Every long-lived task is named and supervised.
+
+On stop (SIGTERM) everything happens within one deadline, ``exit_timeout_secs``:
+
+1. Readiness turns false at once. The HTTP and gRPC listeners close, so new connections go
+   to other replicas; gRPC's ``stop(grace)`` sends GOAWAY (after ``quiesce`` has let every
+   call already sent reach the servicer), and calls after it get UNAVAILABLE, which clients
+   retry elsewhere.
+2. Requests that still arrive on open connections are served: their clients could not have
+   known. Each HTTP answer says ``Connection: close``. The drain lasts until no request has
+   been in progress for ``exit_idle_secs`` and no open connection has unread bytes, so an
+   idle keep-alive connection is never closed under a request its client already sent.
+3. Near the deadline, whatever is still queued or running is answered 503/UNAVAILABLE and
+   open gRPC streams end with UNAVAILABLE; then the servers close and the models unload.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
 import logging
+import termios
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from polyserve_worker import clock as clocks
-from polyserve_worker import dataplane, errors, metrics, repository, shm
+from polyserve_worker import dataplane, errors, metrics, repository, shm, tensors
 from polyserve_worker.backends import base
 from polyserve_worker.settings import WorkerSettings
 from polyserve_worker.transport import grpc as grpc_transport
 from polyserve_worker.transport import rest
 
 logger = logging.getLogger(__name__)
+
+LINGER_SECS = 1.0
 
 
 class StartupError(Exception):
@@ -37,18 +53,32 @@ class Worker:
         extra_backends: Mapping[str, base.Backend] | None = None,
     ) -> None:
         self.settings = settings
-        self.repository = repository.Repository(settings.model_repository, clock, extra_backends)
+        self.repository = repository.Repository(
+            settings.model_repository,
+            clock,
+            extra_backends,
+            max_instances=settings.max_model_instances,
+        )
         self.core = dataplane.DataPlane(
             self.repository,
             strict_readiness=settings.strict_readiness,
             control_mode=settings.model_control_mode,
-            shared_memory=shm.Registry(settings.allow_client_shm),
+            shared_memory=shm.Registry(
+                settings.allow_client_shm,
+                max_regions=settings.max_shm_regions,
+                max_bytes=settings.max_shm_bytes,
+            ),
+            limits=tensors.Limits(settings.max_request_elements, settings.max_request_bytes),
         )
         self.http_port = 0
         self.grpc_port = 0
         self.metrics_port = 0
-        self._runners: list[web.AppRunner] = []
+        # The drain runs in real time whatever clock the batchers are given.
+        self._time = clocks.MonotonicClock()
+        self._http: tuple[web.AppRunner, web.TCPSite] | None = None
+        self._metrics: tuple[web.AppRunner, web.TCPSite] | None = None
         self._grpc: Any = None
+        self._servicer: grpc_transport.InferenceServicer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         #: Poll mode: each loaded model's files (names, sizes, mtimes) when it last loaded.
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
@@ -56,10 +86,11 @@ class Worker:
     async def start(self) -> None:
         """Bind every port, then load the models (live while loading, ready after)."""
         s = self.settings
-        http = rest.RestServer(self.core, s.http_max_input_size)
-        self.http_port = await self._serve(http.app, s.http_port)
-        self._grpc, self.grpc_port = grpc_transport.create_server(
-            self.core, f"{s.host}:{s.grpc_port}", s.http_max_input_size
+        http = rest.RestServer(self.core, s.http_max_input_size, s.http_body_timeout_secs)
+        self._http = await self._serve(http.app, s.http_port, s.http_idle_timeout_secs)
+        self.http_port = _port(self._http[1], s.http_port)
+        self._grpc, self._servicer, self.grpc_port = grpc_transport.create_server(
+            self.core, f"{s.host}:{s.grpc_port}", s.http_max_input_size, s.max_stream_in_flight
         )
         await self._grpc.start()
         registry = metrics.registry_for(lambda: [v.stats for v in self.repository.loaded()])
@@ -70,7 +101,8 @@ class Worker:
 
         metrics_app = web.Application()
         metrics_app.router.add_get("/metrics", scrape)
-        self.metrics_port = await self._serve(metrics_app, s.metrics_port)
+        self._metrics = await self._serve(metrics_app, s.metrics_port, s.http_idle_timeout_secs)
+        self.metrics_port = _port(self._metrics[1], s.metrics_port)
         logger.info(
             "serving HTTP on %d, gRPC on %d, metrics on %d",
             self.http_port,
@@ -82,17 +114,29 @@ class Worker:
         if s.model_control_mode == "poll":
             self._spawn(self._poll(), "repository-poll")
 
-    async def _serve(self, app: web.Application, port: int) -> int:
+    async def _serve(
+        self, app: web.Application, port: int, idle_timeout: float
+    ) -> tuple[web.AppRunner, web.TCPSite]:
+        # aiohttp's keep-alive timeout also bounds the wait for a complete request header.
+        # After an early answer (413, 408) the unread rest of a body is read and dropped for
+        # at most LINGER_SECS, so the answer is not lost to a reset, and no longer: a slow
+        # client must not hold the connection. At shutdown the runner waits only briefly for
+        # handlers: the drain comes first.
         runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=self.settings.exit_timeout_secs
+            app,
+            access_log=None,
+            keepalive_timeout=idle_timeout,
+            lingering_time=LINGER_SECS,
+            shutdown_timeout=self._tail(),
         )
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, port, reuse_port=False)
         await site.start()
-        self._runners.append(runner)
-        server = site._server  # the bound socket tells the real port when port is 0
-        sockets = getattr(server, "sockets", None) or []
-        return int(sockets[0].getsockname()[1]) if sockets else port
+        return runner, site
+
+    def _tail(self) -> float:
+        """What the end of a stop keeps for answering what is left and closing."""
+        return min(1.0, self.settings.exit_timeout_secs / 5)
 
     async def _load_initial(self) -> None:
         s = self.settings
@@ -148,20 +192,71 @@ class Worker:
         task.add_done_callback(finished)
 
     async def stop(self) -> None:
-        """Stop accepting, drain in-flight requests, close servers and models."""
-        self.core.accepting = False
+        """Drain and stop within ``exit_timeout_secs`` (see the module docstring)."""
+        if self.core.draining:
+            return  # stopping already
         timeout = self.settings.exit_timeout_secs
-        deadline = asyncio.get_running_loop().time() + timeout
-        while any(v.in_flight for v in self.repository.loaded()):
-            if asyncio.get_running_loop().time() > deadline:
-                logger.warning("exit timeout reached with requests still in flight")
-                break
-            await asyncio.sleep(0.01)
+        deadline = self._time.now() + timeout
+        self.core.draining = True
+        if self._http is not None:
+            await self._http[1].stop()  # no new connections; the open ones are served
+        grpc_stopped = None
+        if self._grpc is not None and self._servicer is not None:
+            grpc_stopped = await self._servicer.quiesce(self._grpc, timeout)
+        await self._drain(deadline - self._tail())
+        self.core.stopping.set()
+        self.repository.abort("the server is shutting down; retry on another replica")
         for task in list(self._tasks):
             task.cancel()
-        if self._grpc is not None:
-            await self._grpc.stop(grace=min(timeout, 5.0))
-        for runner in self._runners:
-            await runner.cleanup()
-        await self.repository.close()
+        if self._http is not None:
+            await self._within(self._http[0].cleanup(), deadline)
+        if grpc_stopped is not None:
+            await self._within(asyncio.shield(grpc_stopped), deadline)
+        if self._metrics is not None:
+            await self._within(self._metrics[0].cleanup(), deadline)
+        await self.repository.close(max(0.0, deadline - self._time.now()))
         logger.info("worker stopped")
+
+    async def _drain(self, until: float) -> None:
+        """Serve what arrives on open connections until they have gone quiet, or ``until``."""
+        idle = self.settings.exit_idle_secs
+        started = self._time.now()
+        while self._time.now() < until:
+            quiet = min(self.core.activity.quiet_for(), self._time.now() - started)
+            if quiet >= idle and not self._unread_requests():
+                return
+            await asyncio.sleep(min(0.01, max(0.0, until - self._time.now())))
+        logger.warning("exit deadline near with requests still arriving; answering the rest 503")
+
+    def _unread_requests(self) -> bool:
+        """Whether any open HTTP connection has bytes the server has not read yet: a request
+        its client has sent, which closing the connection now would drop."""
+        server = self._http[0].server if self._http is not None else None
+        for connection in server.connections if server is not None else ():
+            transport = connection.transport
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is not None and _unread_bytes(sock.fileno()):
+                return True
+        return False
+
+    async def _within(self, step: Any, deadline: float) -> None:
+        """Await a shutdown step, giving up at the deadline (the process exits anyway)."""
+        try:
+            await asyncio.wait_for(step, max(0.0, deadline - self._time.now()))
+        except TimeoutError:
+            logger.warning("a shutdown step was still running at the exit deadline")
+
+
+def _port(site: web.TCPSite, asked: int) -> int:
+    server = site._server  # the bound socket tells the real port when port is 0
+    sockets = getattr(server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else asked
+
+
+def _unread_bytes(fd: int) -> int:
+    buffer = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, buffer, True)
+    except OSError:
+        return 0
+    return buffer[0]

@@ -72,8 +72,98 @@ class WorkerSettings(BaseSettings):
         default=30.0,
         ge=0,
         description=(
-            "On SIGTERM, how long in-flight requests may take to finish; keep it under the "
-            "pod's terminationGracePeriodSeconds (30 s by default)."
+            "On SIGTERM, the whole shutdown in seconds, from the signal to the exit: requests "
+            "on open connections are served until then and what is still running at the end "
+            "is answered 503. Keep it under the pod's terminationGracePeriodSeconds (30 s by "
+            "default) minus its preStop delay."
+        ),
+    )
+    exit_idle_secs: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "On SIGTERM, how long in seconds an open HTTP keep-alive connection may stay idle "
+            "before the worker closes it. Busy connections close after their next response "
+            "(sent with Connection: close); an idle one is given this long to carry a request "
+            "its client may already be sending, since closing it then would drop that request. "
+            "1 s is far longer than a client in a request loop needs."
+        ),
+    )
+    http_idle_timeout_secs: float = Field(
+        default=75.0,
+        gt=0,
+        description=(
+            "Seconds an HTTP connection may go without a complete request header: the idle "
+            "time allowed between keep-alive requests, and the time a client has to send its "
+            "headers (aiohttp measures both from the end of the previous request), so a client "
+            "that sends headers slowly is cut off. 75 s outlasts the 60 s idle timeouts of "
+            "common proxies and load balancers, so they close their idle connections first."
+        ),
+    )
+    http_body_timeout_secs: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "Seconds a request body may take to arrive in full (408 after that, and the "
+            "connection closes). 60 s carries the default 64 MiB limit at ~9 Mbit/s; a slow "
+            "client cannot hold a connection and its buffer for longer."
+        ),
+    )
+    max_request_elements: int = Field(
+        default=1 << 26,
+        gt=0,
+        description=(
+            "Most tensor elements one request may decode, summed over its inputs; a single "
+            "dimension above it is refused too (400). Checked against the shape before "
+            "anything is allocated. 2^26 is 256 MiB of FP32, four times the default body "
+            "limit; inputs in shared memory are bounded by their region instead."
+        ),
+    )
+    max_request_bytes: int = Field(
+        default=1 << 28,
+        gt=0,
+        description=(
+            "Most bytes one request may decode into tensors, summed over its inputs (400 "
+            "above it). 256 MiB: four times the default body limit, which is what JSON "
+            "numbers can expand to; inputs in shared memory are bounded by their region."
+        ),
+    )
+    max_model_instances: int = Field(
+        default=64,
+        gt=0,
+        description=(
+            "Most backend instances one model may load, counted over its instance groups, "
+            "their GPUs and its versions (a load above it fails with 400). Each instance is "
+            "a framework session with its own memory and thread; 64 covers 8 GPUs x 4 "
+            "instances x 2 versions."
+        ),
+    )
+    max_stream_in_flight: int = Field(
+        default=64,
+        gt=0,
+        description=(
+            "Most requests one gRPC ModelStreamInfer stream may have decoded, running or "
+            "answered but not yet sent. Past it the worker stops reading the stream until the "
+            "client reads answers, so HTTP/2 flow control holds the client back instead of "
+            "the worker buffering without limit."
+        ),
+    )
+    max_shm_regions: int = Field(
+        default=256,
+        gt=0,
+        description=(
+            "Most shared memory regions registered at once (400 above it). Each region keeps "
+            "a file descriptor open; 256 leaves most of a common 1024 descriptor limit to "
+            "connections and model files."
+        ),
+    )
+    max_shm_bytes: int = Field(
+        default=1 << 34,
+        gt=0,
+        description=(
+            "Most bytes of shared memory mapped at once over all registered regions (400 "
+            "above it). 16 GiB: more than a node's /dev/shm usually holds, a bound on what "
+            "clients can make the worker map, not a reservation."
         ),
     )
     repository_poll_secs: float = Field(

@@ -14,16 +14,25 @@ Off unless the worker runs with ``--allow-client-shm``. Region names are unique 
 kinds, as in Triton. Every offset and size is checked against the region before any access.
 A request holds a lease on each region it uses, so unregistering a region in use only
 retires its name: the mapping stays valid until the last request using it has finished.
+
+A key names an object directly in ``/dev/shm`` and nothing else: it is opened with
+``O_NOFOLLOW`` (as ``shm_open`` refuses a symbolic link with ELOOP) and must be a regular
+file, so a key can never reach a file outside shared memory. The number of regions and the
+bytes mapped are capped (``--max-shm-regions``, ``--max-shm-bytes``): each region holds a
+file descriptor. The registry is locked, since large requests decode on a worker thread.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import logging
 import mmap
 import os
 import re
+import stat
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,10 +173,19 @@ def decode_handle(raw: Any) -> bytes:
 
 
 class Registry:
-    def __init__(self, enabled: bool, root: Path = Path("/dev/shm")) -> None:
+    def __init__(
+        self,
+        enabled: bool,
+        root: Path = Path("/dev/shm"),
+        max_regions: int = 256,
+        max_bytes: int = 1 << 34,
+    ) -> None:
         self.enabled = enabled
         self.root = root
+        self.max_regions = max_regions
+        self.max_bytes = max_bytes
         self._regions: dict[str, Region] = {}
+        self._lock = threading.Lock()
 
     def _check_enabled(self) -> None:
         if not self.enabled:
@@ -186,87 +204,134 @@ class Registry:
             )
         if byte_size <= 0:
             raise errors.InvalidArgument(f"region '{name}': byte_size must be > 0")
+        if len(self._regions) >= self.max_regions:
+            raise errors.InvalidArgument(
+                f"region '{name}': {len(self._regions)} shared memory regions are registered, "
+                f"the most this worker allows (--max-shm-regions); unregister some first"
+            )
+        mapped = sum(r.byte_size for r in self._regions.values())
+        if mapped + byte_size > self.max_bytes:
+            raise errors.InvalidArgument(
+                f"region '{name}': {byte_size} more bytes would map {mapped + byte_size} bytes "
+                f"of shared memory in all, over this worker's {self.max_bytes} "
+                "(--max-shm-bytes); unregister some regions first"
+            )
 
     def register_system(self, name: str, key: str, offset: Any, byte_size: Any) -> None:
         offset = _int("offset", offset)
         byte_size = _int("byte_size", byte_size)
-        self._check_new(name, byte_size)
-        if not _KEY.match(key) or key.strip("/") in ("", ".", ".."):
-            raise errors.InvalidArgument(
-                f"shared memory key {key!r} is not a POSIX shared memory name such as /input0"
-            )
-        if offset < 0:
-            raise errors.InvalidArgument(f"region '{name}': offset must be >= 0, got {offset}")
+        if not isinstance(name, str) or not isinstance(key, str):
+            raise errors.InvalidArgument("a region's name and key must be strings")
+        with self._lock:
+            self._check_new(name, byte_size)
+            if not _KEY.match(key) or key.strip("/") in ("", ".", ".."):
+                raise errors.InvalidArgument(
+                    f"shared memory key {key!r} is not a POSIX shared memory name such as /input0"
+                )
+            if offset < 0:
+                raise errors.InvalidArgument(f"region '{name}': offset must be >= 0, got {offset}")
+            mapping = self._map(name, key, offset, byte_size)
+            self._regions[name] = SystemRegion(name, key, offset, byte_size, mapping)
+        logger.info("registered shared memory region '%s' (%s, %d bytes)", name, key, byte_size)
+
+    def _map(self, name: str, key: str, offset: int, byte_size: int) -> mmap.mmap:
+        """Map ``offset + byte_size`` bytes of the object ``key`` names in the root directory.
+
+        The key has no slash (checked), O_NOFOLLOW refuses a symbolic link and fstat a
+        non-regular file, so only a shared memory object itself can be mapped."""
         path = self.root / key.lstrip("/")
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(path, os.O_RDWR)
+            fd = os.open(path, flags)
         except FileNotFoundError:
             raise errors.InvalidArgument(
                 f"region '{name}': no shared memory object {key!r} on this node ({path}); "
                 "create it first (tritonclient.utils.shared_memory.create_shared_memory_region)"
             ) from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise errors.InvalidArgument(
+                    f"region '{name}': {path} is a symbolic link; register the shared memory "
+                    "object itself"
+                ) from None
             raise errors.InvalidArgument(f"region '{name}': cannot open {path}: {exc}") from exc
         try:
-            size = os.fstat(fd).st_size
-            if offset + byte_size > size:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise errors.InvalidArgument(
+                    f"region '{name}': {path} is not a shared memory object"
+                )
+            if offset + byte_size > info.st_size:
                 raise errors.InvalidArgument(
                     f"region '{name}': offset {offset} + byte_size {byte_size} exceeds the "
-                    f"shared memory object's size of {size} bytes"
+                    f"shared memory object's size of {info.st_size} bytes"
                 )
-            mapping = mmap.mmap(fd, offset + byte_size)
+            return mmap.mmap(fd, offset + byte_size)
+        except OSError as exc:
+            raise errors.InvalidArgument(f"region '{name}': cannot map {path}: {exc}") from exc
         finally:
             os.close(fd)
-        self._regions[name] = SystemRegion(name, key, offset, byte_size, mapping)
-        logger.info("registered shared memory region '%s' (%s, %d bytes)", name, key, byte_size)
 
     def register_cuda(self, name: str, raw_handle: Any, device_id: Any, byte_size: Any) -> None:
         device_id = _int("device_id", device_id)
         byte_size = _int("byte_size", byte_size)
-        self._check_new(name, byte_size)
-        handle = decode_handle(raw_handle)
-        cupy = _cupy()
-        try:
-            with cupy.cuda.Device(device_id):
-                pointer = int(cupy.cuda.runtime.ipcOpenMemHandle(handle))
-        except Exception as exc:
-            raise errors.InvalidArgument(
-                f"region '{name}': cannot open the CUDA IPC handle on GPU {device_id}: {exc}"
-            ) from exc
-        self._regions[name] = CudaRegion(name, device_id, byte_size, pointer, cupy)
+        with self._lock:
+            self._check_new(name, byte_size)
+            handle = decode_handle(raw_handle)
+            cupy = _cupy()
+            try:
+                with cupy.cuda.Device(device_id):
+                    pointer = int(cupy.cuda.runtime.ipcOpenMemHandle(handle))
+            except Exception as exc:
+                raise errors.InvalidArgument(
+                    f"region '{name}': cannot open the CUDA IPC handle on GPU {device_id}: {exc}"
+                ) from exc
+            self._regions[name] = CudaRegion(name, device_id, byte_size, pointer, cupy)
         logger.info("registered CUDA shared memory region '%s' (GPU %d)", name, device_id)
 
     def unregister(self, name: str = "", kind: str = SYSTEM) -> None:
         """Unregister one region of ``kind``, or all of them when ``name`` is empty."""
         self._check_enabled()
-        if name and (name not in self._regions or self._regions[name].kind != kind):
-            raise errors.NotFound(f"no {kind} shared memory region '{name}' is registered")
-        names = [name] if name else [n for n, r in self._regions.items() if r.kind == kind]
-        for region_name in names:
-            region = self._regions.pop(region_name)
-            region.retired = True
-            region.close_if_unused()
+        with self._lock:
+            if name and (name not in self._regions or self._regions[name].kind != kind):
+                raise errors.NotFound(f"no {kind} shared memory region '{name}' is registered")
+            names = [name] if name else [n for n, r in self._regions.items() if r.kind == kind]
+            for region_name in names:
+                region = self._regions.pop(region_name)
+                region.retired = True
+                region.close_if_unused()
 
     def status(self, name: str = "", kind: str = SYSTEM) -> list[dict[str, Any]]:
         self._check_enabled()
-        if name:
-            region = self._regions.get(name)
-            if region is None or region.kind != kind:
-                raise errors.NotFound(f"no {kind} shared memory region '{name}' is registered")
-            return [region.status()]
-        return [r.status() for r in self._regions.values() if r.kind == kind]
+        with self._lock:
+            if name:
+                region = self._regions.get(name)
+                if region is None or region.kind != kind:
+                    raise errors.NotFound(f"no {kind} shared memory region '{name}' is registered")
+                return [region.status()]
+            return [r.status() for r in self._regions.values() if r.kind == kind]
 
     def lease(self) -> Lease:
         return Lease(self)
 
-    def _get(self, name: str) -> Region:
+    def _hold(self, name: str) -> Region:
+        """The region ``name``, with one more user (a lease holds it)."""
         self._check_enabled()
-        try:
-            return self._regions[name]
-        except KeyError:
-            raise errors.InvalidArgument(
-                f"shared memory region '{name}' is not registered"
-            ) from None
+        with self._lock:
+            try:
+                region = self._regions[name]
+            except KeyError:
+                raise errors.InvalidArgument(
+                    f"shared memory region '{name}' is not registered"
+                ) from None
+            region.users += 1
+            return region
+
+    def _release(self, regions: list[Region]) -> None:
+        with self._lock:
+            for region in regions:
+                region.users -= 1
+                region.close_if_unused()
 
 
 @dataclass
@@ -277,8 +342,7 @@ class Lease:
     held: list[Region] = field(default_factory=list)
 
     def _hold(self, name: str) -> Region:
-        region = self.registry._get(name)
-        region.users += 1
+        region = self.registry._hold(name)
         self.held.append(region)
         return region
 
@@ -294,12 +358,23 @@ class Lease:
             )
         return offset, size
 
-    def read(self, name: str, params: dict[str, Any], datatype: str, shape: list[int]) -> Array:
-        """An input tensor from its region (a view over system shared memory)."""
+    def read(
+        self,
+        name: str,
+        params: dict[str, Any],
+        datatype: str,
+        shape: list[int],
+        budget: tensors.Budget | None = None,
+    ) -> Array:
+        """An input tensor from its region (a view over system shared memory).
+
+        ``budget`` checks the shape against the model and counts its elements; the bytes are
+        not charged to the request, as they are read in place and bounded by the region."""
         what = f"input '{name}'"
         region = self._hold(str(params["shared_memory_region"]))
         start, size = self._span(region, params, what)
-        return tensors.from_raw(name, region.read(start, size), datatype, shape)
+        view = region.read(start, size)
+        return tensors.from_raw(name, view, datatype, shape, budget, in_place=True)
 
     def place(self, name: str, params: dict[str, Any]) -> Placement:
         """Where an output goes; checked now, written after inference."""
@@ -309,9 +384,7 @@ class Lease:
         return Placement(region, start, size)
 
     def release(self) -> None:
-        for region in self.held:
-            region.users -= 1
-            region.close_if_unused()
+        self.registry._release(self.held)
         self.held.clear()
 
 

@@ -4,12 +4,20 @@ One table maps the Open Inference Protocol datatype names (``FP32``), Triton's c
 (``TYPE_FP32``) and numpy dtypes. BYTES tensors are numpy object arrays of ``bytes``; on the
 wire (binary extension, gRPC raw contents) each element is a 4-byte little-endian length
 followed by its bytes. BF16 uses ``ml_dtypes.bfloat16``.
+
+Decoding is where a small request could make the worker allocate a lot, so every tensor
+decoded from a request body is first admitted by the request's ``Budget``: its shape must be
+concrete, within the per-request caps and (through a check the dataplane supplies) what the
+model declares, and the payload must be able to hold it, all before any buffer is allocated.
+JSON is read strictly: numbers for numeric types, strings for BYTES, nesting that matches
+the shape exactly.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ml_dtypes
@@ -77,7 +85,7 @@ def element_count(shape: Sequence[int]) -> int:
 
 
 def check_shape(name: str, shape: Sequence[int], max_elements: int = 1 << 31) -> tuple[int, ...]:
-    """Reject negative dims and shapes whose element count could exhaust memory."""
+    """Reject negative dims and shapes whose element count or any dim exceeds ``max_elements``."""
     dims = tuple(int(d) for d in shape)
     for dim in dims:
         if dim < 0:
@@ -85,18 +93,83 @@ def check_shape(name: str, shape: Sequence[int], max_elements: int = 1 << 31) ->
                 f"input '{name}': shape {list(dims)} has a negative dimension; "
                 "requests must give concrete sizes (-1 is only for model metadata)"
             )
-    if element_count(dims) > max_elements:
+    if any(dim > max_elements for dim in dims) or element_count(dims) > max_elements:
         raise errors.InvalidArgument(
             f"input '{name}': shape {list(dims)} holds more than {max_elements} elements"
         )
     return dims
 
 
-def from_raw(name: str, buffer: bytes | memoryview, datatype: str, shape: Sequence[int]) -> Array:
-    """Decode a little-endian, row-major byte buffer into an array (no copy when possible)."""
-    dims = check_shape(name, shape)
+#: Checks one input's datatype and concrete shape against the model; raises InvalidArgument.
+InputCheck = Callable[[str, str, tuple[int, ...]], None]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request caps on decoding (``--max-request-elements``, ``--max-request-bytes``)."""
+
+    max_elements: int = 1 << 26
+    max_bytes: int = 1 << 28
+
+
+class Budget:
+    """What one request may still decode; each tensor is admitted before it is allocated."""
+
+    def __init__(self, limits: Limits | None = None, check: InputCheck | None = None) -> None:
+        self.limits = limits or Limits()
+        self._check = check
+        self.elements = 0
+        self.bytes = 0
+
+    def admit(
+        self, name: str, datatype: str, shape: Sequence[int], *, in_place: bool = False
+    ) -> tuple[int, ...]:
+        """The concrete dims of an input, checked against the caps and the model.
+
+        Elements always count; ``in_place`` inputs (read where they lie, in shared memory)
+        allocate nothing, so their bytes are not charged: their region bounds them."""
+        dims = check_shape(name, shape, self.limits.max_elements)
+        dtype = _dtype(name, datatype)
+        if self._check is not None:
+            self._check(name, datatype, dims)
+        count = element_count(dims)
+        self.elements += count
+        if self.elements > self.limits.max_elements:
+            raise errors.InvalidArgument(
+                f"input '{name}': the request holds more than {self.limits.max_elements} "
+                "tensor elements in all (--max-request-elements)"
+            )
+        if datatype != "BYTES" and not in_place:
+            self.charge(name, count * dtype.itemsize)
+        return dims
+
+    def charge(self, name: str, nbytes: int) -> None:
+        """Count ``nbytes`` of decoded data against the request's byte cap."""
+        self.bytes += nbytes
+        if self.bytes > self.limits.max_bytes:
+            raise errors.InvalidArgument(
+                f"input '{name}': the request decodes to more than {self.limits.max_bytes} "
+                "bytes of tensors in all (--max-request-bytes)"
+            )
+
+
+def from_raw(
+    name: str,
+    buffer: bytes | memoryview,
+    datatype: str,
+    shape: Sequence[int],
+    budget: Budget | None = None,
+    *,
+    in_place: bool = False,
+) -> Array:
+    """Decode a little-endian, row-major byte buffer into an array (no copy when possible).
+
+    ``in_place``: the buffer is shared memory, read where it lies (see ``Budget.admit``)."""
+    dims = (budget or Budget()).admit(name, datatype, shape, in_place=in_place)
     count = element_count(dims)
     if datatype == "BYTES":
+        if budget is not None:
+            budget.charge(name, len(buffer))
         return _deserialize_bytes(name, buffer, dims, count)
     dtype = _dtype(name, datatype)
     expected = count * dtype.itemsize
@@ -124,29 +197,92 @@ def raw_size(array: Array) -> int:
     return int(array.nbytes)
 
 
-def from_json(name: str, data: Any, datatype: str, shape: Sequence[int]) -> Array:
-    """Decode JSON ``data`` (nested or flat, row-major) into an array of ``shape``."""
-    dims = check_shape(name, shape)
+#: Python types JSON may use for each datatype (orjson yields exactly these types).
+_FLOAT_KINDS = frozenset({int, float})
+_JSON_KINDS: dict[str, frozenset[type]] = {
+    "BOOL": frozenset({bool, int}),  # true/false, or 0/1 (checked below)
+    "BYTES": frozenset({str}),
+    **{t: frozenset({int}) for t in DTYPES if t.startswith(("INT", "UINT"))},
+    **{t: _FLOAT_KINDS for t in ("FP16", "BF16", "FP32", "FP64")},
+}
+
+
+def from_json(
+    name: str, data: Any, datatype: str, shape: Sequence[int], budget: Budget | None = None
+) -> Array:
+    """Decode JSON ``data`` (nested as the shape, or flat, row-major) into an array of ``shape``.
+
+    Strict, as Triton is: numbers for numeric types (no null, no true for FP32, integers for
+    integer types), strings for BYTES, true/false (or 0/1) for BOOL, and nesting that
+    follows the shape exactly."""
+    dims = (budget or Budget()).admit(name, datatype, shape)
     count = element_count(dims)
     dtype = _dtype(name, datatype)
-    flat = _flatten(data)
+    flat = _flatten(name, data, dims)
     if len(flat) != count:
         raise errors.InvalidArgument(
             f"input '{name}': shape {list(dims)} needs {count} elements, got {len(flat)} in 'data'"
         )
+    _check_json_kinds(name, flat, datatype)
     try:
         if datatype == "BYTES":
             values = np.empty(count, dtype=object)
             for i, item in enumerate(flat):
-                values[i] = item.encode() if isinstance(item, str) else bytes(item)
+                encoded = item.encode()
+                if budget is not None:
+                    budget.charge(name, len(encoded))
+                values[i] = encoded
             return values.reshape(dims)
-        if datatype == "BOOL" and not all(isinstance(v, bool) or v in (0, 1) for v in flat):
-            raise ValueError("BOOL data must be true/false")
-        return np.asarray(flat, dtype=dtype).reshape(dims)
+        return _to_array(flat, dtype).reshape(dims)
     except (TypeError, ValueError, OverflowError) as exc:
         raise errors.InvalidArgument(
             f"input '{name}': 'data' does not hold {datatype} values: {exc}"
         ) from exc
+
+
+#: Large JSON tensors are checked and converted this many elements at a time: each step is
+#: one C call holding the GIL, so a decode on a worker thread lets the event loop run between.
+_CHUNK = 1 << 16
+
+
+def _to_array(flat: list[Any], dtype: np.dtype[Any]) -> Array:
+    if len(flat) <= _CHUNK:
+        return np.asarray(flat, dtype=dtype)
+    out = np.empty(len(flat), dtype=dtype)
+    for start in range(0, len(flat), _CHUNK):
+        out[start : start + _CHUNK] = flat[start : start + _CHUNK]
+    return out
+
+
+def _check_json_kinds(name: str, flat: list[Any], datatype: str) -> None:
+    allowed = _JSON_KINDS[datatype]
+    kinds: set[type] = set()
+    for start in range(0, len(flat), _CHUNK):
+        kinds.update(map(type, flat[start : start + _CHUNK]))
+    if kinds <= allowed and (datatype != "BOOL" or int not in kinds):
+        return
+    if datatype == "BOOL" and kinds <= allowed and all(v in (0, 1) for v in flat):
+        return
+    bad = next(
+        (v for v in flat if type(v) not in allowed or (datatype == "BOOL" and v not in (0, 1))),
+        None,
+    )
+    wanted = {
+        "BOOL": "true/false",
+        "BYTES": "strings",
+    }.get(datatype, "integers" if allowed == frozenset({int}) else "numbers")
+    raise errors.InvalidArgument(
+        f"input '{name}': {datatype} data must be {wanted}, got {_json_repr(bad)}"
+    )
+
+
+def _json_repr(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def to_json(array: Array) -> list[Any]:
@@ -175,22 +311,25 @@ def _dtype(name: str, datatype: str) -> np.dtype[Any]:
         ) from None
 
 
-def _flatten(data: Any) -> list[Any]:
+def _flatten(name: str, data: Any, dims: tuple[int, ...]) -> list[Any]:
+    """The elements of ``data``, flat; nested data must follow ``dims`` exactly."""
     if not isinstance(data, list):
         return [data]
     if not data or not isinstance(data[0], list):
-        return data
-    flat: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            flat.append(item)
-        else:
-            stack.pop()
-    return flat
+        return data  # flat; a list hidden among the elements fails the type check
+    level: list[Any] = [data]
+    for depth, size in enumerate(dims):
+        below: list[Any] = []
+        for item in level:
+            if not isinstance(item, list) or len(item) != size:
+                raise errors.InvalidArgument(
+                    f"input '{name}': nested 'data' does not follow shape {list(dims)} at "
+                    f"depth {depth} (expected lists of {size}); send it flat or nested as "
+                    "the shape"
+                )
+            below.extend(item)
+        level = below
+    return level
 
 
 def _serialize_bytes(array: Array) -> bytes:
@@ -206,6 +345,14 @@ def _deserialize_bytes(
     name: str, buffer: bytes | memoryview, dims: tuple[int, ...], count: int
 ) -> Array:
     view = memoryview(buffer)
+    # Every element takes at least its 4-byte length: refuse a count the payload cannot
+    # hold before allocating a slot per element.
+    if count * 4 > len(view):
+        raise errors.InvalidArgument(
+            f"input '{name}': BYTES data ends after {len(view) // 4} of {count} elements "
+            f"(each needs a 4-byte length prefix; {len(view)} bytes hold at most "
+            f"{len(view) // 4})"
+        )
     values = np.empty(count, dtype=object)
     offset = 0
     for i in range(count):

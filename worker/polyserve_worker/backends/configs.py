@@ -134,6 +134,49 @@ def require_io(config: Any, framework: str) -> None:
         )
 
 
+#: A tensor as a model file describes it: name, Triton type name, shape (None = dynamic).
+Described = tuple[str, str, Sequence[int | None]]
+
+
+def check_io(config: Any, inputs: Sequence[Described], outputs: Sequence[Described]) -> None:
+    """Refuse, at load, a config whose tensors the model file lacks or has with another type
+    or shape, and a model input the config leaves out: served, each would fail every request
+    with a 500. Dims that either side leaves variable are not compared."""
+    batched = config.max_batch_size > 0
+    sides = (("input", config.input, inputs), ("output", config.output, outputs))
+    for kind, listed, known in sides:
+        by_name = {name: (type_, shape) for name, type_, shape in known}
+        for tensor in listed:
+            if tensor.name not in by_name:
+                raise errors.ModelLoadError(
+                    f"model '{config.name}': {kind} '{tensor.name}' is not in the model file, "
+                    f"whose {kind}s are {sorted(by_name)}"
+                )
+            type_, shape = by_name[tensor.name]
+            if type_name(tensor.data_type) != type_:
+                raise errors.ModelLoadError(
+                    f"model '{config.name}': {kind} '{tensor.name}' is "
+                    f"{type_name(tensor.data_type)} in the config but {type_} in the model file"
+                )
+            dims = tensor.reshape.shape if tensor.HasField("reshape") else tensor.dims
+            expected = ([-1] if batched else []) + [int(d) for d in dims]
+            actual = [-1 if d is None or d < 0 else int(d) for d in shape]
+            if len(expected) != len(actual) or any(
+                e != -1 and a != -1 and e != a for e, a in zip(expected, actual, strict=True)
+            ):
+                raise errors.ModelLoadError(
+                    f"model '{config.name}': {kind} '{tensor.name}' has shape {expected} "
+                    f"(with the batch dimension) in the config but {actual} in the model file"
+                )
+    listed_inputs = {t.name for t in config.input}
+    unlisted = [name for name, _, _ in inputs if name not in listed_inputs]
+    if unlisted:
+        raise errors.ModelLoadError(
+            f"model '{config.name}': the model file needs input(s) {unlisted}, which the "
+            "config does not list"
+        )
+
+
 def expected_types(tensors_: Sequence[Any]) -> Mapping[str, np.dtype[Any]]:
     """Config tensor name -> numpy dtype."""
     return {t.name: numpy_dtype(t.data_type) for t in tensors_}

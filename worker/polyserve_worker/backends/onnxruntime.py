@@ -5,7 +5,8 @@ The only module that imports onnxruntime. Thread counts come from the model's
 ``inter_op_thread_count``); the execution provider follows the instance kind and
 ``optimization.execution_accelerators`` as in Triton; ``parameters.precision: fp16`` on
 GPU instances selects the TensorRT provider with FP16 on, the one provider that runs an
-FP32 ONNX file in FP16.
+FP32 ONNX file in FP16. A config whose tensors do not match the file fails at load.
+ONNX Runtime's telemetry (a database it writes under ``$HOME/.cache``) is turned off.
 """
 
 from __future__ import annotations
@@ -20,15 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from polyserve_worker import config as model_config
 from polyserve_worker import errors, tensors
 from polyserve_worker.backends import base, configs
 from polyserve_worker.tensors import Array
 
 logger = logging.getLogger(__name__)
 
-#: Triton's default for autocompleted models that batch (--backend-config default-max-batch-size).
-DEFAULT_MAX_BATCH_SIZE = 4
 _ONNX_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
 
 # ONNX Runtime element type strings -> Triton config types.
@@ -51,6 +49,10 @@ _ORT_TYPES = {
 
 
 def _ort() -> Any:
+    # ONNX Runtime reads this once, when it is first imported: without it, it keeps a
+    # telemetry database and a device id under $HOME/.cache/Microsoft. Set it to 0 in the
+    # worker's environment to allow telemetry deliberately.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     try:
         import onnxruntime
     except ImportError as exc:
@@ -78,24 +80,21 @@ class OnnxRuntimeBackend:
             raise errors.ModelLoadError(
                 f"{model_path}: ONNX Runtime cannot read it: {exc}"
             ) from exc
-        inputs = session.get_inputs()
-        outputs = session.get_outputs()
+        inputs = [_describe(t) for t in session.get_inputs()]
+        outputs = [_describe(t) for t in session.get_outputs()]
+        del session
         # Triton's autocomplete: a leading dynamic dimension on every tensor means the
         # model batches; serve it with a batcher of a moderate size.
-        unconfigured = config.max_batch_size == 0 and not config.input and not config.output
-        if unconfigured and all(_leading_dynamic(t.shape) for t in (*inputs, *outputs)):
-            config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
-            config.dynamic_batching.SetInParent()
-        batched = config.max_batch_size > 0
+        batched = configs.autocomplete_batching(
+            config, [shape for _, _, shape in (*inputs, *outputs)]
+        )
         if not config.input:
-            for tensor in inputs:
-                entry = config.input.add()
-                _fill(entry, tensor, batched)
+            for name, type_, shape in inputs:
+                configs.fill(config.input.add(), name, type_, shape, batched)
         if not config.output:
-            for tensor in outputs:
-                entry = config.output.add()
-                _fill(entry, tensor, batched)
-        del session
+            for name, type_, shape in outputs:
+                configs.fill(config.output.add(), name, type_, shape, batched)
+        configs.check_io(config, inputs, outputs)
 
     async def load(
         self, config: Any, model_path: Path, instance: base.InstanceSpec
@@ -111,7 +110,7 @@ class OnnxRuntimeInstance(base.BlockingInstance):
         params = {k: v.string_value for k, v in config.parameters.items()}
         options = ort.SessionOptions()
         options.intra_op_num_threads = _int_param(
-            params, "intra_op_thread_count", _default_threads(config)
+            params, "intra_op_thread_count", configs.default_threads(config)
         )
         options.inter_op_num_threads = _int_param(params, "inter_op_thread_count", 1)
         # Spinning threads steal the cores the server and other instances need.
@@ -241,11 +240,6 @@ def _providers(ort: Any, config: Any, instance: base.InstanceSpec) -> list[Any]:
     return providers
 
 
-def _default_threads(config: Any) -> int:
-    instances = sum(max(1, g.count) for g in config.instance_group) or 1
-    return max(1, (os.cpu_count() or 1) // instances)
-
-
 def _int_param(params: Mapping[str, str], key: str, default: int) -> int:
     if key not in params:
         return default
@@ -257,22 +251,12 @@ def _int_param(params: Mapping[str, str], key: str, default: int) -> int:
         ) from exc
 
 
-def _leading_dynamic(shape: Sequence[Any]) -> bool:
-    return bool(shape) and not isinstance(shape[0], int)
-
-
-def _fill(entry: Any, tensor: Any, batched: bool) -> None:
-    entry.name = tensor.name
+def _describe(tensor: Any) -> configs.Described:
+    """An ONNX Runtime input or output as (name, Triton type, shape with None = dynamic)."""
     try:
-        entry.data_type = _config_enum(_ORT_TYPES[tensor.type])
+        type_ = _ORT_TYPES[tensor.type]
     except KeyError:
         raise errors.ModelLoadError(
             f"tensor '{tensor.name}' has type {tensor.type}, which the protocol cannot carry"
         ) from None
-    dims = [d if isinstance(d, int) else -1 for d in tensor.shape]
-    entry.dims.extend(dims[1:] if batched else dims)
-
-
-def _config_enum(name: str) -> int:
-    value: int = model_config.model_config_pb2.DataType.Value(name)
-    return value
+    return tensor.name, type_, [d if isinstance(d, int) else None for d in tensor.shape]

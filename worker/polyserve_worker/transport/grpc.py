@@ -3,12 +3,23 @@
 Decodes typed contents and ``raw_input_contents`` into numpy arrays, calls the dataplane,
 and answers with ``raw_output_contents`` as Triton does. Errors map through ``STATUS``;
 RPCs this worker does not implement answer UNIMPLEMENTED saying so.
+
+A ModelStreamInfer stream holds at most ``max_stream_in_flight`` requests that are decoded,
+running or answered but unsent; past that it stops reading the stream, so HTTP/2 flow
+control holds back a client that does not read its answers.
+
+On shutdown, ``quiesce`` first holds new calls until they stop arriving: gRPC core cancels
+(CANCELLED) every call that has reached the server but not yet the application when the
+shutdown starts, and holding the calls lets every one of them reach it. Then the server's
+``stop(grace)`` sends GOAWAY (clients move on; a new call gets UNAVAILABLE), the held calls
+are served, and an open stream ends with UNAVAILABLE once the drain is over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -28,11 +39,23 @@ STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.ModelLoadError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.PayloadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.RequestTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.Unsupported, grpc.StatusCode.UNIMPLEMENTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.ClientError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ServerError, grpc.StatusCode.INTERNAL),
 )
+
+#: Typed contents field -> the numpy type protobuf stores it in (wider than INT8/16, UINT8/16).
+_FIELD_DTYPES = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
 
 # Typed contents field per datatype; FP16 and BF16 travel only as raw bytes.
 _CONTENTS = {
@@ -52,6 +75,12 @@ _CONTENTS = {
 
 T = TypeVar("T")
 
+#: Before shutting down, new calls are held until none has arrived for this long (seconds):
+#: far longer than a request in flight on a cluster network takes to arrive ...
+QUIESCE_QUIET_SECS = 0.05
+#: ... and at most this long, whatever clients keep sending.
+QUIESCE_MAX_SECS = 0.5
+
 
 def code_of(exc: Exception) -> grpc.StatusCode:
     for cls, code in STATUS:
@@ -60,27 +89,17 @@ def code_of(exc: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await call()
-    except errors.PolyserveError as exc:
-        await context.abort(code_of(exc), str(exc))
-    except (asyncio.CancelledError, grpc.aio.AbortError):
-        raise
-    except Exception as exc:
-        logger.exception("gRPC call failed")
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
-    raise AssertionError("unreachable")  # context.abort always raises
-
-
 def _param_value(param: Any) -> Any:
     which = param.WhichOneof("parameter_choice")
     return getattr(param, which) if which else None
 
 
 def decode_request(
-    request: Any, lease: shm.Lease
+    request: Any, lease: shm.Lease, budget: tensors.Budget | None = None
 ) -> tuple[dict[str, tensors.Array], list[str], dict[str, Any], dict[str, shm.Placement]]:
+    """Decode a ModelInferRequest; every input is admitted by ``budget`` (the model's shapes,
+    the request's caps) before its data is decoded."""
+    budget = budget or tensors.Budget()
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise errors.InvalidArgument(
@@ -95,37 +114,16 @@ def decode_request(
         shape = list(tensor.shape)
         if "shared_memory_region" in tensor.parameters:
             params = {k: _param_value(v) for k, v in tensor.parameters.items()}
-            inputs[name] = lease.read(name, params, tensor.datatype, shape)
+            inputs[name] = lease.read(name, params, tensor.datatype, shape, budget)
             continue
         if raw:
             if tensor.HasField("contents"):
                 raise errors.InvalidArgument(
                     f"input '{name}': use either raw_input_contents or typed contents, not both"
                 )
-            inputs[name] = tensors.from_raw(name, raw[index], tensor.datatype, shape)
+            inputs[name] = tensors.from_raw(name, raw[index], tensor.datatype, shape, budget)
             continue
-        field = _CONTENTS.get(tensor.datatype)
-        if field is None:
-            if tensor.datatype in tensors.DTYPES:
-                raise errors.InvalidArgument(
-                    f"input '{name}': {tensor.datatype} data must be sent in raw_input_contents"
-                )
-            raise errors.InvalidArgument(f"input '{name}': unknown datatype {tensor.datatype!r}")
-        values = getattr(tensor.contents, field)
-        dims = tensors.check_shape(name, shape)
-        count = tensors.element_count(dims)
-        if len(values) != count:
-            raise errors.InvalidArgument(
-                f"input '{name}': shape {shape} needs {count} elements, got {len(values)} "
-                f"in {field}"
-            )
-        if tensor.datatype == "BYTES":
-            array = np.empty(count, dtype=object)
-            for i, item in enumerate(values):
-                array[i] = bytes(item)
-            inputs[name] = array.reshape(dims)
-        else:
-            inputs[name] = np.asarray(values, dtype=tensors.DTYPES[tensor.datatype]).reshape(dims)
+        inputs[name] = _typed_contents(tensor, budget)
     outputs = []
     placements: dict[str, shm.Placement] = {}
     for output in request.outputs:
@@ -137,6 +135,44 @@ def decode_request(
         outputs.append(output.name)
     params = {key: _param_value(value) for key, value in request.parameters.items()}
     return inputs, outputs, params, placements
+
+
+def _typed_contents(tensor: Any, budget: tensors.Budget) -> tensors.Array:
+    """One input from its typed ``contents``, values checked against the datatype's range."""
+    name = tensor.name
+    field = _CONTENTS.get(tensor.datatype)
+    if field is None:
+        if tensor.datatype in tensors.DTYPES:
+            raise errors.InvalidArgument(
+                f"input '{name}': {tensor.datatype} data must be sent in raw_input_contents"
+            )
+        raise errors.InvalidArgument(f"input '{name}': unknown datatype {tensor.datatype!r}")
+    dims = budget.admit(name, tensor.datatype, list(tensor.shape))
+    values = getattr(tensor.contents, field)
+    count = tensors.element_count(dims)
+    if len(values) != count:
+        raise errors.InvalidArgument(
+            f"input '{name}': shape {list(dims)} needs {count} elements, got {len(values)} "
+            f"in {field}"
+        )
+    if tensor.datatype == "BYTES":
+        budget.charge(name, sum(map(len, values)))
+        array = np.empty(count, dtype=object)
+        for i, item in enumerate(values):
+            array[i] = bytes(item)
+        return array.reshape(dims)
+    stored = np.array(values, dtype=_FIELD_DTYPES[field])
+    target = tensors.DTYPES[tensor.datatype]
+    if target != stored.dtype and stored.size:
+        info = np.iinfo(target)
+        low, high = int(stored.min()), int(stored.max())
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise errors.InvalidArgument(
+                f"input '{name}': {field} value {bad} is outside the range of "
+                f"{tensor.datatype} ({info.min}..{info.max})"
+            )
+    return stored.astype(target, copy=False).reshape(dims)
 
 
 def encode_response(
@@ -164,26 +200,72 @@ def encode_response(
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, core: dataplane.DataPlane) -> None:
+    def __init__(self, core: dataplane.DataPlane, max_stream_in_flight: int = 64) -> None:
         self.core = core
+        self.max_stream_in_flight = max_stream_in_flight
+        self._open = asyncio.Event()  # cleared while new calls are held (quiesce)
+        self._open.set()
+        self._last_call = 0.0
+
+    async def quiesce(self, server: grpc.aio.Server, grace: float) -> asyncio.Task[None]:
+        """Shut ``server`` down without losing a call: hold new calls until they stop
+        arriving, start the shutdown (GOAWAY), then serve the held calls. Returns the
+        shutdown, which ends when the calls in flight have."""
+        self._open.clear()
+        held = time.monotonic()
+        while time.monotonic() - max(self._last_call, held) < QUIESCE_QUIET_SECS:
+            if time.monotonic() - held > min(QUIESCE_MAX_SECS, grace):
+                break
+            await asyncio.sleep(QUIESCE_QUIET_SECS / 5)
+        stopping = asyncio.create_task(server.stop(grace), name="grpc-stop")
+        for _ in range(3):  # let the shutdown begin: from then on calls go elsewhere
+            await asyncio.sleep(0)
+        self._open.set()
+        return stopping
+
+    async def _guard(self, context: Any, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one call: held while quiescing, counted as activity, errors mapped."""
+        self._last_call = time.monotonic()
+        if not self._open.is_set():
+            await self._open.wait()
+        try:
+            with self.core.activity:
+                return await call()
+        except errors.PolyserveError as exc:
+            await context.abort(code_of(exc), str(exc))
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            logger.exception("gRPC call failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+        raise AssertionError("unreachable")  # context.abort always raises
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
-        return pb.ServerLiveResponse(live=self.core.live())
+        async def call() -> Any:
+            return pb.ServerLiveResponse(live=self.core.live())
+
+        return await self._guard(context, call)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return pb.ServerReadyResponse(ready=self.core.ready())
+        async def call() -> Any:
+            return pb.ServerReadyResponse(ready=self.core.ready())
+
+        return await self._guard(context, call)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
             return pb.ModelReadyResponse(ready=self.core.model_ready(request.name, request.version))
 
-        return await _guard(context, call)
+        return await self._guard(context, call)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        meta = self.core.server_metadata()
-        return pb.ServerMetadataResponse(
-            name=meta["name"], version=meta["version"], extensions=meta["extensions"]
-        )
+        async def call() -> Any:
+            meta = self.core.server_metadata()
+            return pb.ServerMetadataResponse(
+                name=meta["name"], version=meta["version"], extensions=meta["extensions"]
+            )
+
+        return await self._guard(context, call)
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
@@ -198,14 +280,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                     )
             return response
 
-        return await _guard(context, call)
+        return await self._guard(context, call)
 
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
             config = self.core.model_config(request.name, request.version)
             return pb.ModelConfigResponse(config=config)
 
-        return await _guard(context, call)
+        return await self._guard(context, call)
 
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
@@ -214,72 +296,99 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 json_format.ParseDict(stats.to_dict(), response.model_stats.add())
             return response
 
-        return await _guard(context, call)
+        return await self._guard(context, call)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
             return await self._infer(request)
 
-        return await _guard(context, call)
+        return await self._guard(context, call)
 
     async def _infer(self, request: Any) -> Any:
-        self.core.require(request.model_name, request.model_version)
+        served = self.core.require(request.model_name, request.model_version)
         lease = self.core.shm.lease()
         try:
-            inputs, outputs, params, placements = decode_request(request, lease)
+            inputs, outputs, params, placements = await self.core.decode(
+                served, _size_of(request), lambda budget: decode_request(request, lease, budget)
+            )
             result = await self.core.infer(
                 request.model_name, request.model_version, inputs, outputs, params, request.id
             )
-            return encode_response(result, placements)
+            return await self.core.encode(result, lambda: encode_response(result, placements))
         finally:
             lease.release()
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
-        """Requests run concurrently; each answer (or its error) is sent as it completes."""
+        """Requests run concurrently; each answer (or its error) is sent as it completes.
+
+        At most ``max_stream_in_flight`` requests are read ahead of the answers the client
+        has taken; when the worker is about to exit, the stream stops reading, sends the
+        answers it owes and ends with UNAVAILABLE."""
+        self._last_call = time.monotonic()
+        if not self._open.is_set():
+            await self._open.wait()
         answers: asyncio.Queue[Any] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.max_stream_in_flight)
         running: set[asyncio.Task[None]] = set()
         done = object()
 
         async def handle(request: Any) -> None:
             try:
-                response = await self._infer(request)
-                await answers.put(pb.ModelStreamInferResponse(infer_response=response))
+                with self.core.activity:
+                    response = await self._infer(request)
+                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
             except errors.PolyserveError as exc:
                 echo = pb.ModelInferResponse(
                     id=request.id,
                     model_name=request.model_name,
                     model_version=request.model_version,
                 )
-                await answers.put(
+                answers.put_nowait(
                     pb.ModelStreamInferResponse(error_message=str(exc), infer_response=echo)
                 )
             except Exception as exc:
                 logger.exception("stream request failed")
-                await answers.put(
+                answers.put_nowait(
                     pb.ModelStreamInferResponse(error_message=f"internal error: {exc}")
                 )
 
         async def read() -> None:
+            requests = aiter(request_iterator)
             try:
-                async for request in request_iterator:
+                while True:
+                    await slots.acquire()  # a free slot before reading: flow control holds
+                    try:
+                        request = await anext(requests)
+                    except StopAsyncIteration:
+                        break
                     task = asyncio.create_task(handle(request), name="stream-infer")
                     running.add(task)
                     task.add_done_callback(running.discard)
+            finally:
+                # Also when the worker stops reading: the requests read are answered.
                 if running:
                     await asyncio.gather(*running, return_exceptions=True)
-            finally:
-                await answers.put(done)
+                answers.put_nowait(done)
 
         reader = asyncio.create_task(read(), name="stream-reader")
+        stopping = asyncio.create_task(self.core.stopping.wait(), name="stream-stopping")
+        stopping.add_done_callback(lambda _: reader.cancel())
         try:
             while (item := await answers.get()) is not done:
                 yield item
+                slots.release()
         finally:
+            stopping.cancel()
             reader.cancel()
             for task in list(running):
                 task.cancel()
+        if self.core.stopping.is_set():
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the server is shutting down; open the stream again on another replica",
+            )
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
@@ -288,7 +397,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 response.models.add(**row)
             return response
 
-        return await _guard(context, call)
+        return await self._guard(context, call)
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
@@ -303,19 +412,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             await self.core.load(request.model_name, config, files)
             return pb.RepositoryModelLoadResponse()
 
-        return await _guard(context, call)
+        return await self._guard(context, call)
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
             await self.core.unload(request.model_name)
             return pb.RepositoryModelUnloadResponse()
 
-        return await _guard(context, call)
+        return await self._guard(context, call)
 
     async def _unimplemented(self, context: Any, what: str) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented by this worker"
-        )
+        async def call() -> Any:
+            raise errors.Unsupported(f"{what} is not implemented by this worker")
+
+        return await self._guard(context, call)
 
     async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
@@ -326,7 +436,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 )
             return response
 
-        return await _guard(context, call)
+        return await self._guard(context, call)
 
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
@@ -335,14 +445,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             )
             return pb.SystemSharedMemoryRegisterResponse()
 
-        return await _guard(context, call)
+        return await self._guard(context, call)
 
     async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
             self.core.shm.unregister(request.name, shm.SYSTEM)
             return pb.SystemSharedMemoryUnregisterResponse()
 
-        return await _guard(context, call)
+        return await self._guard(context, call)
 
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
@@ -353,7 +463,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 )
             return response
 
-        return await _guard(context, call)
+        return await self._guard(context, call)
 
     async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
@@ -362,14 +472,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             )
             return pb.CudaSharedMemoryRegisterResponse()
 
-        return await _guard(context, call)
+        return await self._guard(context, call)
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
             self.core.shm.unregister(request.name, shm.CUDA)
             return pb.CudaSharedMemoryUnregisterResponse()
 
-        return await _guard(context, call)
+        return await self._guard(context, call)
 
     async def TraceSetting(self, request: Any, context: Any) -> Any:
         return await self._unimplemented(context, "the trace extension")
@@ -378,10 +488,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return await self._unimplemented(context, "the logging extension")
 
 
+def _size_of(request: Any) -> int:
+    """Roughly how many bytes a request carries, to decide whether to decode it off the loop."""
+    size = sum(len(raw) for raw in request.raw_input_contents)
+    for tensor in request.inputs:
+        if tensor.HasField("contents"):
+            contents = tensor.contents
+            size += 4 * (
+                len(contents.int_contents)
+                + len(contents.uint_contents)
+                + len(contents.fp32_contents)
+                + len(contents.bool_contents)
+            )
+            size += 8 * (
+                len(contents.int64_contents)
+                + len(contents.uint64_contents)
+                + len(contents.fp64_contents)
+            )
+            size += sum(map(len, contents.bytes_contents))
+    return size
+
+
 def create_server(
-    core: dataplane.DataPlane, address: str, max_message_size: int
-) -> tuple[grpc.aio.Server, int]:
-    """A started-later gRPC server bound to ``address``; returns it and the bound port."""
+    core: dataplane.DataPlane, address: str, max_message_size: int, max_stream_in_flight: int = 64
+) -> tuple[grpc.aio.Server, InferenceServicer, int]:
+    """A started-later gRPC server bound to ``address``; returns it, its servicer (which
+    shuts it down: ``quiesce``) and the bound port."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_size),
@@ -389,8 +521,9 @@ def create_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
+    servicer = InferenceServicer(core, max_stream_in_flight)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise errors.ServerError(f"cannot bind gRPC to {address}")
-    return server, port
+    return server, servicer, port

@@ -4,10 +4,17 @@ Decodes JSON and Triton's binary tensor data extension (``Inference-Header-Conte
 into numpy arrays, calls the dataplane, and encodes the answer the way the request asked
 (``binary_data``, ``binary_data_output``). Every error is ``{"error": "..."}`` with the status
 from ``STATUS``; no error path can take the server down.
+
+A request body must arrive within the body timeout (408 otherwise, and the connection
+closes). While the worker drains (``DataPlane.draining``), every response carries
+``Connection: close``, so a client moves to another replica after its answer instead of
+reusing a connection that is about to close; every request is counted in
+``DataPlane.activity``, so the server can tell when the connections have gone quiet.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -29,6 +36,7 @@ STATUS: tuple[tuple[type[Exception], int], ...] = (
     (errors.ModelLoadError, 400),
     (errors.NotFound, 404),
     (errors.PayloadTooLarge, 413),
+    (errors.RequestTimeout, 408),
     (errors.Unsupported, 501),
     (errors.Unavailable, 503),
     (errors.ClientError, 400),
@@ -83,7 +91,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = status_of(exc)
         # Server faults were logged once where they happened (the dataplane).
         logger.debug("%s %s answered %d: %s", request.method, request.path, status, exc)
-        return error_response(status, str(exc))
+        response = error_response(status, str(exc))
+        if isinstance(exc, errors.RequestTimeout):
+            response.force_close()  # the rest of the body may still be on its way
+        return response
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(413, f"request body too large: {exc.text}")
     except web.HTTPException as exc:
@@ -101,11 +112,48 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 class RestServer:
-    def __init__(self, core: dataplane.DataPlane, max_input_size: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        core: dataplane.DataPlane,
+        max_input_size: int = 64 * 1024 * 1024,
+        body_timeout: float = 60.0,
+    ) -> None:
         self.core = core
         self.max_input_size = max_input_size
-        self.app = web.Application(middlewares=[_errors], client_max_size=max_input_size)
+        self.body_timeout = body_timeout
+        self.app = web.Application(
+            middlewares=[self._track, _errors], client_max_size=max_input_size
+        )
         self._routes()
+
+    @web.middleware
+    async def _track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        with self.core.activity:
+            response = await handler(request)
+            if self.core.draining:
+                response.force_close()  # Connection: close, then the connection closes
+            return response
+
+    async def _read(self, request: web.Request) -> bytes:
+        """The request body, within the body timeout."""
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                return await request.read()
+        except TimeoutError:
+            raise errors.RequestTimeout(
+                f"the request body did not arrive within {self.body_timeout:g} s "
+                "(--http-body-timeout-secs)"
+            ) from None
+
+    async def _json_body(self, request: web.Request, allow_empty: bool = False) -> dict[str, Any]:
+        raw = await self._read(request)
+        if not raw.strip():
+            if allow_empty:
+                return {}
+            raise errors.InvalidArgument("request body is empty")
+        if len(raw) > dataplane.OFFLOAD_BYTES:
+            return await asyncio.to_thread(_parse_json, raw)
+        return _parse_json(raw)
 
     def _routes(self) -> None:
         r = self.app.router
@@ -167,24 +215,20 @@ class RestServer:
     # -- repository ----------------------------------------------------------------------
 
     async def repository_index(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, allow_empty=True)
+        body = await self._json_body(request, allow_empty=True)
         ready = bool(body.get("ready", False))
         return web.json_response(self.core.repository_index(ready))
 
     async def load(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, allow_empty=True)
+        body = await self._json_body(request, allow_empty=True)
         params = body.get("parameters") or {}
         if not isinstance(params, dict):
             raise errors.InvalidArgument("'parameters' must be an object")
-        files: dict[str, bytes] = {}
-        for key, value in params.items():
-            if key.startswith("file:"):
-                if not isinstance(value, str):
-                    raise errors.InvalidArgument(f"parameter '{key}' must be base64 text")
-                try:
-                    files[key[len("file:") :]] = base64.b64decode(value, validate=True)
-                except ValueError as exc:
-                    raise errors.InvalidArgument(f"parameter '{key}' is not base64: {exc}") from exc
+        size = sum(len(v) for v in params.values() if isinstance(v, str))
+        if size > dataplane.OFFLOAD_BYTES:
+            files = await asyncio.to_thread(_load_files, params)
+        else:
+            files = _load_files(params)
         config = params.get("config")
         if config is not None and not isinstance(config, str):
             config = json.dumps(config)
@@ -192,7 +236,7 @@ class RestServer:
         return web.json_response({})
 
     async def unload(self, request: web.Request) -> web.Response:
-        await _json_body(request, allow_empty=True)
+        await self._json_body(request, allow_empty=True)
         await self.core.unload(request.match_info["model"])
         return web.json_response({})
 
@@ -203,7 +247,7 @@ class RestServer:
         return web.json_response(regions)
 
     async def shm_register(self, request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await self._json_body(request)
         name = request.match_info["region"]
         if _shm_kind(request) == shm.CUDA:
             self.core.shm.register_cuda(
@@ -224,7 +268,7 @@ class RestServer:
 
     async def infer(self, request: web.Request) -> web.StreamResponse:
         name, version = _model(request)
-        self.core.require(name, version)
+        served = self.core.require(name, version)
         content_type = request.content_type if request.headers.get("Content-Type") else ""
         if content_type not in _ACCEPTED_TYPES:
             raise errors.InvalidArgument(
@@ -236,13 +280,16 @@ class RestServer:
                 f"request body of {request.content_length} bytes exceeds the limit of "
                 f"{self.max_input_size} bytes (--http-max-input-size)"
             )
-        body = await request.read()
+        body = await self._read(request)
         header_length = request.headers.get("Inference-Header-Content-Length")
         if header_length is not None and header_length.strip() == "0":
-            config = self.core.model_config(name, version)
-            inputs = raw_binary_input(config, body)
+            inputs = await self.core.decode(
+                served, len(body), lambda budget: raw_binary_input(served.config, body, budget)
+            )
             result = await self.core.infer(name, version, inputs)
-            payload, header_size = encode_response(result, (True, {}))
+            payload, header_size = await self.core.encode(
+                result, lambda: encode_response(result, (True, {}))
+            )
             return web.Response(
                 body=payload,
                 headers={"Inference-Header-Content-Length": str(header_size)},
@@ -250,10 +297,16 @@ class RestServer:
             )
         lease = self.core.shm.lease()
         try:
-            decoded = decode_request(body, header_length, lease)
+            decoded = await self.core.decode(
+                served,
+                len(body),
+                lambda budget: decode_request(body, header_length, lease, budget),
+            )
             inputs, outputs, binary_outputs, params, request_id, placements = decoded
             result = await self.core.infer(name, version, inputs, outputs, params, request_id)
-            payload, header_size = encode_response(result, binary_outputs, placements)
+            payload, header_size = await self.core.encode(
+                result, lambda: encode_response(result, binary_outputs, placements)
+            )
         finally:
             lease.release()
         headers = {}
@@ -264,21 +317,26 @@ class RestServer:
         return web.Response(body=payload, headers=headers, content_type=content)
 
 
+def _load_files(params: dict[str, Any]) -> dict[str, bytes]:
+    """The ``file:<version>/<path>`` parameters of a load request, base64-decoded."""
+    files: dict[str, bytes] = {}
+    for key, value in params.items():
+        if key.startswith("file:"):
+            if not isinstance(value, str):
+                raise errors.InvalidArgument(f"parameter '{key}' must be base64 text")
+            try:
+                files[key[len("file:") :]] = base64.b64decode(value, validate=True)
+            except ValueError as exc:
+                raise errors.InvalidArgument(f"parameter '{key}' is not base64: {exc}") from exc
+    return files
+
+
 def _shm_kind(request: web.Request) -> str:
     return shm.CUDA if request.path.startswith("/v2/cudasharedmemory") else shm.SYSTEM
 
 
 def _model(request: web.Request) -> tuple[str, str]:
     return request.match_info["model"], request.match_info.get("version", "")
-
-
-async def _json_body(request: web.Request, allow_empty: bool = False) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        if allow_empty:
-            return {}
-        raise errors.InvalidArgument("request body is empty")
-    return _parse_json(raw)
 
 
 def _parse_json(raw: bytes | memoryview) -> dict[str, Any]:
@@ -291,7 +349,9 @@ def _parse_json(raw: bytes | memoryview) -> dict[str, Any]:
     return doc
 
 
-def raw_binary_input(config: Any, body: bytes) -> dict[str, tensors.Array]:
+def raw_binary_input(
+    config: Any, body: bytes, budget: tensors.Budget | None = None
+) -> dict[str, tensors.Array]:
     """Triton's raw binary request: the whole body is the one input of batch 1.
 
     Only for single-input models whose shape follows from the byte count: every dim known,
@@ -307,9 +367,13 @@ def raw_binary_input(config: Any, body: bytes) -> dict[str, tensors.Array]:
     lead = [1] if config.max_batch_size > 0 else []
     dims = [int(d) for d in tensor.dims]
     if datatype == "BYTES":
+        shape = [*lead, *([1] * len(dims))]
+        if budget is not None:
+            budget.admit(tensor.name, datatype, shape)
+            budget.charge(tensor.name, len(body))
         array = np.empty(1, dtype=object)
         array[0] = bytes(body)
-        return {tensor.name: array.reshape([*lead, *([1] * len(dims))])}
+        return {tensor.name: array.reshape(shape)}
     itemsize = tensors.DTYPES[datatype].itemsize
     known = tensors.element_count([d for d in dims if d != -1]) * itemsize
     variable = dims.count(-1)
@@ -319,7 +383,7 @@ def raw_binary_input(config: Any, body: bytes) -> dict[str, tensors.Array]:
             f"for dims {dims}; send a JSON header with the shape"
         )
     shape = [len(body) // known if d == -1 else d for d in dims]
-    return {tensor.name: tensors.from_raw(tensor.name, body, datatype, [*lead, *shape])}
+    return {tensor.name: tensors.from_raw(tensor.name, body, datatype, [*lead, *shape], budget)}
 
 
 #: Output name -> True (binary) / False (JSON) / None (follow binary_data_output).
@@ -336,54 +400,58 @@ Decoded = tuple[
 ]
 
 
-def decode_request(body: bytes, header_length: str | None, lease: shm.Lease) -> Decoded:
-    """Parse an infer request body (JSON, or JSON + binary tensors, or shared memory)."""
-    binary = memoryview(b"")
-    if header_length is not None:
-        try:
-            json_size = int(header_length)
-        except ValueError:
-            raise errors.InvalidArgument(
-                f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
-            ) from None
-        if json_size < 0 or json_size > len(body):
-            raise errors.InvalidArgument(
-                f"Inference-Header-Content-Length {json_size} is outside the body "
-                f"of {len(body)} bytes"
-            )
-        binary = memoryview(body)[json_size:]
-        doc = _parse_json(memoryview(body)[:json_size])
-    else:
-        doc = _parse_json(body)
-    raw_inputs = doc.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise errors.InvalidArgument("request needs a non-empty 'inputs' list")
+def decode_request(
+    body: bytes,
+    header_length: str | None,
+    lease: shm.Lease,
+    budget: tensors.Budget | None = None,
+) -> Decoded:
+    """Parse an infer request body (JSON, or JSON + binary tensors, or shared memory).
+
+    Every input is admitted by ``budget`` (the model's shapes, the request's caps) before
+    its data is decoded."""
+    doc, binary = _split_body(body, header_length)
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise errors.InvalidArgument("'parameters' must be an object")
+    inputs = _decode_inputs(doc, binary, lease, budget or tensors.Budget())
+    outputs, choices, placements = _decode_outputs(doc, lease)
+    default_binary = bool(params.get("binary_data_output", False))
+    request_id = doc.get("id", "")
+    if not isinstance(request_id, str):
+        raise errors.InvalidArgument("'id' must be a string")
+    return inputs, outputs, (default_binary, choices), params, request_id, placements
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+    """The JSON header and the binary data after it (Inference-Header-Content-Length)."""
+    if header_length is None:
+        return _parse_json(body), memoryview(b"")
+    try:
+        json_size = int(header_length)
+    except ValueError:
+        raise errors.InvalidArgument(
+            f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
+        ) from None
+    if json_size < 0 or json_size > len(body):
+        raise errors.InvalidArgument(
+            f"Inference-Header-Content-Length {json_size} is outside the body of {len(body)} bytes"
+        )
+    return _parse_json(memoryview(body)[:json_size]), memoryview(body)[json_size:]
+
+
+def _decode_inputs(
+    doc: dict[str, Any], binary: memoryview, lease: shm.Lease, budget: tensors.Budget
+) -> dict[str, tensors.Array]:
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise errors.InvalidArgument("request needs a non-empty 'inputs' list")
     inputs: dict[str, tensors.Array] = {}
     offset = 0
     for item in raw_inputs:
-        if not isinstance(item, dict):
-            raise errors.InvalidArgument("each input must be an object")
-        name = item.get("name")
-        shape = item.get("shape")
-        datatype = item.get("datatype")
-        if not isinstance(name, str) or not name:
-            raise errors.InvalidArgument("an input has no 'name'")
-        if name in inputs:
-            raise errors.InvalidArgument(f"input '{name}' appears twice")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) for d in shape
-        ):
-            raise errors.InvalidArgument(f"input '{name}': 'shape' must be a list of integers")
-        if not isinstance(datatype, str):
-            raise errors.InvalidArgument(f"input '{name}': 'datatype' is missing")
-        in_params = item.get("parameters") or {}
-        if not isinstance(in_params, dict):
-            raise errors.InvalidArgument(f"input '{name}': 'parameters' must be an object")
+        name, shape, datatype, in_params = _input_header(item, inputs)
         if "shared_memory_region" in in_params:
-            inputs[name] = lease.read(name, in_params, datatype, shape)
+            inputs[name] = lease.read(name, in_params, datatype, shape, budget)
         elif "binary_data_size" in in_params:
             size = in_params["binary_data_size"]
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -395,10 +463,11 @@ def decode_request(body: bytes, header_length: str | None, lease: shm.Lease) -> 
                     f"input '{name}': binary_data_size {size} runs past the end of the body "
                     f"({len(binary) - offset} bytes left); the payload is truncated"
                 )
-            inputs[name] = tensors.from_raw(name, binary[offset : offset + size], datatype, shape)
+            chunk = binary[offset : offset + size]
+            inputs[name] = tensors.from_raw(name, chunk, datatype, shape, budget)
             offset += size
         elif "data" in item:
-            inputs[name] = tensors.from_json(name, item["data"], datatype, shape)
+            inputs[name] = tensors.from_json(name, item["data"], datatype, shape, budget)
         else:
             raise errors.InvalidArgument(
                 f"input '{name}' has neither 'data' nor a binary_data_size parameter"
@@ -408,6 +477,37 @@ def decode_request(body: bytes, header_length: str | None, lease: shm.Lease) -> 
             f"{len(binary) - offset} bytes of binary data after the last input; check "
             "binary_data_size and Inference-Header-Content-Length"
         )
+    return inputs
+
+
+def _input_header(
+    item: Any, seen: dict[str, tensors.Array]
+) -> tuple[str, list[int], str, dict[str, Any]]:
+    """An input's name, shape, datatype and parameters, each checked for its JSON type."""
+    if not isinstance(item, dict):
+        raise errors.InvalidArgument("each input must be an object")
+    name = item.get("name")
+    shape = item.get("shape")
+    datatype = item.get("datatype")
+    if not isinstance(name, str) or not name:
+        raise errors.InvalidArgument("an input has no 'name'")
+    if name in seen:
+        raise errors.InvalidArgument(f"input '{name}' appears twice")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    ):
+        raise errors.InvalidArgument(f"input '{name}': 'shape' must be a list of integers")
+    if not isinstance(datatype, str):
+        raise errors.InvalidArgument(f"input '{name}': 'datatype' is missing")
+    in_params = item.get("parameters") or {}
+    if not isinstance(in_params, dict):
+        raise errors.InvalidArgument(f"input '{name}': 'parameters' must be an object")
+    return name, shape, datatype, in_params
+
+
+def _decode_outputs(
+    doc: dict[str, Any], lease: shm.Lease
+) -> tuple[list[str], BinaryChoice, dict[str, shm.Placement]]:
     outputs: list[str] = []
     choices: BinaryChoice = {}
     placements: dict[str, shm.Placement] = {}
@@ -427,11 +527,7 @@ def decode_request(body: bytes, header_length: str | None, lease: shm.Lease) -> 
         outputs.append(item["name"])
         binary_flag = out_params.get("binary_data")
         choices[item["name"]] = None if binary_flag is None else bool(binary_flag)
-    default_binary = bool(params.get("binary_data_output", False))
-    request_id = doc.get("id", "")
-    if not isinstance(request_id, str):
-        raise errors.InvalidArgument("'id' must be a string")
-    return inputs, outputs, (default_binary, choices), params, request_id, placements
+    return outputs, choices, placements
 
 
 def encode_response(
