@@ -52,8 +52,12 @@ class Store:
     """The objects, their versions and their watchers."""
 
     def __init__(
-        self, *, history: int = 10_000, clock: Callable[[], datetime.datetime] | None = None
+        self, *, history: int = 2_000, clock: Callable[[], datetime.datetime] | None = None
     ) -> None:
+        """``history``: how many changes the watch log keeps, across all kinds, for watches
+        that resume from a resourceVersion (older ones get 410 Expired and relist, as a real
+        server's bounded watch cache answers). The log holds the objects' states, so a longer
+        one costs memory and garbage-collection time on every request."""
         self.registry = resources.Registry(kinds.RESOURCES)
         self.log = watching.EventLog(history)
         self._clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
