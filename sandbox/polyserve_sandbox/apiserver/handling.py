@@ -122,7 +122,7 @@ class Handler:
     async def _dispatch(self, request: web.Request, target: Target) -> web.StreamResponse:
         method = request.method
         query = request.query
-        if method == "GET":
+        if method == "GET" and target.subresource != "binding":
             if target.name is None:
                 if target.watch or queries.flag(query.get("watch")):
                     return await self._watch(request, target)
@@ -133,9 +133,10 @@ class Handler:
                 return await self._create(request, target)
             if target.subresource == "binding":
                 return await self._bind(request, target)
-        if method == "PUT" and target.name is not None and target.subresource != "log":
+        writable = target.name is not None and target.subresource in (None, "status", "scale")
+        if method == "PUT" and writable:
             return await self._replace(request, target)
-        if method == "PATCH" and target.name is not None and target.subresource != "log":
+        if method == "PATCH" and writable:
             return await self._patch(request, target)
         if method == "DELETE" and target.subresource is None:
             if target.name is None:

@@ -271,9 +271,10 @@ class Store:
             raise resource.not_found(name)
         if subresource == "scale":
             scale = (
-                patching.merge_patch(strategies.to_scale(old), patch_body)
-                if patch_type == "merge"
-                else (patching.json_patch(strategies.to_scale(old), patch_body))
+                # A Scale has no lists: a strategic merge patch of it is a merge patch.
+                patching.json_patch(strategies.to_scale(old), patch_body)
+                if patch_type == "json"
+                else patching.merge_patch(strategies.to_scale(old), patch_body)
             )
             return self._write_scale(resource, old, scale, dry_run, manager)
         working = self._writer.patched(resource, old, patch_body, patch_type)
