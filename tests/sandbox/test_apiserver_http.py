@@ -325,3 +325,16 @@ async def test_a_protobuf_body_of_another_kind_is_refused_with_the_json_way(api:
         status = await response.json()
     assert status["code"] == 415 and status["reason"] == "UnsupportedMediaType"
     assert "--dry-run=client -o yaml | kubectl apply -f -" in status["message"]
+
+
+async def test_a_watch_asked_as_a_table_streams_table_rows(api: Api) -> None:
+    since = str(api.store.version)
+    async with api.session.get(
+        api.url + "/api/v1/namespaces/default/pods",
+        params={"watch": "1", "resourceVersion": since},
+        headers={"Accept": TABLE},
+    ) as response:
+        api.store.create(pod("watched"))
+        event = json.loads(await response.content.readline())
+    assert event["type"] == "ADDED" and event["object"]["kind"] == "Table"
+    assert event["object"]["rows"][0]["cells"][:3] == ["watched", "0/1", "Pending"]
