@@ -203,7 +203,8 @@ class Worker:
         grpc_stopped = None
         if self._grpc is not None and self._servicer is not None:
             grpc_stopped = await self._servicer.quiesce(self._grpc, timeout)
-        await self._drain(deadline - self._tail())
+        if self.core.started:  # a failed start has no clients to wait for
+            await self._drain(deadline - self._tail())
         self.core.stopping.set()
         self.repository.abort("the server is shutting down; retry on another replica")
         for task in list(self._tasks):

@@ -113,10 +113,10 @@ class WorkerSettings(BaseSettings):
         default=1 << 26,
         gt=0,
         description=(
-            "Most tensor elements one request may decode, summed over its inputs; a single "
-            "dimension above it is refused too (400). Checked against the shape before "
-            "anything is allocated. 2^26 is 256 MiB of FP32, four times the default body "
-            "limit; inputs in shared memory are bounded by their region instead."
+            "Most tensor elements one request may carry, summed over its inputs (shared memory "
+            "ones too); a single dimension above it is refused as well (400). Checked against "
+            "the shape before anything is allocated. 2^26 is 256 MiB of FP32, four times the "
+            "default body limit: raise it for larger tensors in shared memory."
         ),
     )
     max_request_bytes: int = Field(
@@ -125,7 +125,8 @@ class WorkerSettings(BaseSettings):
         description=(
             "Most bytes one request may decode into tensors, summed over its inputs (400 "
             "above it). 256 MiB: four times the default body limit, which is what JSON "
-            "numbers can expand to; inputs in shared memory are bounded by their region."
+            "numbers can expand to. Inputs read in place from shared memory are not counted: "
+            "their region bounds them."
         ),
     )
     max_model_instances: int = Field(
