@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py --out bench/RESULTS.md
 	$(BIN)/python bench/frameworks.py --out bench/RESULTS.md
 	$(BIN)/python bench/extensions.py --out bench/RESULTS.md
+	$(BIN)/python bench/hardening.py --out bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) examples/models .polyserve-sandbox .pytest_cache .mypy_cache .ruff_cache
