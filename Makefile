@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/frameworks.py --out bench/RESULTS.md
 	$(BIN)/python bench/extensions.py --out bench/RESULTS.md
 	$(BIN)/python bench/hardening.py --out bench/RESULTS.md
+	$(BIN)/python bench/sandbox_api.py --out bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) examples/models .polyserve-sandbox .pytest_cache .mypy_cache .ruff_cache
