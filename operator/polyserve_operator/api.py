@@ -136,16 +136,209 @@ class Resources(_Model):
     """Maximum resources; the GPU limit comes from hardware.gpu, not from here."""
 
 
-class Rollout(_Model):
-    """How a new revision replaces the old one. Canary steps arrive in a later version: this
-    object will grow fields, none of these will change."""
+#: A duration as Argo Rollouts and Flagger write it: 30s, 5m, 1h, 1h30m, 250ms.
+DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
 
-    strategy: Literal["RollingUpdate"] = "RollingUpdate"
-    """RollingUpdate replaces pods gradually; Canary is reserved for the next version."""
+
+class Pause(_Model):
+    """Wait on this step: for a duration, or until a person promotes."""
+
+    duration: Duration | None = None
+    """How long to wait (30s, 5m, 1h); unset waits for `polyserve rollout promote NAME`."""
+
+
+class StepAnalysis(_Model):
+    """Run the canary's analysis at this step; any field given here overrides it."""
+
+    interval: Duration | None = None
+    """Time between measurements (the canary's analysis.interval when unset)."""
+    count: int | None = Field(default=None, ge=1)
+    """Successful measurements this step needs (the canary's analysis.count when unset)."""
+
+
+class CanaryStep(_Model):
+    """One step of a canary: exactly one of setWeight, pause and analysis."""
+
+    set_weight: int | None = Field(default=None, ge=0, le=100)
+    """Percent of the traffic the canary gets from now on."""
+    pause: Pause | None = None
+    """Wait, for a duration or for a person."""
+    analysis: StepAnalysis | None = None
+    """Measure the canary against its bounds and against stable; {} runs canary.analysis."""
+
+
+MetricName = Literal["successRate", "latencyP95", "latencyP99", "queueP95", "mirrorAgreement"]
+
+
+class MetricCheck(_Model):
+    """One metric of an analysis and its bounds: absolute, relative to stable, or both."""
+
+    name: MetricName
+    """successRate (successful / all requests, from nv_inference_request_success and
+    _failure), latencyP95 and latencyP99 (request time in ms, from the worker's
+    polyserve_request_duration_seconds histogram), queueP95 (queue time in ms), or
+    mirrorAgreement (copies of stable's requests on which the canary's answers agree, from
+    polyserve_mirror_requests_total; needs canary.mirror)."""
+    min: float | None = None
+    """Lowest passing value (successRate and mirrorAgreement: a ratio, e.g. 0.99)."""
+    max: float | None = None
+    """Highest passing value (latency in milliseconds)."""
+    relative_to_stable: float | None = Field(default=None, ge=0.01)
+    """Bound relative to stable over the same interval: latency canary <= X x stable
+    (e.g. 1.2), successRate canary >= X x stable (e.g. 0.99)."""
+
+
+class Analysis(_Model):
+    """How the canary is measured; each measurement covers one interval of live traffic."""
+
+    interval: Duration = "30s"
+    """Time between measurements; each measures the traffic of that interval."""
+    count: int = Field(default=3, ge=1)
+    """Successful measurements an analysis step needs before the rollout moves on."""
+    failure_limit: int = Field(default=0, ge=0)
+    """Failed measurements tolerated; one more rolls back."""
+    inconclusive_limit: int = Field(default=2, ge=0)
+    """Inconclusive measurements (too little traffic) tolerated; one more pauses the rollout
+    for a person, saying how many samples it saw and needed."""
+    min_samples: int = Field(default=20, ge=1)
+    """Requests the canary must have served in an interval (mirrored comparisons for
+    mirrorAgreement) for a measurement to count; fewer is Inconclusive, never a pass."""
+    metrics: list[MetricCheck] = Field(
+        default_factory=lambda: [MetricCheck(name="successRate", min=0.99)]
+    )
+    """What is measured; a successRate of at least 0.99 when unset."""
+
+
+class Tolerance(_Model):
+    """When a canary's output agrees with stable's."""
+
+    max_abs_diff: float | None = Field(default=None, ge=0)
+    """Largest absolute difference of any element."""
+    max_rel_diff: float | None = Field(default=None, ge=0)
+    """Largest relative difference of any element (an element agrees within either bound)."""
+    top1: bool | None = None
+    """Classifiers: the argmax along the last axis agrees on every row."""
+    exact: bool | None = None
+    """Every element equal (the default for integers, BOOL and BYTES)."""
+
+
+class Mirror(_Model):
+    """Stable pods copy a sample of live requests to the canary and compare the answers,
+    output by output; clients only ever get stable's answer, never delayed."""
+
+    percent: float = Field(default=10.0, ge=0, le=100)
+    """Share of stable's requests copied."""
+    rate: float | None = Field(default=None, ge=0.01)
+    """At most this many copies per second per stable pod."""
+    queue: int = Field(default=64, ge=1, le=4096)
+    """Copies waiting to be sent, per stable pod; beyond it they are dropped and counted."""
+    compare: dict[str, Tolerance] | None = None
+    """Output name ('*' for the rest) -> tolerance; {'*': {maxAbsDiff: 1e-4, maxRelDiff:
+    1e-3}} when unset."""
+
+
+class ParentRef(_Model):
+    """A Gateway API parent (a Gateway, and optionally one of its listeners)."""
+
+    name: str
+    """Name of the Gateway."""
+    namespace: str | None = None
+    """Namespace of the Gateway (the resource's own when unset)."""
+    section_name: str | None = None
+    """The listener to attach to."""
+
+
+class GatewayRouting(_Model):
+    """Split traffic with a Gateway API route (exact weights, per request)."""
+
+    parent_refs: list[ParentRef] = Field(min_length=1)
+    """The Gateway(s) the route attaches to."""
+    route_kind: Literal["HTTPRoute", "GRPCRoute"] = "HTTPRoute"
+    """HTTPRoute for REST clients, GRPCRoute for gRPC ones."""
+
+
+class TrafficRouting(_Model):
+    """How canary traffic is split; without it, by replica ratio behind the one Service."""
+
+    gateway_api: GatewayRouting | None = None
+    """Gateway API: the operator renders <name>-stable and <name>-canary Services and a
+    route whose backendRef weights it moves."""
+
+
+class Canary(_Model):
+    """A canary rollout run by the operator: steps, analysis, mirroring, traffic routing."""
+
+    steps: list[CanaryStep] = Field(min_length=1)
+    """The steps, in order; after the last one the canary is promoted."""
+    analysis: Analysis | None = None
+    """The analysis that `analysis` steps run."""
+    mirror: Mirror | None = None
+    """Copy a sample of stable's requests to the canary and compare the answers."""
+    traffic_routing: TrafficRouting | None = None
+    """Exact weights through the Gateway API; replica ratio behind the Service when unset."""
+    progress_deadline_seconds: int = Field(default=600, ge=1)
+    """Longest a step may wait for the canary to be Ready before the rollout rolls back."""
+    abort_scale_down_delay_seconds: int = Field(default=30, ge=0)
+    """After a rollback, how long the canary's pods stay (weight 0) for inspection."""
+    capacity_mode: Literal["Surge", "InPlace"] = "Surge"
+    """Surge adds canary pods next to all stable ones; InPlace replaces stable pods one for
+    one (GPU pools with no spare GPU)."""
+
+
+class Rollout(_Model):
+    """How a new revision replaces the old one."""
+
+    strategy: Literal["RollingUpdate", "Canary"] = "RollingUpdate"
+    """RollingUpdate replaces pods gradually (a Deployment's own rollout); Canary runs the
+    new revision next to the stable one and moves traffic by `canary.steps`."""
     max_surge: IntOrPercent | None = None
-    """Extra pods during a rollout (Deployment maxSurge); 0 when GPUs are scarce."""
+    """RollingUpdate: extra pods during a rollout (Deployment maxSurge); 0 when GPUs are
+    scarce."""
     max_unavailable: IntOrPercent | None = None
-    """Pods that may be missing during a rollout (Deployment maxUnavailable)."""
+    """RollingUpdate: pods that may be missing during a rollout (Deployment maxUnavailable)."""
+    canary: Canary | None = None
+    """Canary: the steps, analysis, mirroring and routing (required with strategy Canary)."""
+
+
+class Measurement(_Model):
+    """One analysis measurement: what was measured and the verdict."""
+
+    time: str
+    """When it was taken (RFC 3339)."""
+    verdict: Literal["Successful", "Failed", "Inconclusive"]
+    """Failed when any metric is out of bounds; Inconclusive when there was too little traffic."""
+    values: dict[str, float | None] | None = None
+    """metric -> canary value (and `stable.<metric>` -> stable's, for relative bounds)."""
+    message: str = ""
+    """Why, in words: which bound, or how many samples were seen vs needed."""
+
+
+class RolloutStatus(_Model):
+    """Where a canary rollout stands; everything a restarted operator needs to resume."""
+
+    phase: Literal["Healthy", "Progressing", "Paused", "Promoting", "RolledBack"]
+    """Healthy: one revision serves; Progressing: steps are running; Paused: waiting for time
+    or a person; Promoting: the canary takes all traffic; RolledBack: the canary failed and
+    stable serves."""
+    stable_revision: str | None = None
+    """The revision that serves (unless promoting)."""
+    canary_revision: str | None = None
+    """The revision being rolled out (or rolled back)."""
+    step_index: int | None = None
+    """The current step (0-based)."""
+    step_started_at: str | None = None
+    """When the current step started (RFC 3339)."""
+    weight: int | None = None
+    """Percent of traffic the canary should get now."""
+    actual_weight: float | None = None
+    """Percent it really gets: exact with Gateway API, the ready replicas' ratio without."""
+    measurements: list[Measurement] | None = None
+    """The current analysis step's measurements (and the last ones of a rollback)."""
+    message: str | None = None
+    """What is happening and, when paused or rolled back, what to do."""
+    last_action: str | None = None
+    """The last `polyserve.io/rollout-action` annotation value carried out."""
 
 
 class Condition(_Model):
@@ -206,6 +399,8 @@ class WorkloadStatus(_Model):
     """Where clients connect."""
     last_failure: Failure | None = None
     """The most recent failure, kept until the resource is Ready again."""
+    rollout: RolloutStatus | None = None
+    """The canary rollout (strategy Canary)."""
 
 
 class InferenceModelSpec(_Model):

@@ -83,9 +83,15 @@ def _with_rules(spec: dict[str, Any]) -> dict[str, Any]:
         r.schema() for r in rules.HARDWARE
     ]
     if "rollout" in spec["properties"]:
-        spec["properties"]["rollout"]["x-kubernetes-validations"] = [
-            r.schema() for r in rules.ROLLOUT
+        rollout = spec["properties"]["rollout"]
+        rollout["x-kubernetes-validations"] = [r.schema() for r in rules.ROLLOUT]
+        canary = rollout["properties"]["canary"]
+        canary["x-kubernetes-validations"] = [r.schema() for r in rules.CANARY]
+        canary["properties"]["steps"]["items"]["x-kubernetes-validations"] = [
+            r.schema() for r in rules.CANARY_STEP
         ]
+        metric = canary["properties"]["analysis"]["properties"]["metrics"]["items"]
+        metric["x-kubernetes-validations"] = [r.schema() for r in rules.METRIC]
     return spec
 
 

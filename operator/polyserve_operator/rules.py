@@ -72,6 +72,11 @@ HARDWARE = [
 #: Rules on ``spec.rollout``.
 ROLLOUT = [
     Rule(
+        cel="has(self.canary) == (has(self.strategy) && self.strategy == 'Canary')",
+        message="rollout.canary goes with strategy Canary (and strategy Canary needs it)",
+        holds=lambda r: ("canary" in r) == (r.get("strategy") == "Canary"),
+    ),
+    Rule(
         cel=(
             "!(has(self.maxSurge) && has(self.maxUnavailable) && "
             "string(self.maxSurge) in ['0', '0%'] && string(self.maxUnavailable) in ['0', '0%'])"
@@ -86,6 +91,45 @@ ROLLOUT = [
                 and "maxUnavailable" in r
                 and _zero(r["maxSurge"])
                 and _zero(r["maxUnavailable"])
+            )
+        ),
+    ),
+]
+
+#: Rules on each of ``spec.rollout.canary.steps``.
+CANARY_STEP = [
+    Rule(
+        cel=(
+            "(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0)"
+            " + (has(self.analysis) ? 1 : 0) == 1"
+        ),
+        message="each canary step is exactly one of setWeight, pause and analysis",
+        holds=lambda step: sum(k in step for k in ("setWeight", "pause", "analysis")) == 1,
+    ),
+]
+
+#: Rules on each metric of an analysis.
+METRIC = [
+    Rule(
+        cel="has(self.min) || has(self.max) || has(self.relativeToStable)",
+        message="a metric needs a bound: min, max or relativeToStable",
+        holds=lambda m: any(k in m for k in ("min", "max", "relativeToStable")),
+    ),
+]
+
+#: Rules on ``spec.rollout.canary``.
+CANARY = [
+    Rule(
+        cel=(
+            "!has(self.analysis) || !has(self.analysis.metrics) || has(self.mirror) || "
+            "!self.analysis.metrics.exists(m, m.name == 'mirrorAgreement')"
+        ),
+        message="the mirrorAgreement metric needs canary.mirror",
+        holds=lambda c: (
+            "mirror" in c
+            or not any(
+                m.get("name") == "mirrorAgreement"
+                for m in (c.get("analysis") or {}).get("metrics") or []
             )
         ),
     ),

@@ -57,10 +57,22 @@ def name(kind: str, resource_name: str) -> list[str]:
 
 
 def rollout(spec: api.Rollout | None) -> list[str]:
-    """A rolling update that can make progress (the CRD's CEL rule)."""
+    """A rollout that can make progress: the CRD's CEL rules on the rollout, its canary,
+    each step and each metric."""
     if spec is None:
         return []
-    return rules.broken(rules.ROLLOUT, spec.model_dump(by_alias=True, exclude_none=True))
+    body = spec.model_dump(by_alias=True, exclude_none=True)
+    problems = rules.broken(rules.ROLLOUT, body)
+    canary = body.get("canary")
+    if canary:
+        problems += rules.broken(rules.CANARY, canary)
+        for i, step in enumerate(canary.get("steps") or []):
+            problems += [f"step {i}: {p}" for p in rules.broken(rules.CANARY_STEP, step)]
+        for metric in (canary.get("analysis") or {}).get("metrics") or []:
+            problems += [
+                f"metric {metric['name']}: {p}" for p in rules.broken(rules.METRIC, metric)
+            ]
+    return problems
 
 
 def model(im: api.InferenceModel) -> list[str]:

@@ -93,6 +93,47 @@ CASES = [
         for u in (0, 1, "0%", "")
     ),
     *(
+        ("rollout", rule, {k: v for k, v in (("strategy", s), ("canary", c)) if v is not None})
+        for rule in rules.ROLLOUT
+        for s in ("RollingUpdate", "Canary", None)
+        for c in ({"steps": [{"setWeight": 10}]}, None)
+    ),
+    *(
+        ("step", rule, step)
+        for rule in rules.CANARY_STEP
+        for step in (
+            {"setWeight": 10},
+            {"pause": {}},
+            {"analysis": {}},
+            {},
+            {"setWeight": 10, "pause": {"duration": "1m"}},
+        )
+    ),
+    *(
+        ("metric", rule, metric)
+        for rule in rules.METRIC
+        for metric in (
+            {"name": "successRate", "min": 0.99},
+            {"name": "latencyP95", "relativeToStable": 1.2},
+            {"name": "latencyP99"},
+        )
+    ),
+    *(
+        ("canary", rule, canary)
+        for rule in rules.CANARY
+        for canary in (
+            {"steps": [], "analysis": {"metrics": [{"name": "mirrorAgreement", "min": 0.9}]}},
+            {
+                "steps": [],
+                "mirror": {},
+                "analysis": {"metrics": [{"name": "mirrorAgreement", "min": 0.9}]},
+            },
+            {"steps": [], "analysis": {"metrics": [{"name": "successRate", "min": 0.9}]}},
+            {"steps": [], "analysis": {}},
+            {"steps": []},
+        )
+    ),
+    *(
         ("resource", rule, {"metadata": {"name": name}})
         for rule in rules.RESOURCE
         for name in ("mlp", "resnet.v2", "Resnet", "a" * 63, "a" * 64, "-a", "a-", "7up")
