@@ -20,7 +20,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from polyserve_worker import __version__, backends, errors, repository, shm, stats, tensors
+from polyserve_worker import (
+    __version__,
+    backends,
+    errors,
+    mirroring,
+    repository,
+    shm,
+    stats,
+    tensors,
+)
 from polyserve_worker import config as model_config
 from polyserve_worker.tensors import Array
 
@@ -85,6 +94,7 @@ class DataPlane:
         server_name: str = "polyserve",
         shared_memory: shm.Registry | None = None,
         limits: tensors.Limits | None = None,
+        mirror: mirroring.Mirror | None = None,
     ) -> None:
         self.repository = repo
         self.shm = shared_memory or shm.Registry(enabled=False)
@@ -92,6 +102,8 @@ class DataPlane:
         self.control_mode = control_mode
         self.server_name = server_name
         self.limits = limits or tensors.Limits()
+        #: Where successful requests are offered for copying to a canary (``mirroring``).
+        self.mirroring = mirror or mirroring.Mirror()
         #: Models whose readiness is the server's readiness; loading others never flips it.
         self.required: set[str] = set()
         self.started = False
@@ -193,13 +205,20 @@ class DataPlane:
         outputs: Sequence[str] = (),
         parameters: Mapping[str, Any] | None = None,
         request_id: str = "",
+        *,
+        mirror: bool = True,
     ) -> InferResult:
+        """Run one request. A successful one is offered to the mirror (which only takes
+        references and never waits) unless ``mirror`` is False: the transports say so for
+        requests whose outputs go to shared memory, which a copy could not compare."""
         served = self.repository.resolve(name, version)
         params = parameters or {}
         produced = await self._submit(served, inputs, outputs, params, log_failures=True)
         ordered = {t.name: produced[t.name] for t in served.config.output if t.name in produced}
         for extra in produced.keys() - ordered.keys():
             ordered[extra] = produced[extra]
+        if mirror:
+            self.mirroring.offer(name, inputs, ordered)
         return InferResult(name, served.version, request_id, ordered)
 
     async def _submit(

@@ -18,9 +18,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
-from polyserve_worker import stats
+from polyserve_worker import mirroring, stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -114,9 +119,65 @@ class StatsCollector:
             family = HistogramMetricFamily(hist_name, hist_help, labels=labels)
             for s in versions:
                 hist = hist_of(s)
-                buckets = [(_bound(b), float(c)) for b, c in hist.cumulative()]
-                family.add_metric([s.name, s.version], buckets, hist.total)
+                family.add_metric([s.name, s.version], _buckets(hist), hist.total)
             yield family
+
+
+class MirrorCollector:
+    """Request mirroring (``mirroring``): how often a canary's answers agree with ours.
+
+    Written by prometheus_client: its counter names end in ``_total``, as it writes them."""
+
+    def __init__(self, source: Callable[[], Iterable[mirroring.Tally]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        tallies = list(self._source())
+        if not tallies:
+            return
+        labels = ["model", "revision"]
+        active = GaugeMetricFamily(
+            "polyserve_mirror_active",
+            "1 while requests are copied to this revision (the mirror file names it), else 0",
+            labels=labels,
+        )
+        requests = CounterMetricFamily(
+            "polyserve_mirror_requests",
+            "Copied requests by result: agree, disagree, error (the canary failed or timed "
+            "out), dropped (queue full, over the rate, or stopped)",
+            labels=[*labels, "result"],
+        )
+        outputs = CounterMetricFamily(
+            "polyserve_mirror_outputs",
+            "Compared outputs of copied requests by result: agree, disagree",
+            labels=[*labels, "output", "result"],
+        )
+        diffs = HistogramMetricFamily(
+            "polyserve_mirror_max_abs_diff",
+            "Largest absolute difference between the canary's and our output, per copy",
+            labels=[*labels, "output"],
+        )
+        latency = HistogramMetricFamily(
+            "polyserve_mirror_latency_seconds",
+            "Time the canary took to answer a copied request",
+            labels=labels,
+        )
+        # Scrapes run on a thread while the event loop counts: dict(...) copies in one step
+        # (a dict that grows while iterated would raise).
+        for t in tallies:
+            active.add_metric([t.model, t.revision], 1.0 if t.active else 0.0)
+            for result, count in dict(t.requests).items():
+                requests.add_metric([t.model, t.revision, result], count)
+            for (output, result), count in sorted(dict(t.outputs).items()):
+                outputs.add_metric([t.model, t.revision, output, result], count)
+            for output, hist in sorted(dict(t.max_abs_diff).items()):
+                diffs.add_metric([t.model, t.revision, output], _buckets(hist), hist.total)
+            latency.add_metric([t.model, t.revision], _buckets(t.latency), t.latency.total)
+        yield from (active, requests, outputs, diffs, latency)
+
+
+def _buckets(hist: stats.Histogram) -> list[tuple[str, float]]:
+    return [(_bound(b), float(c)) for b, c in hist.cumulative()]
 
 
 def _bound(value: float) -> str:
@@ -133,10 +194,16 @@ class Registry:
     collectors: CollectorRegistry
 
 
-def registry_for(source: Callable[[], Iterable[stats.ModelStats]]) -> Registry:
-    """A registry of our own, so several workers in one process never collide."""
+def registry_for(
+    source: Callable[[], Iterable[stats.ModelStats]],
+    mirrored: Callable[[], Iterable[mirroring.Tally]] | None = None,
+) -> Registry:
+    """A registry of our own, so several workers in one process never collide;
+    ``mirrored`` gives the request mirroring tallies, if any."""
     collectors = CollectorRegistry(auto_describe=False)
     collectors.register(StatsCollector(source))
+    if mirrored is not None:
+        collectors.register(MirrorCollector(mirrored))
     return Registry(source, collectors)
 
 

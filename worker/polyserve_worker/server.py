@@ -5,8 +5,9 @@ required models are loaded. Every long-lived task is named and supervised.
 
 On stop (SIGTERM) everything happens within one deadline, ``exit_timeout_secs``:
 
-1. Readiness turns false at once. The HTTP and gRPC listeners close, so new connections go
-   to other replicas; gRPC's ``stop(grace)`` sends GOAWAY (after ``quiesce`` has let every
+1. Readiness turns false at once, and request mirroring stops (its queued copies are
+   dropped, never waited for). The HTTP and gRPC listeners close, so new connections go to
+   other replicas; gRPC's ``stop(grace)`` sends GOAWAY (after ``quiesce`` has let every
    call already sent reach the servicer), and calls after it get UNAVAILABLE, which clients
    retry elsewhere.
 2. Requests that still arrive on open connections are served: their clients could not have
@@ -30,7 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from polyserve_worker import clock as clocks
-from polyserve_worker import dataplane, errors, metrics, repository, shm, tensors
+from polyserve_worker import dataplane, errors, metrics, mirroring, repository, shm, tensors
 from polyserve_worker.backends import base
 from polyserve_worker.settings import WorkerSettings
 from polyserve_worker.transport import grpc as grpc_transport
@@ -59,6 +60,7 @@ class Worker:
             extra_backends,
             max_instances=settings.max_model_instances,
         )
+        self.mirror = mirroring.Mirror()
         self.core = dataplane.DataPlane(
             self.repository,
             strict_readiness=settings.strict_readiness,
@@ -69,6 +71,7 @@ class Worker:
                 max_bytes=settings.max_shm_bytes,
             ),
             limits=tensors.Limits(settings.max_request_elements, settings.max_request_bytes),
+            mirror=self.mirror,
         )
         self.http_port = 0
         self.grpc_port = 0
@@ -93,7 +96,9 @@ class Worker:
             self.core, f"{s.host}:{s.grpc_port}", s.http_max_input_size, s.max_stream_in_flight
         )
         await self._grpc.start()
-        registry = metrics.registry_for(lambda: [v.stats for v in self.repository.loaded()])
+        registry = metrics.registry_for(
+            lambda: [v.stats for v in self.repository.loaded()], self.mirror.tallies
+        )
 
         async def scrape(request: web.Request) -> web.Response:
             body = await asyncio.to_thread(metrics.exposition, registry)
@@ -109,6 +114,8 @@ class Worker:
             self.grpc_port,
             self.metrics_port,
         )
+        if s.mirror_config is not None:
+            self._spawn(self.mirror.watch(s.mirror_config), "mirror-config")
         await self._load_initial()
         self.core.started = True
         if s.model_control_mode == "poll":
@@ -198,6 +205,7 @@ class Worker:
         timeout = self.settings.exit_timeout_secs
         deadline = self._time.now() + timeout
         self.core.draining = True
+        self.mirror.halt()  # copies are dropped, never waited for
         if self._http is not None:
             await self._http[1].stop()  # no new connections; the open ones are served
         grpc_stopped = None
@@ -215,6 +223,7 @@ class Worker:
             await self._within(asyncio.shield(grpc_stopped), deadline)
         if self._metrics is not None:
             await self._within(self._metrics[0].cleanup(), deadline)
+        await self._within(self.mirror.close(), deadline)
         await self.repository.close(max(0.0, deadline - self._time.now()))
         logger.info("worker stopped")
 

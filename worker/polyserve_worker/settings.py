@@ -182,6 +182,18 @@ class WorkerSettings(BaseSettings):
             "registered region gives clients on this node access to worker memory mappings."
         ),
     )
+    mirror_config: Path | None = Field(
+        default=None,
+        description=(
+            "Request mirroring settings (YAML): the models whose live requests are copied to "
+            "a canary's gRPC address, and how the two answers are compared; agreement is "
+            "exported as polyserve_mirror_* metrics, so a canary that answers 200 with wrong "
+            "numbers fails its analysis. Clients only ever get this worker's answer and never "
+            "wait for a copy. The file may be absent, appear, change or disappear at any time "
+            "(a mounted ConfigMap): it is re-read every second and followed without a "
+            "restart. Unset: no mirroring."
+        ),
+    )
     log_verbose: int = Field(default=0, ge=0, description="1 logs each batch and why it closed.")
 
 

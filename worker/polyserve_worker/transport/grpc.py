@@ -312,7 +312,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 served, _size_of(request), lambda budget: decode_request(request, lease, budget)
             )
             result = await self.core.infer(
-                request.model_name, request.model_version, inputs, outputs, params, request.id
+                request.model_name,
+                request.model_version,
+                inputs,
+                outputs,
+                params,
+                request.id,
+                mirror=not placements,
             )
             return await self.core.encode(result, lambda: encode_response(result, placements))
         finally:

@@ -303,7 +303,9 @@ class RestServer:
                 lambda budget: decode_request(body, header_length, lease, budget),
             )
             inputs, outputs, binary_outputs, params, request_id, placements = decoded
-            result = await self.core.infer(name, version, inputs, outputs, params, request_id)
+            result = await self.core.infer(
+                name, version, inputs, outputs, params, request_id, mirror=not placements
+            )
             payload, header_size = await self.core.encode(
                 result, lambda: encode_response(result, binary_outputs, placements)
             )
