@@ -28,7 +28,7 @@ import tritonclient.utils.shared_memory as shm
 from prometheus_client.parser import text_string_to_metric_families
 
 from polyserve_worker import clock as clocks
-from polyserve_worker import comparing, mirroring, settings
+from polyserve_worker import comparing, mirror_config, mirroring, settings
 from tests.worker import models
 from tests.worker.conftest import RunningWorker, StartWorker
 from tests.worker.test_lifecycle import GatedBackend, free_port, start_process
@@ -256,7 +256,7 @@ def test_a_datatype_or_shape_mismatch_disagrees_whatever_the_rule() -> None:
 
 
 def test_the_file_is_validated_with_camel_case_names_and_typos_are_errors() -> None:
-    config = mirroring.parse(
+    config = mirror_config.parse(
         """
         models:
           mlp:
@@ -274,8 +274,8 @@ def test_the_file_is_validated_with_camel_case_names_and_typos_are_errors() -> N
     assert (mlp.timeout_ms, mlp.queue, mlp.model, mlp.percent) == (2000, 64, None, 10)
     assert mlp.rule_for("LOGITS") == comparing.Rule(max_abs_diff=1e-4, max_rel_diff=1e-3)
     assert mlp.rule_for("PROBABILITIES") == comparing.Rule(top1=True)
-    assert mirroring.parse("") == mirroring.MirrorConfig()
-    assert mirroring.parse('{"models": {}}') == mirroring.MirrorConfig(), "JSON is YAML"
+    assert mirror_config.parse("") == mirror_config.MirrorConfig()
+    assert mirror_config.parse('{"models": {}}') == mirror_config.MirrorConfig(), "JSON is YAML"
     for wrong in (
         "models: {mlp: {target: a:1, percnt: 10}}",
         "models: {mlp: {target: 10.1.2.3}}",
@@ -285,8 +285,26 @@ def test_the_file_is_validated_with_camel_case_names_and_typos_are_errors() -> N
         "models: [mlp",
     ):
         with pytest.raises(ValueError):
-            mirroring.parse(wrong)
+            mirror_config.parse(wrong)
     assert issubclass(pydantic.ValidationError, ValueError)
+
+
+def test_the_operator_renders_the_file_that_the_worker_parses() -> None:
+    config = mirror_config.MirrorConfig(
+        models={
+            "mlp": mirror_config.ModelMirror(
+                target="mlp-canary.default.svc:8001",
+                revision="5abf1ed6dc",
+                percent=10,
+                timeout_ms=500,
+                compare={"PROBABILITIES": comparing.Rule(top1=True)},
+            )
+        }
+    )
+    text = mirror_config.render(config)
+    assert "timeoutMs: 500" in text and "top1: true" in text
+    assert "queue" not in text, "defaults are left to the worker"
+    assert mirror_config.parse(text) == config
 
 
 def test_the_flag_is_generated_from_the_setting_and_renders_back() -> None:

@@ -16,12 +16,12 @@ outputs are fresh per request and nothing writes them after inference. The excep
 input read in place from shared memory, which the client may overwrite as soon as it has
 its answer: that one is copied, and only when the copy is admitted to the queue.
 
-The settings come from a YAML file (``--mirror-config``, rendered by the operator into a
-ConfigMap) that is re-read every ``POLL_SECS`` and compared by content (Kubernetes updates a
-mounted ConfigMap by swapping a symlink, so an mtime can stay put): mirroring turns on, off
-or moves to another target without a restart, and a file that does not parse keeps the
-previous settings. On SIGTERM ``halt`` drops the queues at once (counted as dropped), so
-mirroring never holds up the drain.
+The settings come from a YAML file (``--mirror-config``, format in ``mirror_config``,
+rendered by the operator into a ConfigMap) that is re-read every ``POLL_SECS`` and compared
+by content (Kubernetes updates a mounted ConfigMap by swapping a symlink, so an mtime can
+stay put): mirroring turns on, off or moves to another target without a restart, and a
+file that does not parse keeps the previous settings. On SIGTERM ``halt`` drops the queues
+at once (counted as dropped), so mirroring never holds up the drain.
 
 This module knows numpy arrays and the protocol's gRPC messages as a client; not the
 dataplane, the transports or the repository.
@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,14 +39,11 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.alias_generators import to_camel
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from polyserve_worker import clock as clocks
-from polyserve_worker import comparing, errors, stats, tensors
+from polyserve_worker import comparing, errors, mirror_config, stats, tensors
 from polyserve_worker.tensors import Array
 
 logger = logging.getLogger(__name__)
@@ -63,8 +59,6 @@ IN_FLIGHT = 8
 #: Most bytes of tensors one model's queue may hold (inputs and outputs); past it copies are
 #: dropped as when the queue is full, so a queue of large requests cannot hold gigabytes.
 MAX_QUEUED_BYTES = 256 * 1024 * 1024
-#: A ConfigMap holds at most 1 MiB; a larger file is refused.
-MAX_FILE_BYTES = 1024 * 1024
 #: Copies over this many bytes are encoded and compared on a thread, off the event loop.
 OFFLOAD_BYTES = 256 * 1024
 
@@ -81,77 +75,8 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-_TARGET = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
 #: A canary's answer is decoded without the caps on client requests (it is our own kind).
 _UNCAPPED = tensors.Limits(1 << 62, 1 << 62)
-
-
-class ModelMirror(BaseModel):
-    """Where one model's requests are copied and how they are compared."""
-
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
-    )
-
-    target: str = Field(description="The canary's gRPC address, host:port (a Service address).")
-    model: str | None = Field(
-        default=None, description="The model's name at the target (default: the same name)."
-    )
-    revision: str = Field(default="", description="The canary's revision: a label on the metrics.")
-    percent: float = Field(default=100.0, ge=0, le=100, description="Share of requests copied.")
-    rate: float | None = Field(
-        default=None, gt=0, description="At most this many copies per second (token bucket)."
-    )
-    queue: int = Field(
-        default=64, ge=1, le=10_000, description="Copies waiting to be sent; when full, dropped."
-    )
-    timeout_ms: int = Field(default=2000, gt=0, le=600_000, description="Per copied request.")
-    compare: dict[str, comparing.Rule] = Field(
-        default_factory=dict,
-        description="Rule per output name; '*' for outputs not named (see comparing).",
-    )
-
-    @field_validator("target")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        match = _TARGET.match(value)
-        if match is None or not 0 < int(match.group(2)) < 65536:
-            raise ValueError(f"target must be host:port, got {value!r}")
-        return value
-
-    def rule_for(self, output: str) -> comparing.Rule | None:
-        return self.compare.get(output, self.compare.get("*"))
-
-    def describe(self, model: str) -> str:
-        parts = [f"{self.percent:g}% of requests"]
-        if self.rate is not None:
-            parts.append(f"at most {self.rate:g}/s")
-        revision = f", revision {self.revision}" if self.revision else ""
-        return (
-            f"model '{model}' -> {self.target} (model '{self.model or model}'{revision}; "
-            f"{', '.join(parts)})"
-        )
-
-
-class MirrorConfig(BaseModel):
-    """The settings file: the models whose requests are copied, by the name served here."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    models: dict[str, ModelMirror] = Field(default_factory=dict)
-
-
-def parse(text: str) -> MirrorConfig:
-    """The settings in ``text`` (YAML or JSON); empty text means no mirroring.
-
-    Raises ``ValueError`` saying what is wrong."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"not YAML: {exc}") from exc
-    if doc is None:
-        return MirrorConfig()
-    return MirrorConfig.model_validate(doc)
 
 
 @dataclass
@@ -223,7 +148,7 @@ class Route:
     def __init__(
         self,
         model: str,
-        spec: ModelMirror,
+        spec: mirror_config.ModelMirror,
         tally: Tally,
         clock: clocks.Clock,
         rng: random.Random,
@@ -347,7 +272,7 @@ class Mirror:
         self._rng = rng or random.Random()
         self._routes: dict[str, Route] = {}
         self._tallies: dict[tuple[str, str], Tally] = {}
-        self.config = MirrorConfig()
+        self.config = mirror_config.MirrorConfig()
         self._halted = False
 
     def offer(self, model: str, inputs: Mapping[str, Array], outputs: Mapping[str, Array]) -> None:
@@ -359,7 +284,7 @@ class Mirror:
     def tallies(self) -> list[Tally]:
         return list(self._tallies.values())
 
-    async def apply(self, config: MirrorConfig) -> None:
+    async def apply(self, config: mirror_config.MirrorConfig) -> None:
         """Mirror as ``config`` says: routes whose settings changed start afresh (their
         queued copies are dropped); the others keep running."""
         if self._halted:
@@ -379,7 +304,7 @@ class Mirror:
         self.config = config
         await asyncio.gather(*(route.close() for route in gone))
 
-    def _start(self, model: str, spec: ModelMirror) -> Route:
+    def _start(self, model: str, spec: mirror_config.ModelMirror) -> Route:
         key = (model, spec.revision)
         tally = self._tallies.get(key)
         if tally is None:
@@ -410,12 +335,12 @@ class Mirror:
 
     async def _reload(self, path: Path, content: bytes | None, first: bool) -> None:
         if content is None:
-            config = MirrorConfig()
+            config = mirror_config.MirrorConfig()
         else:
             try:
-                if len(content) > MAX_FILE_BYTES:
-                    raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
-                config = parse(content.decode())
+                if len(content) > mirror_config.MAX_FILE_BYTES:
+                    raise ValueError(f"larger than {mirror_config.MAX_FILE_BYTES} bytes")
+                config = mirror_config.parse(content.decode())
             except ValueError as exc:
                 logger.error(
                     "mirror config %s is invalid; keeping the previous settings: %s", path, exc
@@ -450,7 +375,7 @@ def _read(path: Path) -> bytes | None:
     """The file's content (at most one byte past the limit), or None when there is none."""
     try:
         with path.open("rb") as f:
-            return f.read(MAX_FILE_BYTES + 1)
+            return f.read(mirror_config.MAX_FILE_BYTES + 1)
     except (FileNotFoundError, NotADirectoryError):
         return None
 
@@ -507,7 +432,7 @@ def _outputs_of(response: Any) -> dict[str, Array]:
 
 
 def _verdicts(
-    spec: ModelMirror, stable: Mapping[str, Array], canary: Mapping[str, Array]
+    spec: mirror_config.ModelMirror, stable: Mapping[str, Array], canary: Mapping[str, Array]
 ) -> dict[str, comparing.Verdict]:
     return {
         name: comparing.compare(array, canary[name], spec.rule_for(name))
