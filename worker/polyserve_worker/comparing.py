@@ -102,6 +102,9 @@ def compare(stable: Array, canary: Array, rule: Rule | None = None) -> Verdict:
         return Verdict(False, reason=f"datatype {canary_type}, stable has {datatype}")
     if stable.shape != canary.shape:
         return Verdict(False, reason=f"shape {list(canary.shape)}, stable has {list(stable.shape)}")
+    if datatype != "BYTES" and np.array_equal(stable, canary):
+        # The common case of a faithful canary, in one call instead of a dozen.
+        return Verdict(True, None if datatype == "BOOL" else 0.0)
     if datatype in UNORDERED:
         same = _equal_elements(stable, canary, datatype)
         return Verdict(same, reason="" if same else "elements differ")
