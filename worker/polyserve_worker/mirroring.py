@@ -329,8 +329,11 @@ class Mirror:
             else:
                 problem = ""
                 if first or content != last:
-                    await self._reload(path, content, first)
-                    last, first = content, False
+                    last, first, initial = content, False, first
+                    try:
+                        await self._reload(path, content, initial)
+                    except Exception:  # a fault of ours: say it, keep following the file
+                        logger.exception("applying mirror config %s failed", path)
             await self._clock.sleep(interval)
 
     async def _reload(self, path: Path, content: bytes | None, first: bool) -> None:
