@@ -14,6 +14,8 @@ a real cluster). One process, one event loop, holds every part:
 - ``kubelet``: pods as processes, each on its own loopback address, with init containers,
   volumes, probes, restarts and logs.
 - ``services``: a local address per Service port that forwards to ready endpoints.
+- ``gateways``: Gateway API Gateways on addresses of their own, routing every HTTP request
+  and gRPC call by HTTPRoute and GRPCRoute weights to the Services' ready endpoints.
 
 The operator's reconcile path never imports this package (an import-linter contract).
 """

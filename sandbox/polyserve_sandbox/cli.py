@@ -190,7 +190,7 @@ class _quiet:
         return isinstance(value, ProcessLookupError | PermissionError)
 
 
-def endpoints(folder: Path, output: str, log: Any = sys.stdout) -> int:
+def _service_rows(folder: Path) -> list[dict[str, Any]]:
     services = json.loads(_api(folder, "/api/v1/services"))["items"]
     found = json.loads(_api(folder, "/api/v1/endpoints"))["items"]
     ready = {
@@ -210,6 +210,7 @@ def endpoints(folder: Path, output: str, log: Any = sys.stdout) -> int:
         for port in spec.get("ports") or []:
             rows.append(
                 {
+                    "kind": "Service",
                     "namespace": meta["namespace"],
                     "service": meta["name"],
                     "port": port.get("name") or str(port["port"]),
@@ -217,18 +218,84 @@ def endpoints(folder: Path, output: str, log: Any = sys.stdout) -> int:
                     "ready": ready.get((meta["namespace"], meta["name"], port.get("name")), 0),
                 }
             )
-    if output == "json":
-        print(json.dumps(rows, indent=2), file=log)
-        return 0
-    header = ("NAMESPACE", "SERVICE", "PORT", "ADDRESS", "READY")
-    table = [header] + [
-        (r["namespace"], r["service"], r["port"], r["address"], str(r["ready"])) for r in rows
-    ]
+    return rows
+
+
+def _gateway_rows(folder: Path) -> list[dict[str, Any]]:
+    """One row per listener of each Gateway that has an address (the sandbox's own class)."""
+    gateways = json.loads(_api(folder, "/apis/gateway.networking.k8s.io/v1/gateways"))["items"]
+    rows = []
+    for gateway in gateways:
+        meta, status = gateway["metadata"], gateway.get("status") or {}
+        addresses = [a.get("value") for a in status.get("addresses") or [] if a.get("value")]
+        if not addresses:
+            continue
+        listed = {ls.get("name"): ls for ls in status.get("listeners") or []}
+        for listener in (gateway.get("spec") or {}).get("listeners") or []:
+            state = listed.get(listener.get("name")) or {}
+            programmed = any(
+                c.get("type") == "Programmed" and c.get("status") == "True"
+                for c in state.get("conditions") or []
+            )
+            rows.append(
+                {
+                    "kind": "Gateway",
+                    "namespace": meta["namespace"],
+                    "gateway": meta["name"],
+                    "listener": listener.get("name"),
+                    # What readers of Service rows key on, so they can skip these rows.
+                    "service": None,
+                    "port": listener.get("name"),
+                    "address": f"{addresses[0]}:{listener.get('port')}",
+                    "protocol": listener.get("protocol"),
+                    "routes": state.get("attachedRoutes", 0),
+                    "programmed": programmed,
+                }
+            )
+    return rows
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], log: Any) -> None:
+    table = [header, *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print(
             "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(),
             file=log,
+        )
+
+
+def endpoints(folder: Path, output: str, log: Any = sys.stdout) -> int:
+    """Each Service port's and each Gateway listener's local address."""
+    services, gateways = _service_rows(folder), _gateway_rows(folder)
+    if output == "json":
+        print(json.dumps(services + gateways, indent=2), file=log)
+        return 0
+    _print_table(
+        ("NAMESPACE", "SERVICE", "PORT", "ADDRESS", "READY"),
+        [
+            (r["namespace"], r["service"], r["port"], r["address"], str(r["ready"]))
+            for r in services
+        ],
+        log,
+    )
+    if gateways:
+        print(file=log)
+        _print_table(
+            ("NAMESPACE", "GATEWAY", "LISTENER", "ADDRESS", "PROTOCOL", "ROUTES", "PROGRAMMED"),
+            [
+                (
+                    r["namespace"],
+                    r["gateway"],
+                    str(r["listener"]),
+                    r["address"],
+                    str(r["protocol"]),
+                    str(r["routes"]),
+                    str(r["programmed"]),
+                )
+                for r in gateways
+            ],
+            log,
         )
     return 0
 
@@ -286,7 +353,9 @@ def add_commands(commands: Any) -> None:
     verbs.add_parser("down", parents=[common], help="stop the fleet and every process it started")
     verbs.add_parser("status", parents=[common], help="is it up, and what it holds")
     listing = verbs.add_parser(
-        "endpoints", parents=[common], help="each Service port's local address"
+        "endpoints",
+        parents=[common],
+        help="each Service port's and Gateway listener's local address",
     )
     listing.add_argument("-o", "--output", choices=["table", "json"], default="table")
     reading = verbs.add_parser("logs", parents=[common], help="a pod's container log")

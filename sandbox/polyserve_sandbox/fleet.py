@@ -1,4 +1,5 @@
-"""One fleet: the API server, nodes, scheduler, controllers, Services, kubelets and operator.
+"""One fleet: the API server, nodes, scheduler, controllers, Services, Gateways, kubelets and
+the operator.
 
 Everything but the operator and the pods runs in this process on one event loop; the
 operator is the real ``polyserve-operator`` process, talking to the API server through the
@@ -28,6 +29,7 @@ from polyserve_sandbox import defaults, deployments, nodes, scheduling, services
 from polyserve_sandbox.apiserver import crds as apicrds
 from polyserve_sandbox.apiserver import http as apihttp
 from polyserve_sandbox.apiserver import store as apistore
+from polyserve_sandbox.gateways import controller as gateway_controller
 from polyserve_sandbox.kubelet import backoff as kubelet_backoff
 from polyserve_sandbox.kubelet import images as kubelet_images
 from polyserve_sandbox.kubelet import node as kubelet_node
@@ -65,10 +67,13 @@ class Layout:
         return self.root / "pods"
 
 
-def _halves(network: str) -> tuple[str, str]:
-    """Pod addresses from the low half of the fleet's network, Service IPs from the high."""
-    low, high = ipaddress.ip_network(network).subnets(prefixlen_diff=1)
-    return str(low), str(high)
+def _ranges(network: str) -> tuple[str, str, str]:
+    """Pod addresses from the low half of the fleet's network, Service IPs from the third
+    quarter, Gateway addresses from the top quarter: three blocks that never meet, so a
+    Gateway's listener may take any port (80, 8000) on an address no Service or pod has."""
+    pods, high = ipaddress.ip_network(network).subnets(prefixlen_diff=1)
+    service_ips, gateway_ips = high.subnets(prefixlen_diff=1)
+    return str(pods), str(service_ips), str(gateway_ips)
 
 
 def _free_port() -> int:
@@ -87,12 +92,13 @@ class Fleet:
         self.layout = layout
         self.cfg = cfg
         self.network = cfg.network or sandbox_config.choose_network()
-        pod_range, service_range = _halves(self.network)
+        pod_range, service_range, gateway_range = _ranges(self.network)
         self.store = apistore.Store()
         defaults.register(self.store)
         apicrds.register_project_crds(self.store)
         self.services = services.Services(self.store, service_range)
         self.store.add_admission("v1", "Service", self.services.admit)
+        self.gateways = gateway_controller.Gateways(self.store, self.services, gateway_range)
         self.scheduler = scheduling.Scheduler(
             self.store, claim_exists=lambda ns, claim: cfg.claim(ns, claim) is not None
         )
@@ -154,6 +160,7 @@ class Fleet:
         self.scheduler.start()
         self.controllers.start()
         self.services.start()
+        self.gateways.start()
         for kubelet in self.kubelets:
             await kubelet.start()
         self.url = await self.api.start()
@@ -217,6 +224,7 @@ class Fleet:
         await self.controllers.stop()
         for kubelet in self.kubelets:
             await kubelet.stop(grace_cap=STOP_GRACE_CAP_SECONDS)
+        await self.gateways.stop()
         await self.services.stop()
         await self.api.stop()
         with contextlib.suppress(OSError):

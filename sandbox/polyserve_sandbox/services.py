@@ -10,8 +10,9 @@ matches that are Ready and not terminating, written as an ``Endpoints`` object t
 ``kubectl get endpoints`` and ``describe service`` show them.
 
 Routing is a seam: a ``Router`` picks the backend of each connection from the ready
-endpoints. The default routes round robin; weighted backends (a canary's HTTPRoute weights)
-plug in a router of their own.
+endpoints; the default routes round robin. Weighted splits per request (a canary's HTTPRoute
+and GRPCRoute weights) are the Gateways' work (``polyserve_sandbox.gateways``), which read
+``endpoints()`` here for every request.
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ Served with behaviour: Namespace, Pod (+status, log, binding), Service (+status)
 and ReplicaSet (+status, scale), ConfigMap and Secret (immutable, stringData), Node,
 CustomResourceDefinition. Stored only (no controller acts on them here): Endpoints,
 EndpointSlice, ServiceAccount, Events, PodDisruptionBudget, Lease, RBAC, webhook
-configurations, HorizontalPodAutoscaler, Gateway API routes.
+configurations, HorizontalPodAutoscaler, ReferenceGrants. The Gateway API's GatewayClass,
+Gateway, HTTPRoute and GRPCRoute are served as their CRDs serve them (names, categories,
+printer columns, ``status``) and acted on by ``polyserve_sandbox.gateways``; they are stored
+as written, without the CRDs' schema defaults or validation.
 """
 
 from __future__ import annotations
@@ -16,6 +19,21 @@ from polyserve_sandbox.apiserver.resources import Resource
 
 STATUS = frozenset({"status"})
 ALL = ("all",)
+GATEWAY_API = "gateway.networking.k8s.io"
+
+
+def _column(name: str, path: str, kind: str = "string", priority: int = 0) -> dict[str, Any]:
+    """A printer column as the Gateway API CRDs declare theirs."""
+    column: dict[str, Any] = {"name": name, "type": kind, "jsonPath": path}
+    if priority:
+        column["priority"] = priority
+    return column
+
+
+_ROUTE_COLUMNS = (
+    _column("Hostnames", ".spec.hostnames"),
+    _column("Age", ".metadata.creationTimestamp", "date"),
+)
 
 
 def _core(kind: str, plural: str, **kw: Any) -> Resource:
@@ -130,20 +148,65 @@ RESOURCES: tuple[Resource, ...] = (
         subresources=STATUS,
     ),
     _of(
-        "gateway.networking.k8s.io",
+        GATEWAY_API,
+        "v1",
+        "GatewayClass",
+        "gatewayclasses",
+        namespaced=False,
+        short_names=("gc",),
+        categories=("gateway-api",),
+        subresources=STATUS,
+        printer_columns=(
+            _column("Controller", ".spec.controllerName"),
+            _column("Accepted", '.status.conditions[?(@.type=="Accepted")].status'),
+            _column("Age", ".metadata.creationTimestamp", "date"),
+            _column("Description", ".spec.description", priority=1),
+        ),
+    ),
+    _of(
+        GATEWAY_API,
+        "v1",
+        "Gateway",
+        "gateways",
+        short_names=("gtw",),
+        categories=("gateway-api",),
+        subresources=STATUS,
+        printer_columns=(
+            _column("Class", ".spec.gatewayClassName"),
+            _column("Address", ".status.addresses[*].value"),
+            _column("Programmed", '.status.conditions[?(@.type=="Programmed")].status'),
+            _column("Age", ".metadata.creationTimestamp", "date"),
+        ),
+    ),
+    _of(
+        GATEWAY_API,
         "v1",
         "HTTPRoute",
         "httproutes",
         categories=("gateway-api",),
         subresources=STATUS,
+        printer_columns=_ROUTE_COLUMNS,
     ),
     _of(
-        "gateway.networking.k8s.io",
+        GATEWAY_API,
         "v1",
         "GRPCRoute",
         "grpcroutes",
         categories=("gateway-api",),
         subresources=STATUS,
+        printer_columns=_ROUTE_COLUMNS,
+    ),
+    *(
+        _of(
+            GATEWAY_API,
+            version,
+            "ReferenceGrant",
+            "referencegrants",
+            short_names=("refgrant",),
+            categories=("gateway-api",),
+            printer_columns=(_column("Age", ".metadata.creationTimestamp", "date"),),
+        )
+        for version in ("v1", "v1beta1")
     ),
 )
 
