@@ -67,3 +67,71 @@ def test_a_restarted_operator_converges_without_duplicates(tmp_path: Path) -> No
                 lambda: not client.list(api.API_VERSION, "InferenceModel", NS, {}),
             )
         client.close()
+
+
+def test_a_canary_resumes_at_the_same_step_after_an_operator_restart(tmp_path: Path) -> None:
+    built = _build_artifacts(tmp_path / "artifacts")
+    with sandbox(tmp_path / "sandbox", built) as folder:
+        kubeconfig = folder / "kubeconfig"
+        client = k8s.connect(kubeconfig, "polyserve-e2e")
+        client.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        doc = {
+            "apiVersion": api.API_VERSION,
+            "kind": "InferenceModel",
+            "metadata": {"name": "doubler", "namespace": NS},
+            "spec": {
+                "modelFormat": {"name": "onnx"},
+                "artifact": {"uri": built["double"].as_uri()},
+                "hardware": {"pool": "xeon", "backend": "onnxruntime"},
+                "replicas": 1,
+                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+                "rollout": {
+                    "strategy": "Canary",
+                    "canary": {"steps": [{"setWeight": 50}, {"pause": {"duration": "20s"}}]},
+                },
+            },
+        }
+
+        def rollout() -> dict[str, Any]:
+            return _status(client).get("rollout") or {}
+
+        with running_operator(kubeconfig):
+            client.apply(doc)
+            first = wait_for(
+                "the first revision", lambda: rollout().get("stableRevision"), timeout=60
+            )
+            doc["spec"]["artifact"] = {"uri": built["triple"].as_uri()}
+            client.apply(doc)
+            paused = wait_for(
+                "the pause step",
+                lambda: (r := rollout()).get("stepIndex") == 1 and r,
+                timeout=60,
+            )
+        with running_operator(kubeconfig):
+            # Resumed at the same step with the same timer, and it ends as it would have.
+            resumed = rollout()
+            assert resumed["stepIndex"] == 1
+            assert resumed["stepStartedAt"] == paused["stepStartedAt"]
+            done = wait_for(
+                "the promotion",
+                lambda: (
+                    (r := rollout()).get("phase") == "Healthy"
+                    and r.get("stableRevision") != first
+                    and r
+                ),
+                timeout=60,
+            )
+            names = [
+                d["metadata"]["name"]
+                for d in client.list("apps/v1", "Deployment", NS, {})
+                if not d["metadata"].get("deletionTimestamp")
+            ]
+            wait_for(
+                "one Deployment, the new revision's",
+                lambda: (
+                    [d["metadata"]["name"] for d in client.list("apps/v1", "Deployment", NS, {})]
+                    == [f"doubler-{done['stableRevision']}"]
+                ),
+            )
+            assert len(names) <= 2
+        client.close()

@@ -1,5 +1,7 @@
 """``polyserve``: the user's command line. ``polyserve render -f FILE.yaml`` prints, without a
-cluster, the objects the operator would create, for GitOps review and for learning.
+cluster, the objects the operator would create, for GitOps review and for learning;
+``polyserve rollout ...`` follows and steers canary rollouts; ``polyserve sandbox ...`` runs a
+local fleet.
 
 An ensemble's members are looked up among the documents of the same files. Settings come
 from ``POLYSERVE_OPERATOR_*`` exactly as the operator reads them, so the output matches.
@@ -15,7 +17,7 @@ from typing import Any, TextIO
 import pydantic
 import yaml
 
-from polyserve_operator import api, render, settings, validating
+from polyserve_operator import api, render, rollout_commands, settings, validating
 
 
 class RenderError(Exception):
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     render_cmd.add_argument(
         "-f", "--filename", action="append", required=True, help="YAML file, or - for stdin"
     )
+    rollout_commands.add_commands(commands)
     sandbox = _sandbox()
     if sandbox is not None:
         sandbox.add_commands(commands)
@@ -117,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sandbox" and sandbox is not None:
         code: int = sandbox.run(args)
         return code
+    if args.command == "rollout":
+        return rollout_commands.run(args)
     cfg = settings.Settings()
     try:
         objects = render_documents(_documents(args.filename, sys.stdin), cfg)

@@ -119,6 +119,18 @@ def _columns(kind: str) -> list[dict[str, Any]]:
         {"name": "Pool", "type": "string", "jsonPath": ".spec.hardware.pool"},
         {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
         {"name": "Available", "type": "integer", "jsonPath": ".status.readyReplicas"},
+        {
+            "name": "Rollout",
+            "type": "string",
+            "jsonPath": ".status.rollout.phase",
+            "description": "A canary rollout's phase (strategy Canary).",
+        },
+        {
+            "name": "Weight",
+            "type": "integer",
+            "jsonPath": ".status.rollout.weight",
+            "description": "Percent of the traffic the canary gets.",
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 

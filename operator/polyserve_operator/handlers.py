@@ -22,8 +22,17 @@ from typing import Any
 import kopf
 import pydantic
 
-from polyserve_operator import api, conditions, k8s, observe, render, settings, validating
-from polyserve_operator.render import placement, workloads
+from polyserve_operator import (
+    api,
+    canarying,
+    conditions,
+    k8s,
+    observe,
+    render,
+    settings,
+    validating,
+)
+from polyserve_operator.render import canaries, placement, workloads
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +80,7 @@ class Reconciler:
     def __init__(self, cfg: settings.Settings, client: k8s.Client) -> None:
         self.cfg = cfg
         self.client = client
+        self.canaries = canarying.Canaries(cfg)
 
     def _fail(
         self,
@@ -147,23 +157,55 @@ class Reconciler:
         """Apply what is missing or drifted (everything when ``force``: a spec change), clean
         up what the revision no longer needs, then report what the world shows."""
         children = world.children(w)
-        desired = self._desired(w, children)
+        if canaries.canary_of(w) is not None:
+            self._converge_canary(body, patch, w, children, force=force)
+            return
+        desired = _hand_off(render.objects(w, self.cfg), children)
         stale = [] if force else [o for o in desired if _drifted(o, children)]
         self._apply(body, patch, w, desired if force else stale)
         self._clean_up(w, desired, children)
         self._report(body, patch, w, w.replicas, children.observation())
 
-    def _desired(self, w: workloads.Workload, children: observe.Children) -> list[workloads.Obj]:
-        """The rendered objects; the revision's ConfigMap goes to its ReplicaSet once one
-        exists, so that it is garbage-collected with it (``revisionHistoryLimit``)."""
-        objects = render.objects(w, self.cfg)
-        rev = workloads.revision(w, self.cfg)
-        owner = _replica_set_of(children.replica_sets, rev)
-        if owner is not None:
-            for obj in objects:
-                if obj["kind"] == "ConfigMap":
-                    obj["metadata"]["ownerReferences"] = [_owner_reference(owner)]
-        return objects
+    def _converge_canary(
+        self,
+        body: kopf.Body,
+        patch: kopf.Patch,
+        w: workloads.Workload,
+        children: observe.Children,
+        *,
+        force: bool,
+    ) -> None:
+        """One step of a canary rollout (see ``canarying``): apply what the plan runs, scale
+        the older stable revision, delete what it no longer needs, report."""
+        step = self.canaries.step(w, dict(body), children, _now())
+        desired = _hand_off(step.desired, children)
+        stale = desired if force else [o for o in desired if _drifted(o, children)]
+        self._apply(body, patch, w, stale)
+        try:
+            for name, replicas in step.scale.items():
+                current = children.present("Deployment", name) or {}
+                if (current.get("spec") or {}).get("replicas") != replicas:
+                    self.client.patch(
+                        "apps/v1",
+                        "Deployment",
+                        w.owner.namespace,
+                        name,
+                        {"spec": {"replicas": replicas}},
+                    )
+            for obj in step.doomed:
+                self.client.delete(
+                    obj["apiVersion"], obj["kind"], w.owner.namespace, obj["metadata"]["name"]
+                )
+        except k8s.ApiError as exc:
+            raise kopf.TemporaryError(f"scaling the rollout failed: {exc}", delay=5) from exc
+        self._clean_up(w, desired, children)
+        for kind, reason, message in step.plan.events:
+            (kopf.info if kind == "Normal" else kopf.warn)(body, reason=reason, message=message)
+        previous = (body.get("status") or {}).get("rollout")
+        if previous != step.plan.status:
+            patch.status["rollout"] = step.plan.status
+        observation = children.observation(step.stable_deployment)
+        self._report(body, patch, w, step.plan.stable_replicas, observation)
 
     def _apply(
         self,
@@ -327,8 +369,23 @@ def _drifted(desired: workloads.Obj, children: observe.Children) -> bool:
             or have.get("replicas") != want["replicas"]
         )
     if desired["kind"] == "ConfigMap":
-        return _owners(current) != _owners(desired)
+        return _owners(current) != _owners(desired) or current.get("data") != desired.get("data")
+    if desired["kind"] == "Service":
+        return bool((current.get("spec") or {}).get("selector") != desired["spec"]["selector"])
     return False
+
+
+def _hand_off(objects: list[workloads.Obj], children: observe.Children) -> list[workloads.Obj]:
+    """A revision's ConfigMap goes to its ReplicaSet once one exists, so that it is
+    garbage-collected with it (``revisionHistoryLimit``)."""
+    for obj in objects:
+        if obj["kind"] != "ConfigMap":
+            continue
+        revision = (obj["metadata"].get("labels") or {}).get(workloads.REVISION_LABEL)
+        owner = _replica_set_of(children.replica_sets, revision) if revision else None
+        if owner is not None:
+            obj["metadata"]["ownerReferences"] = [_owner_reference(owner)]
+    return objects
 
 
 def _owners(obj: workloads.Obj) -> list[tuple[str, str]]:

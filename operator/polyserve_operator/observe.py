@@ -10,15 +10,19 @@ turns the index contents into plain data; it does no I/O itself.
 
 from __future__ import annotations
 
+import logging
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
+from prometheus_client import parser as prometheus_parser
 
-from polyserve_operator import api, conditions
+from polyserve_operator import analysis, api, conditions
 
 Obj = dict[str, Any]
+logger = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
 
 #: The label every owned object carries, by which kopf watches select them on the server.
@@ -50,27 +54,80 @@ def child_key(namespace: str | None, labels: Mapping[str, str]) -> Key | None:
 class Children:
     """The objects of one workload, as last seen."""
 
-    deployment: Obj | None = None
+    name: str = ""
+    deployments: list[Obj] = field(default_factory=list)
     replica_sets: list[Obj] = field(default_factory=list)
     pods: list[Obj] = field(default_factory=list)
     config_maps: list[Obj] = field(default_factory=list)
-    service: Obj | None = None
-    disruption_budget: Obj | None = None
+    services: list[Obj] = field(default_factory=list)
+    disruption_budgets: list[Obj] = field(default_factory=list)
 
-    def observation(self) -> conditions.Observation:
-        return conditions.Observation(deployment=self.deployment, pods=self.pods)
+    @property
+    def deployment(self) -> Obj | None:
+        """The workload's own Deployment (named after it: the RollingUpdate strategy's)."""
+        return _named(self.deployments, self.name)
+
+    @property
+    def service(self) -> Obj | None:
+        return _named(self.services, self.name)
+
+    @property
+    def disruption_budget(self) -> Obj | None:
+        return _named(self.disruption_budgets, self.name)
+
+    def observation(self, deployment: Obj | None = None) -> conditions.Observation:
+        return conditions.Observation(deployment=deployment or self.deployment, pods=self.pods)
 
     def present(self, kind: str, name: str) -> Obj | None:
         """The owned object of ``kind`` named ``name``, if it exists."""
         candidates: list[Obj] = {
-            "Deployment": [self.deployment] if self.deployment else [],
+            "Deployment": self.deployments,
             "ReplicaSet": self.replica_sets,
             "Pod": self.pods,
             "ConfigMap": self.config_maps,
-            "Service": [self.service] if self.service else [],
-            "PodDisruptionBudget": [self.disruption_budget] if self.disruption_budget else [],
-        }[kind]
-        return next((o for o in candidates if o["metadata"]["name"] == name), None)
+            "Service": self.services,
+            "PodDisruptionBudget": self.disruption_budgets,
+        }.get(kind, [])
+        return _named(candidates, name)
+
+    def deployment_of(self, revision: str) -> Obj | None:
+        """The Deployment whose pods run ``revision``."""
+        for deployment in self.deployments:
+            if revision_of(deployment) == revision and not deployment["metadata"].get(
+                "deletionTimestamp"
+            ):
+                return deployment
+        return None
+
+    def pods_of(self, revision: str) -> list[Obj]:
+        return [p for p in self.pods if pod_revision(p) == revision]
+
+
+REVISION = "polyserve.io/revision"
+
+
+def revision_of(deployment: Obj) -> str | None:
+    template = (deployment.get("spec") or {}).get("template") or {}
+    annotations = (template.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(REVISION)
+    return str(value) if value else None
+
+
+def pod_revision(pod: Obj) -> str | None:
+    meta = pod.get("metadata") or {}
+    value = (meta.get("labels") or {}).get(REVISION) or (meta.get("annotations") or {}).get(
+        REVISION
+    )
+    return str(value) if value else None
+
+
+def pod_ready(pod: Obj) -> bool:
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
 
 
 def _named(objects: list[Obj], name: str) -> Obj | None:
@@ -85,16 +142,14 @@ def children(indexes: Mapping[str, Index], namespace: str, name: str) -> Childre
         key = (namespace, name)
         return [dict(o) for o in index[key]] if key in index else []
 
-    deployments = of("Deployment")
-    services = of("Service")
-    budgets = of("PodDisruptionBudget")
     return Children(
-        deployment=_named(deployments, name),
+        name=name,
+        deployments=of("Deployment"),
         replica_sets=of("ReplicaSet"),
         pods=of("Pod"),
         config_maps=of("ConfigMap"),
-        service=_named(services, name),
-        disruption_budget=_named(budgets, name),
+        services=of("Service"),
+        disruption_budgets=of("PodDisruptionBudget"),
     )
 
 
@@ -123,3 +178,27 @@ def members(
 def exists(resources: Index, namespace: str, name: str) -> bool:
     """Whether the index of a kind of resource holds ``namespace/name``."""
     return (namespace, name) in resources and bool(list(resources[(namespace, name)]))
+
+
+METRICS_TIMEOUT_SECONDS = 2.0
+
+
+def scrape(pods: Iterable[Obj], model: str, port: int) -> dict[str, analysis.Sample]:
+    """The metrics of ``model`` on each ready pod (pod name -> sample), read from the
+    worker's own ``/metrics`` at the pod's IP. A pod that does not answer is left out (its
+    traffic is counted again when it answers next time)."""
+    found: dict[str, analysis.Sample] = {}
+    for pod in pods:
+        ip = (pod.get("status") or {}).get("podIP")
+        if not ip or not pod_ready(pod):
+            continue
+        url = f"http://{ip}:{port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=METRICS_TIMEOUT_SECONDS) as response:
+                text = response.read().decode()
+        except OSError as exc:
+            logger.info("metrics of pod %s unread: %s", pod["metadata"]["name"], exc)
+            continue
+        families = prometheus_parser.text_string_to_metric_families(text)
+        found[pod["metadata"]["name"]] = analysis.from_families(families, model)
+    return found

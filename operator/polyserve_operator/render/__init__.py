@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from polyserve_operator import api, settings
-from polyserve_operator.render import modelconfigs, workloads
+from polyserve_operator.render import canaries, modelconfigs, workloads
 
 Obj = dict[str, Any]
 
@@ -71,5 +71,8 @@ def ensemble_workload(
 
 
 def objects(workload: workloads.Workload, cfg: settings.Settings) -> list[Obj]:
-    """The workload's objects in apply order."""
+    """The workload's objects in apply order; for the Canary strategy, its steady state
+    (no rollout under way: every weight on the stable revision)."""
+    if canaries.canary_of(workload) is not None:
+        return canaries.steady(workload, cfg)
     return workloads.objects(workload, cfg)

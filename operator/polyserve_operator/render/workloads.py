@@ -38,6 +38,10 @@ REVISION_LABEL = f"{api.GROUP}/revision"
 #: The app.kubernetes.io/managed-by label of every rendered object; the operator watches
 #: exactly the objects that carry it.
 MANAGER = "polyserve-operator"
+#: Where the stable pods of a canary read their mirror settings (a ConfigMap the operator
+#: writes: polyserve-worker --mirror-config).
+MIRROR_DIR = "/etc/polyserve/mirror"
+MIRROR_KEY = "mirror.yaml"
 #: The longest name Kubernetes takes for containers, volumes and label values.
 DNS_LABEL_MAX = 63
 
@@ -88,7 +92,7 @@ def labels(w: Workload) -> dict[str, str]:
     }
 
 
-def _metadata(w: Workload, name: str | None = None) -> Obj:
+def metadata(w: Workload, name: str | None = None) -> Obj:
     meta: Obj = {
         "name": name or w.name,
         "namespace": w.owner.namespace,
@@ -140,7 +144,7 @@ def config_map(w: Workload, cfg: settings.Settings) -> Obj:
     Immutable: a new config is a new revision and a new ConfigMap. It is owned by the
     resource until the revision's ReplicaSet exists; the operator then hands it to the
     ReplicaSet, so it is garbage-collected with it (``revisionHistoryLimit``)."""
-    meta = _metadata(w, config_name(w, cfg))
+    meta = metadata(w, config_name(w, cfg))
     meta["labels"][REVISION_LABEL] = revision(w, cfg)
     return {
         "apiVersion": "v1",
@@ -261,8 +265,23 @@ def worker_settings_for(w: Workload, cfg: settings.Settings) -> dict[str, Any]:
     }
 
 
-def deployment(w: Workload, cfg: settings.Settings) -> Obj:
-    """The worker Deployment: fetch init containers, the worker, probes, placement."""
+def revision_name(w: Workload, rev: str) -> str:
+    """The Deployment of one revision under the Canary strategy: ``<workload>-<revision>``."""
+    return f"{w.name}-{rev}"
+
+
+def deployment(
+    w: Workload,
+    cfg: settings.Settings,
+    *,
+    name: str | None = None,
+    replicas: int | None = None,
+    per_revision: bool = False,
+) -> Obj:
+    """The worker Deployment: fetch init containers, the worker, probes, placement.
+
+    ``per_revision`` (the Canary strategy) selects this revision's pods only, so two
+    revisions' Deployments never claim each other's pods."""
     init_containers: list[Obj] = []
     volumes: list[Obj] = [
         {"name": "models", "emptyDir": {}},
@@ -284,11 +303,28 @@ def deployment(w: Workload, cfg: settings.Settings) -> Obj:
                 seen_volumes.add(volume["name"])
                 volumes.append(volume)
     init_containers.append(_configurer(w, cfg))
+    flags = worker_settings_for(w, cfg)
+    mounts: list[Obj] = [
+        {"name": "models", "mountPath": REPOSITORY, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "shm", "mountPath": "/dev/shm"},
+    ]
+    if w.rollout is not None and w.rollout.strategy == "Canary":
+        # The stable pods copy requests to a canary when the rollout says so, through a
+        # ConfigMap the operator rewrites (mounted whole: its updates reach the pod).
+        volumes.append(
+            {
+                "name": "mirror",
+                "configMap": {"name": f"{w.name}-mirror", "optional": True},
+            }
+        )
+        mounts.append({"name": "mirror", "mountPath": MIRROR_DIR, "readOnly": True})
+        flags["mirror_config"] = f"{MIRROR_DIR}/{MIRROR_KEY}"
     worker: Obj = {
         "name": "worker",
         "image": image(w, cfg),
         "imagePullPolicy": cfg.images.pull_policy,
-        "args": worker_settings.to_args(worker_settings_for(w, cfg)),
+        "args": worker_settings.to_args(flags),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
@@ -306,11 +342,7 @@ def deployment(w: Workload, cfg: settings.Settings) -> Obj:
         "resources": placement.resources(w.hardware, w.resources, cfg),
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [
-            {"name": "models", "mountPath": REPOSITORY, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "shm", "mountPath": "/dev/shm"},
-        ],
+        "volumeMounts": mounts,
     }
     pod_spec: Obj = {
         "automountServiceAccountToken": False,
@@ -337,25 +369,28 @@ def deployment(w: Workload, cfg: settings.Settings) -> Obj:
     if tolerations:
         pod_spec["tolerations"] = tolerations
     rollout = w.rollout or api.Rollout()
-    pod_meta = _metadata(w)
+    pod_meta = metadata(w)
     pod_meta.pop("name")
     pod_meta.pop("namespace")
     pod_meta.pop("ownerReferences", None)
+    rev = revision(w, cfg)
+    pod_meta["labels"][REVISION_LABEL] = rev
     pod_meta["annotations"] = {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(METRICS_PORT),
         "prometheus.io/path": "/metrics",
-        REVISION_LABEL: revision(w, cfg),
+        REVISION_LABEL: rev,
     }
+    selector = {**labels(w), REVISION_LABEL: rev} if per_revision else labels(w)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(w),
+        "metadata": metadata(w, name),
         "spec": {
-            "replicas": w.replicas,
+            "replicas": w.replicas if replicas is None else replicas,
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": 900,
-            "selector": {"matchLabels": labels(w)},
+            "selector": {"matchLabels": selector},
             "strategy": {
                 "type": "RollingUpdate",
                 # Default: a new pod is Ready before an old one goes, so serving never stops.
@@ -371,15 +406,17 @@ def deployment(w: Workload, cfg: settings.Settings) -> Obj:
     }
 
 
-def service(w: Workload) -> Obj:
-    """The Service clients use: OIP over HTTP and gRPC, and metrics."""
+def service(w: Workload, *, name: str | None = None, revision_: str | None = None) -> Obj:
+    """The Service clients use: OIP over HTTP and gRPC, and metrics. ``revision_`` narrows it
+    to one revision's pods (a canary's stable and canary Services)."""
+    selector = {**labels(w), REVISION_LABEL: revision_} if revision_ else labels(w)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(w),
+        "metadata": metadata(w, name),
         "spec": {
             "type": "ClusterIP",
-            "selector": labels(w),
+            "selector": selector,
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
                 {
@@ -408,7 +445,7 @@ def disruption_budget(w: Workload) -> Obj | None:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(w),
+        "metadata": metadata(w),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels(w)}},
     }
 

@@ -1,0 +1,243 @@
+"""Canary rollouts run by the operator, on the local fleet with real traffic the whole time.
+
+A closed-loop client calls the model through its Service while each rollout runs; every
+request's outcome is recorded with its time. Each test prints its rollout's timeline (step,
+weight, verdict), which `pytest -s` shows.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from e2e.conftest import Cluster, Operator, wait_for
+from e2e.loads import ClosedLoop
+from polyserve_operator import api
+
+ANALYSIS: dict[str, Any] = {
+    "interval": "3s",
+    "count": 2,
+    "minSamples": 5,
+    "inconclusiveLimit": 3,
+    "metrics": [
+        {"name": "successRate", "min": 0.99},
+        {"name": "latencyP95", "relativeToStable": 3.0},
+    ],
+}
+
+
+def _model(
+    cluster: Cluster,
+    namespace: str,
+    artifact: str,
+    *,
+    steps: list[dict[str, Any]] | None = None,
+    analysis: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    **canary: Any,
+) -> dict[str, Any]:
+    cluster.require_sandbox("the stand-in artifacts are files on this machine")
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": "InferenceModel",
+        "metadata": {"name": "scorer", "namespace": namespace},
+        "spec": {
+            "modelFormat": {"name": "onnx"},
+            "artifact": {"uri": cluster.artifacts[artifact].as_uri()},
+            "hardware": {"pool": "xeon", "backend": "onnxruntime"},
+            "replicas": 2,
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+            "config": {
+                "max_batch_size": 8,
+                "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+                "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+                **(config or {}),
+            },
+            "rollout": {
+                "strategy": "Canary",
+                "canary": {
+                    "steps": steps or [{"setWeight": 50}, {"analysis": {}}, {"setWeight": 100}],
+                    "analysis": analysis or ANALYSIS,
+                    "progressDeadlineSeconds": 120,
+                    "abortScaleDownDelaySeconds": 2,
+                    **canary,
+                },
+            },
+        },
+    }
+
+
+def _rollout(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    body = cluster.client.get(api.API_VERSION, "InferenceModel", namespace, "scorer") or {}
+    rollout: dict[str, Any] = (body.get("status") or {}).get("rollout") or {}
+    return rollout
+
+
+@dataclass
+class Timeline:
+    """The rollout's status as it changes, for the test's printout and assertions."""
+
+    cluster: Cluster
+    namespace: str
+    rows: list[tuple[float, str]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Timeline:
+        self._start = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._poll()  # the state the test ended on
+        # sys.__stdout__: the in-process operator (kopf's runner) holds sys.stdout meanwhile.
+        text = "\n".join(f"{t:6.1f}s  {row}" for t, row in self.rows)
+        print(f"\ntimeline:\n{text}", file=sys.__stdout__, flush=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self._poll()
+
+    def _poll(self) -> None:
+        try:
+            r = _rollout(self.cluster, self.namespace)
+        except Exception as exc:  # the API may be busy; the next poll catches up
+            self.rows.append((time.monotonic() - self._start, f"(status unread: {exc})"))
+            return
+        measured = (r.get("measurements") or [{}])[-1]
+        row = (
+            f"{r.get('phase', '-'):<11} step {r.get('stepIndex', '-')!s:<2} "
+            f"weight {r.get('weight', '-')!s:>3}% (actual {r.get('actualWeight', '-')}) "
+            f"{measured.get('verdict', '')} {measured.get('values', '') or ''}"
+        )
+        if not self.rows or self.rows[-1][1] != row:
+            self.rows.append((time.monotonic() - self._start, row))
+
+    def phases(self) -> list[str]:
+        return [row.split()[0] for _, row in self.rows]
+
+
+def _deploy_stable(cluster: Cluster, namespace: str, doc: dict[str, Any]) -> str:
+    cluster.client.apply(doc)
+    wait_for(
+        "the first revision to serve",
+        lambda: (
+            _rollout(cluster, namespace).get("phase") == "Healthy" and _ready(cluster, namespace)
+        ),
+        timeout=90,
+    )
+    return str(_rollout(cluster, namespace)["stableRevision"])
+
+
+def _ready(cluster: Cluster, namespace: str) -> bool:
+    body = cluster.client.get(api.API_VERSION, "InferenceModel", namespace, "scorer") or {}
+    conds = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
+    return (conds.get("Ready") or {}).get("status") == "True"
+
+
+def _addresses(cluster: Cluster, namespace: str) -> tuple[str, str]:
+    return (
+        cluster.service_address(namespace, "scorer", "http"),
+        cluster.service_address(namespace, "scorer", "grpc"),
+    )
+
+
+def _deployments(cluster: Cluster, namespace: str) -> list[str]:
+    found = cluster.client.list(
+        "apps/v1", "Deployment", namespace, {"app.kubernetes.io/instance": "scorer"}
+    )
+    return sorted(d["metadata"]["name"] for d in found)
+
+
+def test_a_good_release_is_promoted_with_no_failed_request(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    doc = _model(cluster, namespace, "double")
+    first = _deploy_stable(cluster, namespace, doc)
+    http, grpc = _addresses(cluster, namespace)
+    with ClosedLoop(http, "scorer", grpc=grpc) as load, Timeline(cluster, namespace) as timeline:
+        wait_for("traffic", lambda: load.total() > 20)
+        doc["spec"]["artifact"] = {"uri": cluster.artifacts["triple"].as_uri()}
+        cluster.client.apply(doc)
+        wait_for(
+            "the canary to be promoted",
+            lambda: (
+                (r := _rollout(cluster, namespace)).get("phase") == "Healthy"
+                and r.get("stableRevision") != first
+            ),
+            timeout=120,
+        )
+        wait_for("the new revision to serve alone", lambda: load.served(3.0) > 20)
+    assert not load.failures(), load.failures()[:5]
+    assert load.served(2.0) > 0 and load.served(3.0) > 0
+    assert "Progressing" in timeline.phases()
+    new = _rollout(cluster, namespace)["stableRevision"]
+    wait_for(
+        "the old revision's Deployment to go",
+        lambda: _deployments(cluster, namespace) == [f"scorer-{new}"],
+    )
+
+
+def test_a_release_failing_requests_rolls_back_and_its_failures_stop_with_its_traffic(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    doc = _model(cluster, namespace, "double")
+    first = _deploy_stable(cluster, namespace, doc)
+    http, grpc = _addresses(cluster, namespace)
+    # One request in five has a batch of 3; the new config takes at most 2: the canary fails
+    # 20% of requests (400s, which Triton counts as failures), stable none.
+    load = ClosedLoop(http, "scorer", grpc=grpc, batches=(1, 1, 3, 1, 1))
+    with load, Timeline(cluster, namespace):
+        wait_for("traffic", lambda: load.total() > 20)
+        doc["spec"]["config"]["max_batch_size"] = 2
+        cluster.client.apply(doc)
+        rolled = wait_for(
+            "the rollback",
+            lambda: (r := _rollout(cluster, namespace)).get("phase") == "RolledBack" and r,
+            timeout=120,
+        )
+        rolled_back_at = time.monotonic()
+        wait_for(
+            "traffic after the rollback",
+            lambda: load.counts(since=rolled_back_at + 2)["ok"] > 20,
+        )
+    assert rolled["stableRevision"] == first
+    assert "successRate" in rolled["message"]
+    failures = load.failures()
+    assert failures, "the canary did get traffic and fail some of it"
+    assert all(f.batch == 3 for f in failures), "only what the canary cannot take failed"
+    assert not [f for f in failures if f.at > rolled_back_at + 2], "no failure after the rollback"
+    big = [o for o in load.outcomes if o.batch == 3]
+    share = len(failures) / len(big)
+    assert share < 0.9, f"stable kept serving batches of 3 during the canary: {share:.0%} failed"
+
+
+def test_a_release_three_times_slower_rolls_back_on_latency_relative_to_stable(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    doc = _model(cluster, namespace, "double")
+    first = _deploy_stable(cluster, namespace, doc)
+    http, grpc = _addresses(cluster, namespace)
+    with ClosedLoop(http, "scorer", grpc=grpc) as load, Timeline(cluster, namespace):
+        wait_for("traffic", lambda: load.total() > 20)
+        # Every request of the new revision waits 30 ms for a batch that never fills.
+        doc["spec"]["config"]["dynamic_batching"] = {
+            "max_queue_delay_microseconds": 30000,
+            "preferred_batch_size": [8],
+        }
+        cluster.client.apply(doc)
+        rolled = wait_for(
+            "the rollback",
+            lambda: (r := _rollout(cluster, namespace)).get("phase") == "RolledBack" and r,
+            timeout=120,
+        )
+    assert rolled["stableRevision"] == first
+    assert "latencyP95" in rolled["message"] and "x stable's" in rolled["message"]
+    assert not load.failures(), "slow is not failed: every request was answered"

@@ -1,0 +1,218 @@
+"""A canary rollout's reconcile step: observe, ask the state machine, say what to run.
+
+Given a workload under the Canary strategy and what the indexes show, this builds the
+``rollout.Observation`` (ready pods per revision, why a canary is stuck, a person's action
+from the ``polyserve.io/rollout-action`` annotation, and the traffic since the last
+measurement, scraped from the workers' own ``/metrics``), calls ``rollout.plan``, and turns
+the plan into the objects to apply, the replica counts to set on Deployments whose template
+it does not own any more (an older stable revision), and what to delete. The traffic
+baselines of running analyses are kept in memory: after an operator restart the current
+interval starts again (its steps and timers are in status and resume as they were).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from polyserve_operator import analysis, api, conditions, observe, rollout, settings
+from polyserve_operator.render import canaries, workloads
+
+Obj = dict[str, Any]
+ACTION_ANNOTATION = "polyserve.io/rollout-action"
+
+
+@dataclass
+class Step:
+    """What one reconcile of a canary workload does."""
+
+    plan: rollout.Plan
+    desired: list[Obj]
+    """Objects to apply (fully rendered: this spec's revision, Services, route, mirror)."""
+    scale: dict[str, int] = field(default_factory=dict)
+    """Deployment name -> replicas, for revisions this spec no longer renders."""
+    doomed: list[Obj] = field(default_factory=list)
+    """Owned objects the rollout no longer wants (older revisions, a canary Service)."""
+    stable_deployment: Obj | None = None
+    """What the Ready condition follows: the revision that serves."""
+
+
+@dataclass(frozen=True)
+class _Baseline:
+    at: datetime.datetime
+    canary: Mapping[str, analysis.Sample]
+    stable: Mapping[str, analysis.Sample]
+
+
+class Canaries:
+    """Canary reconciles over one set of settings, with the analyses' traffic baselines."""
+
+    def __init__(self, cfg: settings.Settings) -> None:
+        self.cfg = cfg
+        self._baselines: dict[tuple[str, str], _Baseline] = {}
+
+    def step(
+        self,
+        w: workloads.Workload,
+        body: Mapping[str, Any],
+        children: observe.Children,
+        now: datetime.datetime,
+    ) -> Step:
+        canary = canaries.canary_of(w)
+        assert canary is not None
+        rev = workloads.revision(w, self.cfg)
+        previous: Obj = dict((body.get("status") or {}).get("rollout") or {})
+        existing = None if previous.get("stableRevision") else _running_revision(children)
+        stable = str(previous.get("stableRevision") or existing or rev)
+        canary_pods = children.pods_of(rev) if rev != stable else []
+        stable_pods = children.pods_of(stable)
+        key = (w.owner.namespace, w.name)
+        traffic = None
+        measuring = _analysing(canary, previous) and rev != stable
+        canary_now: dict[str, analysis.Sample] = {}
+        stable_now: dict[str, analysis.Sample] = {}
+        if measuring:
+            model = w.models[0].name
+            canary_now = observe.scrape(canary_pods, model, workloads.METRICS_PORT)
+            stable_now = observe.scrape(stable_pods, model, workloads.METRICS_PORT)
+            base = self._baselines.get(key)
+            if base is not None:
+                traffic = analysis.Window(
+                    canary=analysis.window(base.canary, canary_now),
+                    stable=analysis.window(base.stable, stable_now),
+                    seconds=(now - base.at).total_seconds(),
+                )
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        action = annotations.get(ACTION_ANNOTATION)
+        obs = rollout.Observation(
+            canary_ready=sum(1 for p in canary_pods if observe.pod_ready(p)),
+            stable_ready=sum(1 for p in stable_pods if observe.pod_ready(p)),
+            canary_pods=len(canary_pods),
+            stable_pods=len(stable_pods),
+            canary_trouble=_trouble(canary_pods),
+            traffic=traffic,
+            action=action if action and action != previous.get("lastAction") else None,
+            existing_revision=existing,
+        )
+        gateway = canaries.routing(w)
+        spec = rollout.Spec(canary, w.replicas, rev, gateway=gateway is not None)
+        plan = rollout.plan(spec, previous or None, obs, now)
+        if plan.reset_window:
+            if not measuring:  # a step just started: read where the counters stand now
+                model = w.models[0].name
+                canary_now = observe.scrape(canary_pods, model, workloads.METRICS_PORT)
+                stable_now = observe.scrape(stable_pods, model, workloads.METRICS_PORT)
+            self._baselines[key] = _Baseline(now, canary_now, stable_now)
+        if plan.canary_revision is None:
+            self._baselines.pop(key, None)
+        return self._objects(w, plan, children, rev, gateway)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._baselines.pop((namespace, name), None)
+
+    def _objects(
+        self,
+        w: workloads.Workload,
+        plan: rollout.Plan,
+        children: observe.Children,
+        rev: str,
+        gateway: api.GatewayRouting | None,
+    ) -> Step:
+        desired: list[Obj] = []
+        scale: dict[str, int] = {}
+        running = {plan.stable_revision, plan.canary_revision} - {None}
+        if rev in running:
+            replicas = plan.stable_replicas if rev == plan.stable_revision else plan.canary_replicas
+            current = children.deployment_of(rev)
+            name = current["metadata"]["name"] if current else workloads.revision_name(w, rev)
+            per_revision = current is None or workloads.REVISION_LABEL in (
+                (current.get("spec") or {}).get("selector", {}).get("matchLabels") or {}
+            )
+            desired.append(workloads.config_map(w, self.cfg))
+            desired.append(
+                workloads.deployment(
+                    w, self.cfg, name=name, replicas=replicas, per_revision=per_revision
+                )
+            )
+        # The live object (its status is what the Ready condition reads).
+        stable_deployment = children.deployment_of(plan.stable_revision)
+        if plan.stable_revision != rev and stable_deployment is not None:
+            scale[stable_deployment["metadata"]["name"]] = plan.stable_replicas
+        target_revision = {
+            "stable": plan.stable_revision,
+            "canary": plan.canary_revision,
+            "both": None,
+        }[plan.target]
+        desired.append(workloads.service(w, revision_=target_revision))
+        desired.append(
+            workloads.service(
+                w, name=canaries.stable_service_name(w), revision_=plan.stable_revision
+            )
+        )
+        if plan.canary_revision:
+            desired.append(
+                workloads.service(
+                    w, name=canaries.canary_service_name(w), revision_=plan.canary_revision
+                )
+            )
+        if gateway is not None:
+            desired.append(canaries.route(w, gateway, plan.weight))
+        desired.append(
+            canaries.mirror_config(
+                w,
+                canaries.canary_of(w).mirror if plan.mirror else None,  # type: ignore[union-attr]
+                _canary_address(children, canaries.canary_service_name(w)),
+                plan.canary_revision,
+            )
+        )
+        budget = workloads.disruption_budget(w)
+        if budget is not None:
+            desired.append(budget)
+        doomed = [
+            d
+            for d in children.deployments
+            if observe.revision_of(d) not in running and not d["metadata"].get("deletionTimestamp")
+        ]
+        if not plan.canary_revision:
+            service = children.present("Service", canaries.canary_service_name(w))
+            if service is not None:
+                doomed.append(service)
+        return Step(plan, desired, scale, doomed, stable_deployment)
+
+
+def _analysing(canary: api.Canary, previous: Mapping[str, Any]) -> bool:
+    """Whether the rollout stands on an analysis step (the traffic must be read)."""
+    index = previous.get("stepIndex")
+    if previous.get("phase") != "Progressing" or index is None:
+        return False
+    steps = canary.steps
+    return 0 <= int(index) < len(steps) and steps[int(index)].analysis is not None
+
+
+def _running_revision(children: observe.Children) -> str | None:
+    """The revision that serves when a resource first becomes a canary: the Deployment
+    with the most ready pods."""
+    candidates = [
+        (int((d.get("status") or {}).get("readyReplicas") or 0), observe.revision_of(d))
+        for d in children.deployments
+        if observe.revision_of(d)
+    ]
+    candidates.sort(reverse=True)
+    return candidates[0][1] if candidates else None
+
+
+def _trouble(pods: list[Obj]) -> str | None:
+    problems = conditions.pod_problems(pods, "matching node")
+    return problems[0].message if problems else None
+
+
+def _canary_address(children: observe.Children, service: str) -> str | None:
+    """The canary's gRPC address as the stable pods reach it: its Service's cluster IP
+    (a name would need cluster DNS, which a local fleet does not have)."""
+    found = children.present("Service", service)
+    address = ((found or {}).get("spec") or {}).get("clusterIP")
+    if not address or address == "None":
+        return None
+    return f"{address}:{workloads.GRPC_PORT}"

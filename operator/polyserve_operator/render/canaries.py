@@ -1,0 +1,129 @@
+"""The objects of a canary rollout: one Deployment per revision, the Services that select
+them, the Gateway API route whose weights split traffic, and the stable pods' mirror config.
+
+Under the Canary strategy each revision runs in a Deployment of its own
+(``<workload>-<revision>``, selecting only that revision's pods), so promoting a canary is
+scaling, never a second rollout. The main Service selects what the rollout says (the stable
+pods, both revisions for a replica-ratio split, or the canary while it is promoted); the
+``-stable`` and ``-canary`` Services each select one revision, for a route's backendRefs, for
+the mirror, and for people who want to call one side. Pure functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from polyserve_operator import api, settings
+from polyserve_operator.render import workloads
+
+Obj = dict[str, Any]
+
+ROUTES_API = "gateway.networking.k8s.io/v1"
+
+
+def stable_service_name(w: workloads.Workload) -> str:
+    return f"{w.name}-stable"
+
+
+def canary_service_name(w: workloads.Workload) -> str:
+    return f"{w.name}-canary"
+
+
+def mirror_config_name(w: workloads.Workload) -> str:
+    return f"{w.name}-mirror"
+
+
+def canary_of(w: workloads.Workload) -> api.Canary | None:
+    rollout = w.rollout
+    if rollout is None or rollout.strategy != "Canary":
+        return None
+    return rollout.canary
+
+
+def routing(w: workloads.Workload) -> api.GatewayRouting | None:
+    canary = canary_of(w)
+    if canary is None or canary.traffic_routing is None:
+        return None
+    return canary.traffic_routing.gateway_api
+
+
+def route(w: workloads.Workload, gateway: api.GatewayRouting, canary_weight: int) -> Obj:
+    """The HTTPRoute or GRPCRoute that splits traffic between the stable and canary
+    Services: ``canary_weight`` percent to the canary."""
+    grpc = gateway.route_kind == "GRPCRoute"
+    port = workloads.GRPC_PORT if grpc else workloads.HTTP_PORT
+    parents = []
+    for ref in gateway.parent_refs:
+        parent: Obj = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": ref.name}
+        if ref.namespace:
+            parent["namespace"] = ref.namespace
+        if ref.section_name:
+            parent["sectionName"] = ref.section_name
+        parents.append(parent)
+    backends = [
+        {"name": stable_service_name(w), "port": port, "weight": 100 - canary_weight},
+        {"name": canary_service_name(w), "port": port, "weight": canary_weight},
+    ]
+    rule: Obj = {"backendRefs": [{"kind": "Service", "group": "", **b} for b in backends]}
+    meta = workloads.metadata(w)
+    return {
+        "apiVersion": ROUTES_API,
+        "kind": gateway.route_kind,
+        "metadata": meta,
+        "spec": {"parentRefs": parents, "rules": [rule]},
+    }
+
+
+def mirror_config(
+    w: workloads.Workload, mirror: api.Mirror | None, target: str | None, revision: str | None
+) -> Obj:
+    """The stable pods' mirror settings (``polyserve-worker --mirror-config``): copy a share
+    of each served model's requests to the canary at ``target`` (host:port of its gRPC
+    Service) and compare; an empty config turns mirroring off."""
+    models: Obj = {}
+    if mirror is not None and target and revision:
+        compare = {
+            name: tolerance.model_dump(by_alias=True, exclude_none=True)
+            for name, tolerance in (mirror.compare or {}).items()
+        }
+        for served in w.models:
+            entry: Obj = {
+                "target": target,
+                "model": served.name,
+                "revision": revision,
+                "percent": mirror.percent,
+                "queue": mirror.queue,
+            }
+            if mirror.rate is not None:
+                entry["rate"] = mirror.rate
+            if compare:
+                entry["compare"] = compare
+            models[served.name] = entry
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": workloads.metadata(w, mirror_config_name(w)),
+        "data": {workloads.MIRROR_KEY: yaml.safe_dump({"models": models}, sort_keys=True)},
+    }
+
+
+def steady(w: workloads.Workload, cfg: settings.Settings) -> list[Obj]:
+    """What a canary workload runs with no rollout under way (``polyserve render`` shows
+    this): its revision's Deployment, the Services, the route with all weight on stable."""
+    rev = workloads.revision(w, cfg)
+    objects = [
+        workloads.config_map(w, cfg),
+        workloads.deployment(w, cfg, name=workloads.revision_name(w, rev), per_revision=True),
+        workloads.service(w, revision_=rev),
+        workloads.service(w, name=stable_service_name(w), revision_=rev),
+        mirror_config(w, None, None, None),
+    ]
+    gateway = routing(w)
+    if gateway is not None:
+        objects.append(route(w, gateway, 0))
+    budget = workloads.disruption_budget(w)
+    if budget is not None:
+        objects.append(budget)
+    return objects
