@@ -14,21 +14,23 @@ subresources, finalizers, graceful Pod deletion, owner-reference garbage collect
 (Background, Foreground, Orphan), immutable ConfigMaps and Secrets, Secret ``stringData``,
 label and field selectors, watches (resume from a resourceVersion, 410 Expired, bookmarks,
 ``sendInitialEvents``), CRDs (registration, Established, ``openAPIV3Schema`` defaults,
-pruning, validation and ``fieldValidation=Strict``), ``dryRun=All``, discovery (legacy and
-aggregated), OpenAPI v2/v3 as kubectl needs them, and server-side Tables (kubectl get).
+pruning, validation and ``fieldValidation=Strict``, and their CEL rules,
+``x-kubernetes-validations``, with ``oldSelf`` on updates), ``dryRun=All``, discovery
+(legacy and aggregated), OpenAPI v2/v3 as kubectl needs them, and server-side Tables
+(kubectl get).
 
-Not emulated: CEL validation rules (``x-kubernetes-validations``), admission webhooks
-(ValidatingWebhookConfigurations are stored, never called: in-process admission hooks
-stand in), authentication and RBAC (every request is allowed; Roles are stored only),
-protobuf bodies beyond what ``kubectl create <kind>`` sends, aggregated API servers, CRD
-conversion between versions, the field-level validation of built-in kinds,
-exec/attach/port-forward, and following logs.
+Not emulated: admission webhooks (ValidatingWebhookConfigurations are stored, never called:
+in-process admission hooks stand in), authentication and RBAC (every request is allowed;
+Roles are stored only), protobuf bodies beyond what ``kubectl create <kind>`` sends,
+aggregated API servers, CRD conversion between versions, the field-level validation of
+built-in kinds, exec/attach/port-forward, and following logs.
 
 Modules: ``store`` (the verbs), ``writing`` (the write path), ``collecting`` (deletion and
 garbage collection), ``applying`` (server-side apply), ``patching``, ``schemas`` (CRD
-schemas), ``crds``, ``strategies`` (per-kind rules), ``listening`` (in-process observers),
-``watching``, ``selectors``, ``indexes``, ``resources`` and ``kinds`` (what is served),
-``discovery``, ``openapi``, ``tables``/``printing``/``jsonpath`` (kubectl's columns),
-``queries`` (reading a request), ``protobuf`` (kubectl create's bodies), ``handling``
-(answering it) and ``http`` (the server).
+schemas), ``validations`` and ``cel`` (their CEL rules), ``crds``, ``strategies`` (per-kind
+rules), ``listening`` (in-process observers), ``watching``, ``selectors``, ``indexes``,
+``resources`` and ``kinds`` (what is served), ``discovery``, ``openapi``,
+``tables``/``printing``/``jsonpath`` (kubectl's columns), ``queries`` (reading a request),
+``protobuf`` (kubectl create's bodies), ``handling`` (answering it) and ``http`` (the
+server).
 """

@@ -1,9 +1,11 @@
 """CustomResourceDefinitions: what a CRD object makes the server serve.
 
 Creating an ``apiextensions.k8s.io/v1`` CRD registers one resource per served version
-(scope, names, short names, categories, the ``status`` subresource, printer columns and the
-schema) and sets ``status.conditions`` NamesAccepted and Established to True at once (a real
-server takes a moment; ``kubectl wait --for=condition=Established`` works either way).
+(scope, names, short names, categories, the ``status`` subresource, printer columns, the
+schema and its CEL rules, compiled once; a rule that does not compile refuses the CRD, as
+the real server does) and sets ``status.conditions`` NamesAccepted and Established to True
+at once (a real server takes a moment; ``kubectl wait --for=condition=Established`` works
+either way).
 Deleting a CRD deletes its objects (their finalizers are honoured) and then the CRD.
 
 Not emulated: conversion webhooks and conversion between versions (every version shares
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from polyserve_sandbox.apiserver import errors
+from polyserve_sandbox.apiserver import errors, validations
 from polyserve_sandbox.apiserver.resources import Resource
 
 if TYPE_CHECKING:
@@ -75,8 +77,31 @@ def validate(crd: Obj) -> None:
                 "exactly one version marked as storage version",
             )
         )
+    causes.extend(_rule_problems(versions))
     if causes:
         raise errors.invalid(KIND, GROUP, name, causes)
+
+
+def _schema_paths(versions: list[Obj]) -> list[tuple[str, Obj]]:
+    """Each distinct schema and its field path as the server names it: versions that share
+    one schema are validated once, as ``spec.validation`` (the server's internal form)."""
+    schemas = [(v.get("schema") or {}).get("openAPIV3Schema") for v in versions]
+    found = [s for s in schemas if isinstance(s, dict)]
+    if found and len(found) == len(versions) and all(s == found[0] for s in found):
+        return [("spec.validation.openAPIV3Schema", found[0])]
+    return [
+        (f"spec.versions[{i}].schema.openAPIV3Schema", s)
+        for i, s in enumerate(schemas)
+        if isinstance(s, dict)
+    ]
+
+
+def _rule_problems(versions: list[Obj]) -> list[errors.Cause]:
+    """CEL rules the server refuses when the CRD is written (they do not compile...)."""
+    problems: list[errors.Cause] = []
+    for where, schema in _schema_paths(versions):
+        problems += validations.build(schema, where)[1]
+    return problems
 
 
 def resources_of(crd: Obj) -> list[Resource]:
@@ -101,6 +126,9 @@ def resources_of(crd: Obj) -> list[Resource]:
                 subresources=frozenset({"status"}) if "status" in subresources else frozenset(),
                 printer_columns=tuple(version.get("additionalPrinterColumns") or ()),
                 schema=(version.get("schema") or {}).get("openAPIV3Schema"),
+                validations=validations.build(
+                    (version.get("schema") or {}).get("openAPIV3Schema"), "openAPIV3Schema"
+                )[0],
                 crd=(crd.get("metadata") or {}).get("name"),
             )
         )

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from polyserve_sandbox.apiserver import errors
+from polyserve_sandbox.apiserver import errors, validations
 
 Obj = dict[str, Any]
 
@@ -52,6 +52,8 @@ class Resource:
     verbs: tuple[str, ...] = ALL_VERBS
     printer_columns: tuple[Obj, ...] = ()
     schema: Obj | None = field(default=None, compare=False, hash=False)
+    #: The schema's CEL rules, compiled once for this version (``validations.build``).
+    validations: validations.Node | None = field(default=None, compare=False, hash=False)
     crd: str | None = None
 
     @property

@@ -8,9 +8,12 @@ JSON Schema draft 4 plus ``nullable`` and ``x-kubernetes-int-or-string``, mapped
 With ``fieldValidation=Strict`` (kubectl's default) an undeclared field is refused instead
 of pruned, with the real server's "strict decoding error" message.
 
-Not evaluated: CEL rules (``x-kubernetes-validations``), ``format`` checks, list-type and
-map-type uniqueness (``x-kubernetes-list-type``), and ratcheting of unchanged invalid
-values. The operator's own webhook and pydantic models still check what CEL would.
+Then the CEL rules (``x-kubernetes-validations``, see ``validations``), unless the schema
+already found a value of the wrong type; every failure of both is listed in one 422.
+
+Not evaluated: ``format`` checks and list-type and map-type uniqueness
+(``x-kubernetes-list-type``). Values an update leaves as they were are not validated again
+(the real server's ratcheting).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 import jsonschema
 
-from polyserve_sandbox.apiserver import errors
+from polyserve_sandbox.apiserver import errors, validations
 from polyserve_sandbox.apiserver.resources import Resource
 
 Obj = dict[str, Any]
@@ -123,6 +126,11 @@ def admit(
     name = (obj.get("metadata") or {}).get("name", "")
     causes: list[errors.Cause] = []
     _check(schema, obj, _MISSING if old is None else old, (), causes)
+    if resource.validations is not None:
+        if validations.blocked(causes):
+            causes.append(errors.Cause("<nil>", validations.BLOCKED))
+        else:
+            causes += validations.check(resource.validations, obj, old, warnings)
     if causes:
         raise errors.invalid(resource.kind, resource.group, name, causes)
 
