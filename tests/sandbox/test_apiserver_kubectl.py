@@ -177,16 +177,11 @@ def test_get_shows_the_printer_columns_of_our_crds(cluster: Cluster) -> None:
     )
     out = cluster.kubectl("get", "im,ie", "-n", namespace).stdout
     header, row = out.splitlines()[:2]
-    assert header.split() == [
-        "NAME",
-        "READY",
-        "REASON",
-        "BACKEND",
-        "POOL",
-        "REPLICAS",
-        "AVAILABLE",
-        "AGE",
-    ]
+    (crd,) = yaml.safe_load_all(Path(CRDS[0]).read_text())
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    shown = [c["name"].upper() for c in columns if not c.get("priority")]
+    assert header.split() == ["NAME", *shown], "the CRD's columns, in its order"
+    assert shown[:6] == ["READY", "REASON", "BACKEND", "POOL", "REPLICAS", "AVAILABLE"]
     assert row.split()[:7] == [
         "inferencemodel.polyserve.io/resnet",
         "True",
