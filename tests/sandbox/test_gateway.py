@@ -17,6 +17,7 @@ import http.client
 import io
 import json
 import random
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -651,6 +652,51 @@ async def test_http_and_grpc_routes_share_one_listener_when_their_hostnames_diff
         rest.close()
         grpc.close()
     assert web["name"] == "web"
+
+
+async def test_a_client_that_expects_100_continue_gets_it_before_sending_its_body(
+    bed: Bed, tmp_path: Path
+) -> None:
+    await canary_bed(bed, tmp_path)
+    bed.apply(gateway())
+    bed.apply(route("HTTPRoute", {"canary": 1}, section="web"))
+    address = await bed.programmed()
+
+    def exchange() -> tuple[bytes, bytes]:
+        with socket.create_connection((address, 80), timeout=10) as sock:
+            head = (
+                "POST /v2/models/scale/infer HTTP/1.1\r\nHost: x\r\n"
+                "Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                f"Content-Length: {len(BODY)}\r\n\r\n"
+            )
+            sock.sendall(head.encode())
+            interim = sock.recv(64)  # sent before the body, or the client would wait
+            sock.sendall(BODY.encode())
+            answer = b""
+            while b'"data"' not in answer:
+                answer += sock.recv(65536)
+            return interim, answer
+
+    interim, answer = await asyncio.to_thread(exchange)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert answer.startswith(b"HTTP/1.1 200")
+
+
+async def test_deleting_a_gateway_closes_its_ports_and_clears_its_routes_parents(
+    bed: Bed, tmp_path: Path
+) -> None:
+    await canary_bed(bed, tmp_path)
+    bed.apply(gateway())
+    bed.apply(route("HTTPRoute", {"canary": 1}, section="web"))
+    address = await bed.programmed()
+    await until("the route's parent", lambda: bed.get("HTTPRoute", "m").get("status"))
+    bed.store.delete(GW, "Gateway", NS, "gw")
+    await until("no parents", lambda: bed.get("HTTPRoute", "m")["status"]["parents"] == [])
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((address, 80), timeout=1).close()
+    bed.apply(gateway())
+    await bed.programmed()
+    await until("attached again", lambda: bed.get("HTTPRoute", "m")["status"]["parents"])
 
 
 # -- the fleet and its command line -----------------------------------------------------

@@ -246,6 +246,7 @@ class Gateways:
     def _close(self, key: tuple[str, int], grace: float) -> None:
         server = self._servers.pop(key)
         self._bindings.pop(key, None)
+        server.stop_accepting()  # at once: the port is gone before the status says so
 
         async def closing() -> None:
             await server.close(grace)

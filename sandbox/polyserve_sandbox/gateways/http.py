@@ -26,10 +26,12 @@ from polyserve_sandbox.gateways import routes, tables, upstreams
 
 logger = logging.getLogger(__name__)
 
-# Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1).
+# Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1), and
+# Expect, which the proxy answers itself (it reads the whole body before forwarding).
 HOP_BY_HOP = frozenset(
     {
         "connection",
+        "expect",
         "keep-alive",
         "proxy-authenticate",
         "proxy-authorization",
@@ -81,6 +83,8 @@ class HttpProxy:
         action = self._table().http_action(host, request.method, request.path, header, query)
         if action is None:
             return _plain(404, f"no route matches {request.method} {request.path}")
+        if headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = await request.content.read()
         try:
             async with asyncio.timeout(action.timeout):

@@ -57,6 +57,7 @@ class PortServer:
         )
         self._grpc_port = 0
         self._front: asyncio.Server | None = None
+        self._undecided: set[asyncio.Transport] = set()  # connections that have said nothing
 
     async def start(self) -> None:
         """Bind and serve; ``OSError`` when the port cannot be had."""
@@ -78,9 +79,22 @@ class PortServer:
     def grpc_protocol(self) -> asyncio.Protocol:
         return _Relay((self.address, self._grpc_port))
 
-    async def close(self, grace: float) -> None:
+    def undecided(self, transport: asyncio.Transport, waiting: bool) -> None:
+        """A connection has not yet shown its protocol (``waiting``), or now has."""
+        if waiting:
+            self._undecided.add(transport)
+        else:
+            self._undecided.discard(transport)
+
+    def stop_accepting(self) -> None:
+        """Close the port to new connections (and those that never said a word)."""
         if self._front is not None:
             self._front.close()
+        for transport in list(self._undecided):
+            transport.close()
+
+    async def close(self, grace: float) -> None:
+        self.stop_accepting()
         await asyncio.gather(
             self._http.shutdown(grace), self._grpc.stop(grace), return_exceptions=True
         )
@@ -100,12 +114,14 @@ class _Sniffer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        self._server.undecided(transport, True)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         if len(self._buffer) < len(H2_PREFACE) and H2_PREFACE.startswith(self._buffer):
             return  # could still be the HTTP/2 preface: wait for more
         assert self._transport is not None
+        self._server.undecided(self._transport, False)
         if self._buffer.startswith(H2_PREFACE):
             protocol = self._server.grpc_protocol()
         else:
@@ -119,6 +135,8 @@ class _Sniffer(asyncio.Protocol):
         return False  # closed before saying anything: close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._server.undecided(self._transport, False)
         self._transport = None
 
 
