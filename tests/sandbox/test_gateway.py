@@ -274,6 +274,38 @@ def route(
     }
 
 
+GRANT: Obj = {
+    "apiVersion": "gateway.networking.k8s.io/v1beta1",
+    "kind": "ReferenceGrant",
+    "metadata": {"name": "routes-from-elsewhere", "namespace": NS},
+    "spec": {
+        "from": [
+            {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "elsewhere"}
+        ],
+        "to": [{"group": "", "kind": "Service"}],
+    },
+}
+
+
+def test_the_objects_these_tests_build_are_valid_gateway_api_v1() -> None:
+    gateway_schemas.validate(
+        gateway(),
+        gateway(web=80),
+        route("HTTPRoute", {"stable": 90, "canary": 10}, section="web"),
+        route("GRPCRoute", {"stable": 0, "canary": 100}, name="g", section="grpc"),
+        route("HTTPRoute", {"canary": 1}, section="web", namespace="elsewhere"),
+        route("HTTPRoute", {"stable": 1}, hostnames=["rest.example.com"]),
+        route("GRPCRoute", {"canary": 1}, name="z-late", hostnames=["*.example.com"]),
+        GRANT,
+    )
+
+
+def test_the_schema_helper_names_the_field_an_invalid_route_gets_wrong() -> None:
+    broken = route("HTTPRoute", {"stable": -1})
+    (error,) = gateway_schemas.errors(broken)
+    assert error is not None and "weight" in error, error
+
+
 # -- clients (blocking: run on threads) --------------------------------------------------
 
 
@@ -337,7 +369,6 @@ async def test_an_httproute_splits_requests_on_one_keep_alive_connection_by_weig
 ) -> None:
     await canary_bed(bed, tmp_path)
     objects = [gateway(), route("HTTPRoute", {"stable": 90, "canary": 10}, section="web")]
-    gateway_schemas.validate(*objects)
     for obj in objects:
         bed.apply(obj)
     address = await bed.programmed()
@@ -353,7 +384,6 @@ async def test_an_httproute_splits_requests_on_one_keep_alive_connection_by_weig
 async def test_a_grpcroute_splits_calls_on_one_channel_by_weight(bed: Bed, tmp_path: Path) -> None:
     await canary_bed(bed, tmp_path)
     objects = [gateway(), route("GRPCRoute", {"stable": 90, "canary": 10}, section="grpc")]
-    gateway_schemas.validate(*objects)
     for obj in objects:
         bed.apply(obj)
     address = await bed.programmed()
@@ -561,12 +591,29 @@ async def test_gateway_listener_and_route_statuses_are_written_as_the_spec_words
     }
     cls = bed.get("GatewayClass", "polyserve-sandbox", None)
     assert condition(cls, "Accepted")["status"] == "True"
-    gateway_schemas.validate(gw, bed.get("HTTPRoute", "m"), cls)
     # A write that changes nothing keeps the statuses as they are (no churn of versions).
     version = bed.get("HTTPRoute", "m")["metadata"]["resourceVersion"]
     bed.apply(route("HTTPRoute", {"stable": 1}, section="web"))
     await asyncio.sleep(0.1)
     assert bed.get("HTTPRoute", "m")["metadata"]["resourceVersion"] == version
+
+
+async def test_the_statuses_the_controller_writes_fit_the_gateway_api_schemas(
+    bed: Bed, tmp_path: Path
+) -> None:
+    await canary_bed(bed, tmp_path)
+    bed.apply(gateway())
+    bed.apply(route("HTTPRoute", {"stable": 1, "missing": 1}, section="web"))
+    bed.apply(route("GRPCRoute", {"stable": 1}, name="g", section="nope"))
+    await bed.programmed()
+    await until("route statuses", lambda: bed.get("GRPCRoute", "g").get("status"))
+    written = [
+        bed.get("Gateway", "gw"),
+        bed.get("HTTPRoute", "m"),
+        bed.get("GRPCRoute", "g"),
+        bed.get("GatewayClass", "polyserve-sandbox", None),
+    ]
+    assert await asyncio.to_thread(gateway_schemas.errors, *written) == [None] * len(written)
 
 
 async def test_a_reference_grant_lets_a_route_reach_a_service_in_another_namespace(
@@ -588,23 +635,7 @@ async def test_a_reference_grant_lets_a_route_reach_a_service_in_another_namespa
     rest = RestClient(address, 80)
     try:
         assert await asyncio.to_thread(rest.infer) == (500, None)
-        grant = {
-            "apiVersion": "gateway.networking.k8s.io/v1beta1",
-            "kind": "ReferenceGrant",
-            "metadata": {"name": "routes-from-elsewhere", "namespace": NS},
-            "spec": {
-                "from": [
-                    {
-                        "group": "gateway.networking.k8s.io",
-                        "kind": "HTTPRoute",
-                        "namespace": "elsewhere",
-                    }
-                ],
-                "to": [{"group": "", "kind": "Service"}],
-            },
-        }
-        gateway_schemas.validate(grant)
-        bed.store.create(grant)
+        bed.store.create(GRANT)
         await until("ResolvedRefs", lambda: resolved() == "ResolvedRefs")
         assert await asyncio.to_thread(rest.infer) == (200, 2.0)
     finally:
@@ -619,7 +650,6 @@ async def test_http_and_grpc_routes_share_one_listener_when_their_hostnames_diff
     rest_route = route("HTTPRoute", {"stable": 1}, hostnames=["rest.example.com"])
     grpc_route = route("GRPCRoute", {"canary": 1}, name="g", hostnames=["grpc.example.com"])
     clash = route("GRPCRoute", {"canary": 1}, name="z-late", hostnames=["*.example.com"])
-    gateway_schemas.validate(rest_route, grpc_route, clash)
     bed.apply(rest_route)
     bed.apply(grpc_route)
     address = await bed.programmed()
