@@ -366,6 +366,11 @@ def test_a_rule_of_a_library_the_sandbox_lacks_is_skipped_with_a_warning(
     assert warnings == [
         "spec.site: rule 'isURL(self)' not evaluated: the sandbox does not implement isURL"
     ]
+    optional = apistore.Store()
+    optional.create(_with_rule({"rule": "self.?x.orValue('') == ''"}))  # accepted, as on a cluster
+    warnings.clear()
+    optional.create(gauge(mode="fast"), warnings=warnings)
+    assert warnings and "optional syntax" in warnings[0]
 
 
 def _with_rule(rule: Obj, where: str = "properties") -> Obj:

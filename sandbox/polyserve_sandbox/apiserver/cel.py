@@ -14,10 +14,11 @@ Beyond cel-python's standard library, Kubernetes' extensions are here: the strin
 ``sum``, ``min``, ``max``, ``indexOf``, ``lastIndexOf``), regular expressions (``find``,
 ``findAll``) and, for ``optionalOldSelf``, ``oldSelf.hasValue()``/``value()``/``orValue()``.
 Kubernetes' URL, IP, CIDR, quantity, semver and ``format`` libraries are declared but not
-implemented: a rule that calls them compiles and is skipped with a warning, rather than
-refused or faked. Values reach CEL typed by their schema (``number`` as double, as the
-server types them); ``self`` at a resource's root sees ``apiVersion``, ``kind`` and only
-``metadata.name`` and ``metadata.generateName``. No cost budget is kept.
+implemented, and cel-go's optional syntax (``self.?field``) does not parse in cel-python: a
+rule that uses them is accepted and skipped with a warning, rather than refused or faked.
+Values reach CEL typed by their schema (``number`` as double, as the server types them);
+``self`` at a resource's root sees ``apiVersion``, ``kind`` and only ``metadata.name`` and
+``metadata.generateName``. No cost budget is kept.
 """
 
 from __future__ import annotations
@@ -220,6 +221,8 @@ LIBRARY: dict[str, Callable[..., Any]] = {
 KNOWN = frozenset({*celpy.evaluation.base_functions, *LIBRARY, *MACROS, "min", "reduce", "dyn"})
 
 
+_OPTIONAL_SYNTAX = re.compile(r"\.\?[A-Za-z_]|\[\?")
+
 # -- compiling ---------------------------------------------------------------------------
 
 
@@ -409,7 +412,14 @@ def _check(text: str, tree: lark.Tree[Any], schema: Obj | None, root: bool) -> f
 def compile_rule(text: str, schema: Obj | None = None, *, root: bool = False) -> Program:
     """A rule compiled for values of ``schema`` (``root``: a resource's root), or
     ``CompileError`` in cel-go's words."""
-    tree, runner = _parsed(text)
+    try:
+        tree, runner = _parsed(text)
+    except CompileError:
+        if _OPTIONAL_SYNTAX.search(text):
+            # cel-go's optional field syntax, which cel-python cannot parse: accepted, not
+            # evaluated, rather than refusing a CRD a real server accepts.
+            return Program(text, None, "oldSelf" in text, frozenset({"optional syntax (.?)"}))
+        raise
     unevaluated = _check(text, tree, schema, root)
     uses_old_self = any(str(t.children[0]) == "oldSelf" for t in tree.find_data("ident"))
     return Program(text, runner, uses_old_self, unevaluated)
