@@ -29,11 +29,11 @@ class Outcome:
 
 @dataclass
 class ClosedLoop:
-    """``clients`` threads calling ``model`` over HTTP (and gRPC when ``grpc`` is given), one
+    """``clients`` threads calling ``model`` over HTTP and/or gRPC (whichever address is given), one
     request after another, each with a batch size from ``batches`` in turn. A new connection
     every ``reconnect`` requests, so a replica-ratio split (per connection) is sampled."""
 
-    http: str
+    http: str | None
     model: str
     grpc: str | None = None
     batches: tuple[int, ...] = (1,)
@@ -78,7 +78,9 @@ class ClosedLoop:
             self.outcomes.append(outcome)
 
     def _run(self, index: int) -> None:
-        protocols: list[tuple[str, Any, str]] = [("http", httpclient, self.http)]
+        protocols: list[tuple[str, Any, str]] = []
+        if self.http:
+            protocols.append(("http", httpclient, self.http))
         if self.grpc:
             protocols.append(("grpc", grpcclient, self.grpc))
         turn = index

@@ -13,9 +13,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from e2e.conftest import Cluster, Operator, wait_for
 from e2e.loads import ClosedLoop
-from polyserve_operator import api
+from polyserve_operator import api, cli
+from tests.sandbox import gateway_schemas
 
 ANALYSIS: dict[str, Any] = {
     "interval": "3s",
@@ -241,3 +244,149 @@ def test_a_release_three_times_slower_rolls_back_on_latency_relative_to_stable(
     assert rolled["stableRevision"] == first
     assert "latencyP95" in rolled["message"] and "x stable's" in rolled["message"]
     assert not load.failures(), "slow is not failed: every request was answered"
+
+
+def test_a_release_that_answers_200s_with_wrong_numbers_rolls_back_on_mirror_agreement(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    analysis = {
+        **ANALYSIS,
+        # The stable pods pick up the mirror's ConfigMap a moment after the canary starts
+        # (a kubelet syncs mounted ConfigMaps); measurements before that are Inconclusive.
+        "inconclusiveLimit": 10,
+        "metrics": [
+            {"name": "successRate", "min": 0.99},
+            {"name": "mirrorAgreement", "min": 0.99},
+        ],
+    }
+    # The canary takes no client traffic at all: stable copies requests to it and compares.
+    doc = _model(
+        cluster,
+        namespace,
+        "double",
+        steps=[{"analysis": {}}, {"setWeight": 50}],
+        analysis=analysis,
+        mirror={"percent": 100, "compare": {"*": {"maxAbsDiff": 1e-4}}},
+    )
+    first = _deploy_stable(cluster, namespace, doc)
+    http, grpc = _addresses(cluster, namespace)
+    with ClosedLoop(http, "scorer", grpc=grpc) as load, Timeline(cluster, namespace):
+        wait_for("traffic", lambda: load.total() > 20)
+        doc["spec"]["artifact"] = {"uri": cluster.artifacts["triple"].as_uri()}
+        cluster.client.apply(doc)
+        rolled = wait_for(
+            "the rollback",
+            lambda: (r := _rollout(cluster, namespace)).get("phase") == "RolledBack" and r,
+            timeout=120,
+        )
+    assert rolled["stableRevision"] == first
+    assert "mirrorAgreement" in rolled["message"]
+    assert rolled["measurements"][-1]["values"]["mirrorAgreement"] < 0.5
+    assert not load.failures() and load.served(3.0) == 0, "clients only ever saw stable"
+
+
+def _gateway(cluster: Cluster, namespace: str) -> str:
+    """A Gateway of the sandbox's class with one HTTP listener; its address."""
+    cluster.require_sandbox("the sandbox's gateway class; a real cluster brings its own")
+    cluster.client.apply(
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": "inference", "namespace": namespace},
+            "spec": {
+                "gatewayClassName": "polyserve-sandbox",
+                "listeners": [{"name": "http", "protocol": "HTTP", "port": 8080}],
+            },
+        }
+    )
+    gateway = wait_for(
+        "the gateway's address",
+        lambda: (
+            (
+                g := cluster.client.get(
+                    "gateway.networking.k8s.io/v1", "Gateway", namespace, "inference"
+                )
+            )
+            and (g.get("status") or {}).get("addresses")
+            and g
+        ),
+    )
+    return f"{gateway['status']['addresses'][0]['value']}:8080"
+
+
+@pytest.mark.parametrize("kind", ["HTTPRoute", "GRPCRoute"])
+def test_with_the_gateway_api_the_route_carries_exact_weights_and_a_person_promotes(
+    cluster: Cluster, operator: Operator, namespace: str, kind: str
+) -> None:
+    address = _gateway(cluster, namespace)
+    doc = _model(
+        cluster,
+        namespace,
+        "double",
+        steps=[{"setWeight": 30}, {"pause": {}}],
+        trafficRouting={
+            "gatewayAPI": {
+                "parentRefs": [{"name": "inference", "sectionName": "http"}],
+                "routeKind": kind,
+            }
+        },
+    )
+    _deploy_stable(cluster, namespace, doc)
+    doc["spec"]["artifact"] = {"uri": cluster.artifacts["triple"].as_uri()}
+    cluster.client.apply(doc)
+    wait_for(
+        "the pause at 30%",
+        lambda: (
+            (r := _rollout(cluster, namespace)).get("phase") == "Paused" and r.get("weight") == 30
+        ),
+        timeout=90,
+    )
+    route = cluster.client.get("gateway.networking.k8s.io/v1", kind, namespace, "scorer") or {}
+    gateway_schemas.validate({k: v for k, v in route.items() if k != "status"})
+    weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]}
+    assert weights == {"scorer-stable": 70, "scorer-canary": 30}
+    # One connection (one keep-alive HTTP connection, or one gRPC channel): split per request.
+    grpc = kind == "GRPCRoute"
+    load = ClosedLoop(
+        None if grpc else address,
+        "scorer",
+        grpc=address if grpc else None,
+        clients=1,
+        reconnect=10_000,
+    )
+    with load:
+        wait_for("400 answers", lambda: load.total() >= 400, timeout=60)
+    answered = [
+        o
+        for o in load.outcomes
+        if o.ok and o.protocol == ("grpc" if kind == "GRPCRoute" else "http")
+    ]
+    share = sum(1 for o in answered if o.scale == 3.0) / len(answered)
+    assert 0.22 <= share <= 0.38, f"{share:.0%} of requests reached the canary at weight 30"
+    assert not [
+        o
+        for o in load.outcomes
+        if not o.ok and o.protocol == ("grpc" if kind == "GRPCRoute" else "http")
+    ]
+    command = [
+        "polyserve",
+        "rollout",
+        "promote",
+        "scorer",
+        "-n",
+        namespace,
+        "--kubeconfig",
+        str(cluster.kubeconfig),
+    ]
+    assert cli.main(command[1:]) == 0
+    wait_for(
+        "the promotion",
+        lambda: (
+            (r := _rollout(cluster, namespace)).get("phase") == "Healthy"
+            and r.get("lastAction", "").startswith("promote/")
+        ),
+        timeout=60,
+    )
+    route = cluster.client.get("gateway.networking.k8s.io/v1", kind, namespace, "scorer") or {}
+    weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]}
+    assert weights["scorer-stable"] == 100

@@ -22,7 +22,7 @@ from e2e.conftest import (
     wait_for,
     wait_ready,
 )
-from polyserve_operator import api
+from polyserve_operator import api, k8s
 from polyserve_sandbox import nodes
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -320,21 +320,33 @@ def test_deleting_a_model_stops_its_processes_and_its_objects_go(
     assert not c.list("v1", "ConfigMap", namespace, {"app.kubernetes.io/instance": "brief"})
 
 
-def test_an_invalid_model_reports_invalid_spec_in_status(
+def test_the_api_server_refuses_what_the_crds_cel_rules_refuse(
     cluster: Cluster, operator: Operator, namespace: str
 ) -> None:
-    cluster.require_sandbox("a real API server refuses this spec with its CEL rules first")
     (doc,) = example("bert-gpu.yaml", namespace)
     doc["spec"]["hardware"]["pool"] = "xeon"
     doc["spec"]["hardware"].pop("gpu")
+    with pytest.raises(k8s.ApiError) as refused:
+        cluster.client.apply(doc)
+    assert refused.value.status == 422
+    assert "need a GPU: set hardware.pool to gpu" in str(refused.value)
+    assert cluster.client.get(api.API_VERSION, "InferenceModel", namespace, "bert-trt") is None
+
+
+def test_a_spec_only_the_workers_rules_refuse_reports_invalid_spec_in_status(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    """Past the CRD's rules (a cluster without the webhook), the operator says why in status."""
+    doc = _model(cluster, namespace, "bf16", "double")
+    doc["spec"]["hardware"]["precision"] = "bf16"  # ONNX Runtime's CPU engine runs fp32 only
     cluster.client.apply(doc)
     ready = wait_for(
         "InvalidSpec",
         lambda: (
-            (r := ready_condition(cluster, "InferenceModel", namespace, "bert-trt")).get("reason")
+            (r := ready_condition(cluster, "InferenceModel", namespace, "bf16")).get("reason")
             == "InvalidSpec"
             and r
         ),
     )
-    assert "need a GPU" in ready["message"]
-    assert cluster.client.get("apps/v1", "Deployment", namespace, "bert-trt") is None
+    assert "cannot run precision bf16" in ready["message"] and "use openvino" in ready["message"]
+    assert cluster.client.get("apps/v1", "Deployment", namespace, "bf16") is None

@@ -3,7 +3,8 @@
 A ``Sample`` holds one revision's cumulative counters and histograms, summed over its pods
 (Triton's ``nv_inference_request_success`` / ``_failure``, the worker's
 ``polyserve_request_duration_seconds`` and ``polyserve_queue_duration_seconds`` histograms,
-and the mirror's ``polyserve_mirror_requests_total``). ``Baseline.window`` turns two rounds of
+and the mirror's ``polyserve_mirror_requests_total``, which the stable pods count as they
+compare the canary's answers with their own). ``Baseline.window`` turns two rounds of
 per-pod samples into the traffic of the interval between them (a pod that restarted counts
 from zero; a new pod counts whole; a pod that went counts no more). ``measure`` judges one
 interval: each metric is computed for the canary (and for stable when a bound is relative),
@@ -206,7 +207,9 @@ def measure(
     unknown: list[str] = []
     for check in metrics:
         name = str(check["name"])
-        canary, samples = _value(name, traffic.canary)
+        # The mirror's counters live on the stable pods (they copy and compare).
+        measured = traffic.stable if name == "mirrorAgreement" else traffic.canary
+        canary, samples = _value(name, measured)
         values[name] = _round(canary)
         if samples < min_samples or canary is None:
             unknown.append(f"{name}: {samples:.0f} of {min_samples} samples")

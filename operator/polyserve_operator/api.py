@@ -261,7 +261,7 @@ class GatewayRouting(_Model):
 class TrafficRouting(_Model):
     """How canary traffic is split; without it, by replica ratio behind the one Service."""
 
-    gateway_api: GatewayRouting | None = None
+    gateway_api: GatewayRouting | None = Field(default=None, alias="gatewayAPI")
     """Gateway API: the operator renders <name>-stable and <name>-canary Services and a
     route whose backendRef weights it moves."""
 

@@ -435,7 +435,7 @@ def _promote(
         }
         if status.get("lastAction"):
             new["lastAction"] = status["lastAction"]
-        return Plan(new, spec.revision, None, spec.replicas, 0, 100, "stable", False, False, events)
+        return Plan(new, spec.revision, None, spec.replicas, 0, 0, "stable", False, False, events)
     status["message"] = f"promoting: the canary grows to {n} ready ({obs.canary_ready} so far)"
     status["weight"] = _weight_now(
         [s.set_weight for s in spec.canary.steps if s.set_weight is not None]

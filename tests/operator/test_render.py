@@ -12,9 +12,10 @@ import pytest
 import yaml
 
 from polyserve_operator import api, cli, render, settings
-from polyserve_operator.render import workloads
-from polyserve_worker import fetching
+from polyserve_operator.render import canaries, workloads
+from polyserve_worker import fetching, mirror_config
 from polyserve_worker import settings as worker_settings
+from tests.sandbox import gateway_schemas
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("[a-z]*.yaml"))
@@ -307,3 +308,40 @@ def test_polyserve_render_explains_an_invalid_resource(
     path.write_text(yaml.safe_dump(doc))
     assert cli.main(["render", "-f", str(path)]) == 1
     assert "need a GPU: set hardware.pool to gpu" in capsys.readouterr().err
+
+
+def _canary_model(**routing: Any) -> api.InferenceModel:
+    (doc,) = _docs("canary-xeon.yaml")
+    doc["spec"]["rollout"]["canary"]["trafficRouting"] = {"gatewayAPI": routing}
+    return api.InferenceModel.model_validate(doc)
+
+
+@pytest.mark.parametrize("kind", ["HTTPRoute", "GRPCRoute"])
+def test_a_rendered_route_passes_the_gateway_api_schemas_and_splits_by_weight(kind: str) -> None:
+    im = _canary_model(parentRefs=[{"name": "inference", "sectionName": "http"}], routeKind=kind)
+    w = render.model_workload(im)
+    gateway = canaries.routing(w)
+    assert gateway is not None
+    route = canaries.route(w, gateway, 30)
+    gateway_schemas.validate(route)
+    (rule,) = route["spec"]["rules"]
+    weights = {b["name"]: b["weight"] for b in rule["backendRefs"]}
+    assert weights == {"classifier-stable": 70, "classifier-canary": 30}
+    port = 8001 if kind == "GRPCRoute" else 8000
+    assert {b["port"] for b in rule["backendRefs"]} == {port}
+
+
+def test_polyserve_render_shows_a_canarys_steady_state_with_every_weight_on_stable() -> None:
+    im = _canary_model(parentRefs=[{"name": "inference"}])
+    objects = render.objects(render.model_workload(im), CFG)
+    (route,) = [o for o in objects if o["kind"] == "HTTPRoute"]
+    weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]}
+    assert weights == {"classifier-stable": 100, "classifier-canary": 0}
+    deployment = _by_kind(objects)["Deployment"]
+    revision = deployment["spec"]["template"]["metadata"]["labels"]["polyserve.io/revision"]
+    assert deployment["metadata"]["name"] == f"classifier-{revision}"
+    assert deployment["spec"]["selector"]["matchLabels"]["polyserve.io/revision"] == revision
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    assert services["classifier"]["spec"]["selector"]["polyserve.io/revision"] == revision
+    mirror = next(o for o in objects if o["metadata"]["name"] == "classifier-mirror")
+    assert mirror_config.parse(mirror["data"]["mirror.yaml"]).models == {}, "no rollout: off"

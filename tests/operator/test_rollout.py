@@ -145,7 +145,7 @@ def test_too_little_traffic_is_inconclusive_and_says_how_much() -> None:
 
 def test_mirror_agreement_counts_agreeing_copies_only() -> None:
     copies = analysis.Sample(mirror={"agree": 45, "disagree": 5, "error": 50})
-    window = traffic(30, copies, analysis.Sample())
+    window = traffic(30, analysis.Sample(), copies)  # stable's pods count the copies
     verdict = analysis.measure([{"name": "mirrorAgreement", "min": 0.95}], 10, window, "t")
     assert verdict["verdict"] == "Failed"
     assert verdict["values"]["mirrorAgreement"] == 0.9

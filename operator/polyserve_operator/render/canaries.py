@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from polyserve_operator import api, settings
 from polyserve_operator.render import workloads
+from polyserve_worker import mirror_config as worker_mirror
 
 Obj = dict[str, Any]
 
@@ -79,33 +78,35 @@ def route(w: workloads.Workload, gateway: api.GatewayRouting, canary_weight: int
 def mirror_config(
     w: workloads.Workload, mirror: api.Mirror | None, target: str | None, revision: str | None
 ) -> Obj:
-    """The stable pods' mirror settings (``polyserve-worker --mirror-config``): copy a share
-    of each served model's requests to the canary at ``target`` (host:port of its gRPC
-    Service) and compare; an empty config turns mirroring off."""
-    models: Obj = {}
+    """The stable pods' mirror settings (``polyserve-worker --mirror-config``, the worker's
+    own format: ``polyserve_worker.mirror_config``): copy a share of each served model's
+    requests to the canary at ``target`` (host:port of its gRPC Service) and compare; an
+    empty config turns mirroring off."""
+    models: dict[str, worker_mirror.ModelMirror] = {}
     if mirror is not None and target and revision:
         compare = {
             name: tolerance.model_dump(by_alias=True, exclude_none=True)
-            for name, tolerance in (mirror.compare or {}).items()
+            for name, tolerance in (
+                mirror.compare or {"*": api.Tolerance(max_abs_diff=1e-4, max_rel_diff=1e-3)}
+            ).items()
         }
         for served in w.models:
-            entry: Obj = {
-                "target": target,
-                "model": served.name,
-                "revision": revision,
-                "percent": mirror.percent,
-                "queue": mirror.queue,
-            }
-            if mirror.rate is not None:
-                entry["rate"] = mirror.rate
-            if compare:
-                entry["compare"] = compare
-            models[served.name] = entry
+            models[served.name] = worker_mirror.ModelMirror.model_validate(
+                {
+                    "target": target,
+                    "revision": revision,
+                    "percent": mirror.percent,
+                    "rate": mirror.rate,
+                    "queue": mirror.queue,
+                    "compare": compare,
+                }
+            )
+    text = worker_mirror.render(worker_mirror.MirrorConfig(models=models))
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": workloads.metadata(w, mirror_config_name(w)),
-        "data": {workloads.MIRROR_KEY: yaml.safe_dump({"models": models}, sort_keys=True)},
+        "data": {workloads.MIRROR_KEY: text},
     }
 
 
