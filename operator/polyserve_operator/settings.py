@@ -121,6 +121,25 @@ class Webhook(BaseModel):
     )
 
 
+class Prometheus(BaseModel):
+    """Where canary analysis reads the workers' metrics."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str | None = Field(
+        default=None,
+        description=(
+            "Prometheus for canary analysis (PromQL over Triton's metric names), e.g. "
+            "http://prometheus.monitoring:9090; unset: the operator reads the pods' /metrics."
+        ),
+    )
+    namespace_label: str = Field(
+        default="namespace", description="The label Prometheus puts a pod's namespace in."
+    )
+    pod_label: str = Field(default="pod", description="The label Prometheus puts a pod's name in.")
+    timeout_seconds: float = Field(default=5.0, gt=0, description="Per query.")
+
+
 class Settings(BaseSettings):
     """Everything the operator is told by its environment (``POLYSERVE_OPERATOR_*``)."""
 
@@ -132,6 +151,7 @@ class Settings(BaseSettings):
     xeon: XeonPool = Field(default_factory=XeonPool)
     images: Images = Field(default_factory=Images)
     webhook: Webhook = Field(default_factory=Webhook)
+    prometheus: Prometheus = Field(default_factory=Prometheus)
     field_manager: str = Field(
         default="polyserve-operator",
         description="Server-side apply field manager: what `managedFields` shows as ours.",
