@@ -3,7 +3,8 @@
 Given a workload under the Canary strategy and what the indexes show, this builds the
 ``rollout.Observation`` (ready pods per revision, why a canary is stuck, a person's action
 from the ``polyserve.io/rollout-action`` annotation, and the traffic since the last
-measurement, scraped from the workers' own ``/metrics``), calls ``rollout.plan``, and turns
+measurement: from Prometheus when ``prometheus.url`` is set, else scraped from the workers'
+own ``/metrics``), calls ``rollout.plan``, and turns
 the plan into the objects to apply, the replica counts to set on Deployments whose template
 it does not own any more (an older stable revision), and what to delete. The traffic
 baselines of running analyses are kept in memory: after an operator restart the current
@@ -13,12 +14,15 @@ interval starts again (its steps and timers are in status and resume as they wer
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from polyserve_operator import analysis, api, conditions, observe, rollout, settings
 from polyserve_operator.render import canaries, workloads
+
+logger = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 ACTION_ANNOTATION = "polyserve.io/rollout-action"
@@ -52,6 +56,7 @@ class Canaries:
     def __init__(self, cfg: settings.Settings) -> None:
         self.cfg = cfg
         self._baselines: dict[tuple[str, str], _Baseline] = {}
+        self.prometheus = observe.PromQL(cfg.prometheus) if cfg.prometheus.url else None
 
     def step(
         self,
@@ -73,7 +78,9 @@ class Canaries:
         measuring = _analysing(canary, previous) and rev != stable
         canary_now: dict[str, analysis.Sample] = {}
         stable_now: dict[str, analysis.Sample] = {}
-        if measuring:
+        if measuring and self.prometheus is not None:
+            traffic = self._from_prometheus(w, children, previous, rev, stable, now)
+        elif measuring:
             model = w.models[0].name
             canary_now = observe.scrape(canary_pods, model, workloads.METRICS_PORT)
             stable_now = observe.scrape(stable_pods, model, workloads.METRICS_PORT)
@@ -99,7 +106,7 @@ class Canaries:
         gateway = canaries.routing(w)
         spec = rollout.Spec(canary, w.replicas, rev, gateway=gateway is not None)
         plan = rollout.plan(spec, previous or None, obs, now)
-        if plan.reset_window:
+        if plan.reset_window and self.prometheus is None:
             if not measuring:  # a step just started: read where the counters stand now
                 model = w.models[0].name
                 canary_now = observe.scrape(canary_pods, model, workloads.METRICS_PORT)
@@ -108,6 +115,48 @@ class Canaries:
         if plan.canary_revision is None:
             self._baselines.pop(key, None)
         return self._objects(w, plan, children, rev, gateway)
+
+    def _from_prometheus(
+        self,
+        w: workloads.Workload,
+        children: observe.Children,
+        previous: Mapping[str, Any],
+        rev: str,
+        stable: str,
+        now: datetime.datetime,
+    ) -> analysis.Window | None:
+        """The traffic since the last measurement (or the step's start), from PromQL: no
+        baseline to keep, so a restarted operator measures the same interval."""
+        assert self.prometheus is not None
+        times = [previous.get("stepStartedAt")] + [
+            m.get("time") for m in previous.get("measurements") or []
+        ]
+        since = max((t for t in times if t), default=None)
+        if since is None:
+            return None
+        started = rollout.parse_time(since)
+        if started is None:
+            return None
+        seconds = (now - started).total_seconds()
+        canary_deployment = children.deployment_of(rev)
+        stable_deployment = children.deployment_of(stable)
+        if canary_deployment is None or stable_deployment is None or seconds < 1:
+            return None
+        model = w.models[0].name
+        namespace = w.owner.namespace
+        try:
+            return analysis.Window(
+                canary=self.prometheus.sample(
+                    namespace, canary_deployment["metadata"]["name"], model, seconds
+                ),
+                stable=self.prometheus.sample(
+                    namespace, stable_deployment["metadata"]["name"], model, seconds
+                ),
+                seconds=seconds,
+            )
+        except observe.ApiUnavailable as exc:
+            logger.warning("%s/%s: no measurement this time: %s", namespace, w.name, exc)
+            return None
 
     def forget(self, namespace: str, name: str) -> None:
         self._baselines.pop((namespace, name), None)

@@ -10,7 +10,10 @@ turns the index contents into plain data; it does no I/O itself.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +22,7 @@ from typing import Any
 import pydantic
 from prometheus_client import parser as prometheus_parser
 
-from polyserve_operator import analysis, api, conditions
+from polyserve_operator import analysis, api, conditions, settings
 
 Obj = dict[str, Any]
 logger = logging.getLogger(__name__)
@@ -202,3 +205,64 @@ def scrape(pods: Iterable[Obj], model: str, port: int) -> dict[str, analysis.Sam
         families = prometheus_parser.text_string_to_metric_families(text)
         found[pod["metadata"]["name"]] = analysis.from_families(families, model)
     return found
+
+
+class PromQL:
+    """Canary traffic from Prometheus: the same counters and histograms the pod scrape reads,
+    as ``increase()`` over the interval, per revision (the pods of its Deployment)."""
+
+    def __init__(self, cfg: settings.Prometheus) -> None:
+        assert cfg.url, "PromQL needs prometheus.url"
+        self.url = cfg.url.rstrip("/")
+        self.cfg = cfg
+
+    def _query(self, expression: str) -> list[Obj]:
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
+        try:
+            with urllib.request.urlopen(url, timeout=self.cfg.timeout_seconds) as response:
+                body = json.loads(response.read())
+        except (OSError, ValueError) as exc:
+            raise ApiUnavailable(f"Prometheus at {self.url} did not answer: {exc}") from exc
+        if body.get("status") != "success":
+            raise ApiUnavailable(f"Prometheus refused {expression!r}: {body.get('error')}")
+        result: list[Obj] = body["data"]["result"]
+        return result
+
+    def _selector(self, namespace: str, deployment: str, model: str) -> str:
+        pods = re.escape(deployment) + "-[a-z0-9]+-[a-z0-9]+"
+        return (
+            f'{{{self.cfg.namespace_label}="{namespace}",{self.cfg.pod_label}=~"{pods}",'
+            f'model="{model}"}}'
+        )
+
+    def sample(
+        self, namespace: str, deployment: str, model: str, seconds: float
+    ) -> analysis.Sample:
+        """What ``deployment``'s pods served of ``model`` in the last ``seconds``."""
+        where = self._selector(namespace, deployment, model)
+        window = f"[{max(int(seconds), 1)}s]"
+
+        def scalar(metric: str) -> float:
+            found = self._query(f"sum(increase({metric}{where}{window}))")
+            return float(found[0]["value"][1]) if found else 0.0
+
+        def histogram(metric: str) -> analysis.Histogram:
+            found = self._query(f"sum by (le) (increase({metric}_bucket{where}{window}))")
+            buckets = sorted((float(r["metric"]["le"]), float(r["value"][1])) for r in found)
+            return analysis.Histogram(tuple(buckets))
+
+        mirror = {
+            r["metric"].get("result", ""): float(r["value"][1])
+            for r in self._query(f"sum by (result) (increase({analysis.MIRROR}{where}{window}))")
+        }
+        return analysis.Sample(
+            success=scalar(analysis.SUCCESS),
+            failure=scalar(analysis.FAILURE),
+            request_duration=histogram(analysis.REQUEST_DURATION),
+            queue_duration=histogram(analysis.QUEUE_DURATION),
+            mirror=mirror,
+        )
+
+
+class ApiUnavailable(Exception):
+    """A metrics source did not answer; the measurement waits for the next reconcile."""

@@ -49,7 +49,7 @@ def stamp(now: datetime.datetime) -> str:
     return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _parse(text: str | None) -> datetime.datetime | None:
+def parse_time(text: str | None) -> datetime.datetime | None:
     if not text:
         return None
     return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
@@ -287,7 +287,7 @@ def _step(
     if index >= len(spec.canary.steps):
         return _promote(spec, status, obs, now, events, stable, entering=True)
     step = spec.canary.steps[index]
-    started = _parse(status.get("stepStartedAt")) or now
+    started = parse_time(status.get("stepStartedAt")) or now
     weight = _weight_at(spec, index)
     previous_weight = _weight_at(spec, index - 1) if index else 0
     wanted = canary_replicas(spec, weight)
@@ -466,7 +466,7 @@ def _stay_rolled_back(
     spec: Spec, status: Obj, obs: Observation, now: datetime.datetime, events: list[Event]
 ) -> Plan:
     stable = str(status.get("stableRevision"))
-    since = _parse(status.get("stepStartedAt")) or now
+    since = parse_time(status.get("stepStartedAt")) or now
     keep = (now - since).total_seconds() < spec.canary.abort_scale_down_delay_seconds
     return Plan(
         status=status,
