@@ -254,7 +254,7 @@ def _running_revision(children: observe.Children) -> str | None:
 
 def _trouble(pods: list[Obj]) -> str | None:
     problems = conditions.pod_problems(pods, "matching node")
-    return problems[0].message if problems else None
+    return f"{problems[0].reason}: {problems[0].message}" if problems else None
 
 
 def _canary_address(children: observe.Children, service: str) -> str | None:

@@ -68,8 +68,8 @@ class Observation:
     stable_pods: int = 0
     """Pods of the stable revision, ready or not (0 once they are all gone)."""
     canary_trouble: str | None = None
-    """Why the canary's pods are not coming up, when they are stuck (unschedulable, crash
-    looping): the rollout says so while it waits."""
+    """Why the canary's pods are not coming up, when they are stuck, as ``Reason: message``
+    (``Unschedulable: ...``, ``CrashLoopBackOff: ...``): the rollout says so while it waits."""
     traffic: analysis.Window | None = None
     """The traffic since the last measurement (or the step's start), when measured."""
     action: str | None = None
@@ -308,8 +308,13 @@ def _step(
                 events,
             )
         trouble = f" ({obs.canary_trouble})" if obs.canary_trouble else ""
+        # No node can take the canary (on a GPU pool: no free GPU): say so; InPlace
+        # capacity makes room by replacing stable pods instead of adding to them.
+        unschedulable = (obs.canary_trouble or "").startswith("Unschedulable")
+        blocked = "CapacityBlocked: " if unschedulable else ""
         status["message"] = (
-            f"step {index}: waiting for the canary: {obs.canary_ready}/{wanted} ready{trouble}"
+            f"step {index}: {blocked}waiting for the canary: {obs.canary_ready}/{wanted} "
+            f"ready{trouble}"
         )
         status["phase"] = "Progressing"
         held = _run(

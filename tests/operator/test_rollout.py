@@ -177,9 +177,14 @@ def test_a_new_revision_starts_a_canary_that_gets_no_traffic_until_ready() -> No
 
 def test_a_canary_not_ready_within_the_deadline_rolls_back_with_the_reason() -> None:
     started = rollout.plan(spec(), healthy(), rollout.Observation(), T0)
-    obs = rollout.Observation(canary_trouble="pod new-x is Pending: 0/1 nodes are available")
+    obs = rollout.Observation(
+        canary_trouble="Unschedulable: pod new-x is Pending: 0/1 nodes are available: 1 "
+        "Insufficient nvidia.com/gpu"
+    )
     waiting = rollout.plan(spec(), roundtrip(started.status), obs, at(100))
-    assert "waiting for the canary: 0/1 ready (pod new-x is Pending" in waiting.status["message"]
+    message = waiting.status["message"]
+    assert message.startswith("step 0: CapacityBlocked: waiting for the canary: 0/1 ready")
+    assert "Insufficient nvidia.com/gpu" in message
     gone = rollout.plan(spec(), roundtrip(waiting.status), obs, at(301))
     assert gone.status["phase"] == "RolledBack"
     assert "progressDeadlineSeconds" in gone.status["message"]
