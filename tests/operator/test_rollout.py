@@ -166,7 +166,7 @@ def test_a_new_revision_starts_a_canary_that_gets_no_traffic_until_ready() -> No
     assert plan.status["stepIndex"] == 0
     assert (plan.canary_revision, plan.weight, plan.target) == ("new", 0, "stable")
     assert plan.canary_replicas == 1, "20% of 4 next to 4 stable: one pod"
-    assert ("Normal", "RolloutStarted") == plan.events[0][:2]
+    assert plan.events[0][:2] == ("Normal", "RolloutStarted")
     ready = rollout.plan(
         spec(), roundtrip(plan.status), rollout.Observation(canary_ready=1, stable_ready=4), at(5)
     )
@@ -241,7 +241,7 @@ def test_one_failed_measurement_over_the_limit_rolls_back_with_the_values() -> N
     assert plan.status["phase"] == "RolledBack"
     assert plan.status["measurements"][-1]["values"]["successRate"] == 0.8
     assert "analysis failed: successRate 0.8 < min 0.95" in plan.status["message"]
-    assert ("Warning", "RolledBack") == plan.events[-1][:2]
+    assert plan.events[-1][:2] == ("Warning", "RolledBack")
     assert (plan.weight, plan.target, plan.canary_replicas) == (0, "stable", 1)
     later = rollout.plan(spec(), roundtrip(plan.status), rollout.Observation(), at(95 + 31))
     assert later.canary_replicas == 0 and later.canary_revision is None, (
@@ -329,7 +329,7 @@ def test_a_newer_revision_mid_rollout_restarts_the_canary_with_it() -> None:
     plan = rollout.plan(spec("newer"), status, rollout.Observation(stable_ready=4), at(70))
     assert (plan.status["stepIndex"], plan.status["canaryRevision"]) == (0, "newer")
     assert plan.status["stableRevision"] == "old"
-    assert ("Normal", "RolloutRestarted") == plan.events[0][:2]
+    assert plan.events[0][:2] == ("Normal", "RolloutRestarted")
 
 
 def test_going_back_to_the_stable_revision_cancels_the_canary() -> None:
