@@ -9,7 +9,10 @@
 3. Infer through each Service's address with tritonclient, over HTTP and gRPC.
 4. Change the model's config and watch the new revision roll, with a client running
    throughout that must see no failed request.
-5. ``kubectl delete``, and ``polyserve sandbox down``: nothing is left running.
+5. Two canary releases of a third model under load: one that answers 200s with wrong
+   numbers is rolled back on mirror agreement, a good one is promoted
+   (``polyserve rollout status --watch``).
+6. ``kubectl delete``, and ``polyserve sandbox down``: nothing is left running.
 
 Exits 0 only when every step worked. The worker-only tour is ``make demo-worker``.
 """
@@ -146,10 +149,75 @@ def manifests(mlp: Path, normalize: Path, delay_us: int) -> list[dict[str, Any]]
     return [namespace, model("mlp", mlp, 2), model("normalize", normalize, 0), ensemble]
 
 
+def watch_rollout(name: str, timeout: float = 120.0) -> str:
+    """`polyserve rollout status --watch` once the rollout has started; its final phase."""
+    wait(
+        "the rollout to start",
+        lambda: rollout_phase(name) in ("Progressing", "Paused", "RolledBack"),
+        timeout=60,
+    )
+    polyserve_rollout = [str(BIN / "polyserve"), "rollout", "status", name, "-n", NAMESPACE]
+    run(*polyserve_rollout, "--watch", "--kubeconfig", str(FLEET / "kubeconfig"))
+    return rollout_phase(name)
+
+
+def rollout_phase(name: str) -> str:
+    body = json.loads(kubectl("get", "im", name, "-n", NAMESPACE, "-o", "json", show=False))
+    return str(((body.get("status") or {}).get("rollout") or {}).get("phase", ""))
+
+
+def scorer(artifact: Path, delay_us: int) -> dict[str, Any]:
+    """A model released by canary: half the traffic after it is Ready, then an analysis of
+    its success rate and its agreement with stable's answers on every request stable copies
+    to it."""
+    return {
+        "apiVersion": "polyserve.io/v1alpha1",
+        "kind": "InferenceModel",
+        "metadata": {"name": "scorer", "namespace": NAMESPACE},
+        "spec": {
+            "modelFormat": {"name": "onnx"},
+            "artifact": {"uri": artifact.as_uri()},
+            "hardware": {"pool": "xeon", "backend": "onnxruntime"},
+            "replicas": 1,
+            "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}},
+            "config": {
+                "max_batch_size": 32,
+                "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [256]}],
+                "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [10]}],
+                "dynamic_batching": {"max_queue_delay_microseconds": delay_us},
+            },
+            "rollout": {
+                "strategy": "Canary",
+                "canary": {
+                    "steps": [{"analysis": {}}, {"setWeight": 50}, {"analysis": {}}],
+                    "analysis": {
+                        "interval": "3s",
+                        "count": 2,
+                        "minSamples": 5,
+                        "inconclusiveLimit": 10,
+                        "metrics": [
+                            {"name": "successRate", "min": 0.99},
+                            {"name": "mirrorAgreement", "min": 0.99},
+                        ],
+                    },
+                    "mirror": {"percent": 100, "compare": {"*": {"maxAbsDiff": 1.0e-4}}},
+                    "abortScaleDownDelaySeconds": 2,
+                },
+            },
+        },
+    }
+
+
 def apply(docs: list[dict[str, Any]]) -> None:
     path = FLEET / "demo.yaml"
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     kubectl("apply", "-f", str(path))
+
+
+def apply_one(doc: dict[str, Any], file: str, show: bool = True) -> None:
+    path = FLEET / file
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    kubectl("apply", "-f", str(path), show=show)
 
 
 def watch_ready(names: list[str], timeout: float = 120.0) -> None:
@@ -220,14 +288,14 @@ def infer(address: str, model: str, protocol: str, inputs: str, output: str) -> 
         client.close()
 
 
-def traffic(address: str, stop: threading.Event, counts: Counter[str]) -> None:
-    """A closed-loop client on the mlp's Service while the rollout happens."""
+def traffic(address: str, stop: threading.Event, counts: Counter[str], model: str = "mlp") -> None:
+    """A closed-loop client on a model's Service while a rollout happens."""
     client = grpcclient.InferenceServerClient(address)
     tensor = grpcclient.InferInput("INPUT0", list(X.shape), "FP32")
     tensor.set_data_from_numpy(X)
     while not stop.is_set():
         try:
-            client.infer("mlp", [tensor])
+            client.infer(model, [tensor])
             counts["ok"] += 1
         except Exception as exc:  # counted and reported: the demo fails on any
             counts[f"failed: {exc}"[:120]] += 1
@@ -262,6 +330,7 @@ def tour() -> None:
     apply(manifests(mlp, normalize, delay_us=500))
     # normalize has no pods of its own (replicas 0): it serves inside the pipeline only.
     watch_ready(["mlp", "pipeline"])
+    apply_one(scorer(mlp, delay_us=500), "scorer.yaml", show=False)
     kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide")
 
     step("3. infer through the Services, over HTTP and gRPC")
@@ -298,7 +367,40 @@ def tour() -> None:
     if failed:
         raise DemoError(f"requests failed during the rollout: {failed}")
 
-    step("5. delete, and stop the fleet")
+    step("5. canary releases: one that answers wrong numbers rolls back, a good one promotes")
+    watch_ready(["scorer"])
+    wrong = FLEET / "artifacts" / "mlp-retrained" / "model.onnx"
+    wrong.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(build_models.mlp_model(seed=1), str(wrong))  # same shapes, other numbers
+    found = addresses()
+    stop, counts = threading.Event(), Counter[str]()
+    client = threading.Thread(
+        target=traffic, args=(found[("scorer", "grpc")], stop, counts, "scorer")
+    )
+    client.start()
+    try:
+        wait("traffic", lambda: counts["ok"] > 20)
+        print("release 1: a retrained model (200s, other numbers)")
+        apply_one(scorer(wrong, delay_us=500), "scorer.yaml")
+        if watch_rollout("scorer") != "RolledBack":
+            raise DemoError("the wrong release was not rolled back")
+        print("release 2: the same model, exported again (a new artifact, the same numbers)")
+        again = FLEET / "artifacts" / "mlp-exported-again" / "model.onnx"
+        again.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mlp, again)
+        apply_one(scorer(again, delay_us=500), "scorer.yaml")
+        if watch_rollout("scorer") != "Healthy":
+            raise DemoError("the good release was not promoted")
+    finally:
+        stop.set()
+        client.join(30)
+    failed = {k: v for k, v in counts.items() if k != "ok"}
+    print(f"requests during both releases: {counts['ok']} answered, {sum(failed.values())} failed")
+    if failed:
+        raise DemoError(f"requests failed during the canaries: {failed}")
+
+    step("6. delete, and stop the fleet")
+    kubectl("delete", "-f", str(FLEET / "scorer.yaml"), "--wait=true", "--timeout=60s")
     kubectl("delete", "-f", str(FLEET / "demo.yaml"), "--wait=true", "--timeout=60s")
     wait(
         "the pods to go",
@@ -319,8 +421,8 @@ def main() -> int:
     FLEET.mkdir(parents=True, exist_ok=True)
     try:
         tour()
-    except (DemoError, AssertionError) as exc:
-        print(f"\ndemo failed: {exc}", file=sys.stderr)
+    except Exception as exc:  # any failure: say where to look, and leave nothing running
+        print(f"\ndemo failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(
             f"logs: {FLEET}/logs/ (sandbox.log, operator.log); pods: {FLEET}/pods/", file=sys.stderr
         )

@@ -20,7 +20,8 @@ from typing import Any, TextIO
 from polyserve_operator import api, k8s
 
 ANNOTATION = "polyserve.io/rollout-action"
-FINAL = ("Healthy", "RolledBack")
+#: Where `--watch` stops: the rollout ended, or it waits for a person.
+FINAL = ("Healthy", "RolledBack", "Paused")
 
 
 def describe(body: dict[str, Any]) -> str:
@@ -87,7 +88,9 @@ def add_commands(commands: Any) -> None:
     common.add_argument("-n", "--namespace", default="default")
     common.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
     status = verbs.add_parser("status", parents=[common], help="where the rollout stands")
-    status.add_argument("-w", "--watch", action="store_true", help="follow it until it ends")
+    status.add_argument(
+        "-w", "--watch", action="store_true", help="follow it until it ends or waits for you"
+    )
     verbs.add_parser("promote", parents=[common], help="skip the current step (ends a pause)")
     verbs.add_parser("abort", parents=[common], help="roll back to the stable revision")
     verbs.add_parser("retry", parents=[common], help="try a rolled-back revision again")
