@@ -1,8 +1,9 @@
 """``polyserve-operator``: parse settings once, connect, run kopf on our own registry.
 
-Watches every namespace (``--all-namespaces``), standalone: one replica with a Recreate
-strategy, because kopf's peering pauses equal-priority replicas instead of electing a
-leader; every handler is idempotent all the same.
+Watches every namespace (``--all-namespaces``), or only ``settings.namespaces`` when a
+namespace-scoped install names them (its Roles cover nothing else). Standalone: one replica
+with a Recreate strategy, because kopf's peering pauses equal-priority replicas instead of
+electing a leader; every handler is idempotent all the same.
 """
 
 from __future__ import annotations
@@ -11,10 +12,18 @@ import argparse
 import asyncio
 import logging
 import sys
+from typing import Any
 
 import kopf
 
 from polyserve_operator import handlers, k8s, settings
+
+
+def scope(cfg: settings.Settings) -> dict[str, Any]:
+    """kopf's scope arguments: cluster-wide, or the namespaces the settings name."""
+    if cfg.namespaces:
+        return {"clusterwide": False, "namespaces": list(cfg.namespaces)}
+    return {"clusterwide": True, "namespaces": []}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(
             kopf.operator(
                 registry=registry,
-                clusterwide=True,
                 standalone=True,
+                **scope(cfg),
                 liveness_endpoint=args.liveness,
             )
         )

@@ -168,6 +168,14 @@ class Settings(BaseSettings):
             "repair); short enough that `kubectl get im` is fresh, long enough to spare the API."
         ),
     )
+    namespaces: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Namespaces to watch (kopf's --namespace; globs such as 'team-*' allowed). Empty: "
+            "every namespace, which needs ClusterRoles; a namespace-scoped install lists the "
+            'namespaces its Roles cover, e.g. POLYSERVE_OPERATOR_NAMESPACES=\'["a", "b"]\'.'
+        ),
+    )
     kubeconfig: Path | None = Field(
         default=None,
         description="Kubeconfig file; none means in-cluster credentials, else ~/.kube/config.",
