@@ -341,6 +341,95 @@ class RolloutStatus(_Model):
     """The last `polyserve.io/rollout-action` annotation value carried out."""
 
 
+class ReplicaBounds(_Model):
+    """How many pods a tier may run."""
+
+    min: int = Field(default=1, ge=0)
+    """Fewest pods: while the model is on this tier (0 on a tier above the first lets it
+    scale to zero), and kept warm when it is not."""
+    max: int = Field(default=1, ge=1)
+    """Most pods: what the tier runs while the model is on it (an autoscaler's ceiling)."""
+
+
+class Tier(_Model):
+    """One hardware profile a model can run on, and what it serves there."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=20)
+    """Short name (xeon, xeon-bf16, gpu): status and events say it."""
+    hardware: Hardware
+    """Node pool, engine and precision on this tier."""
+    replicas: ReplicaBounds = Field(default_factory=ReplicaBounds)
+    """Pods on this tier."""
+    capacity: float = Field(gt=0)
+    """Requests per second one replica serves at the latency SLO (declared; measure it with
+    polyserve tune)."""
+    resources: Resources | None = None
+    """Requests and limits on this tier (spec.resources when unset)."""
+
+
+class Tiering(_Model):
+    """When a model moves between its tiers."""
+
+    latency_slo_ms: float | None = Field(default=None, gt=0)
+    """p95 request latency the model must keep; above it, the next tier is wanted."""
+    promote_above: float = Field(default=0.8, gt=0)
+    """Up a tier when the rate stays above this share of the current tier's capacity."""
+    demote_below: float = Field(default=0.5, gt=0)
+    """Down a tier when the rate stays below this share of the lower tier's capacity."""
+    promote_after: Duration = "1m"
+    """How long the rate must stay high (or the SLO broken) before moving up."""
+    demote_after: Duration = "5m"
+    """How long the rate must stay low before moving down."""
+    min_dwell: Duration = "5m"
+    """Shortest time between two moves (and after a move given up)."""
+    provisioning_deadline: Duration = "10m"
+    """How long a move waits for the target tier's pods (a node being provisioned) before it
+    is given up; it is given up sooner when the load falls back."""
+    steps: list[CanaryStep] | None = None
+    """How traffic moves to the new tier, as canary steps (setWeight 50 then 100 when unset);
+    spec.rollout.canary.analysis applies to analysis steps."""
+
+
+class TierMove(_Model):
+    """One move between tiers, or one given up."""
+
+    time: str
+    """When it started (RFC 3339)."""
+    from_: str = Field(alias="from")
+    """The tier it left."""
+    to: str
+    """The tier it went to."""
+    reason: str
+    """Why: the rate (and latency) that asked for it, or why it was given up."""
+    rate: float | None = None
+    """Requests per second when it was decided."""
+
+
+class TierStatus(_Model):
+    """Where a tiered model runs and why."""
+
+    current: str | None = None
+    """The tier that serves."""
+    since: str | None = None
+    """When it started serving (RFC 3339)."""
+    target: str | None = None
+    """The tier a move under way goes to."""
+    blocked: str | None = None
+    """Why the target tier gets no pods (TierBlocked), with the scheduler's reason."""
+    rate: float | None = None
+    """Requests per second the model served lately."""
+    p95_ms: float | None = None
+    """Its p95 latency in milliseconds lately."""
+    up_since: str | None = None
+    """Since when the load asks for the next tier."""
+    down_since: str | None = None
+    """Since when the load allows the tier below."""
+    move_started_at: str | None = None
+    """When the move under way started."""
+    moves: list[TierMove] | None = None
+    """The last moves."""
+
+
 class Condition(_Model):
     """A Kubernetes condition (the metav1.Condition shape)."""
 
