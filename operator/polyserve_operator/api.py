@@ -360,7 +360,7 @@ class Tier(_Model):
     """Node pool, engine and precision on this tier."""
     replicas: ReplicaBounds = Field(default_factory=ReplicaBounds)
     """Pods on this tier."""
-    capacity: float = Field(gt=0)
+    capacity: float = Field(ge=0.001)
     """Requests per second one replica serves at the latency SLO (declared; measure it with
     polyserve tune)."""
     resources: Resources | None = None
@@ -370,11 +370,11 @@ class Tier(_Model):
 class Tiering(_Model):
     """When a model moves between its tiers."""
 
-    latency_slo_ms: float | None = Field(default=None, gt=0)
+    latency_slo_ms: float | None = Field(default=None, ge=0.1)
     """p95 request latency the model must keep; above it, the next tier is wanted."""
-    promote_above: float = Field(default=0.8, gt=0)
+    promote_above: float = Field(default=0.8, ge=0.01)
     """Up a tier when the rate stays above this share of the current tier's capacity."""
-    demote_below: float = Field(default=0.5, gt=0)
+    demote_below: float = Field(default=0.5, ge=0.01)
     """Down a tier when the rate stays below this share of the lower tier's capacity."""
     promote_after: Duration = "1m"
     """How long the rate must stay high (or the SLO broken) before moving up."""
