@@ -341,6 +341,45 @@ class RolloutStatus(_Model):
     """The last `polyserve.io/rollout-action` annotation value carried out."""
 
 
+class ScalingMetric(_Model):
+    """What an autoscaler keeps at its target, per replica."""
+
+    type: Literal["InferenceRate", "QueueTimeP95", "InFlight"]
+    """InferenceRate: requests per second per replica (nv_inference_request_success);
+    QueueTimeP95: the p95 queue time in milliseconds (polyserve_queue_duration_seconds);
+    InFlight: requests waiting or running per replica (nv_inference_pending_request_count)."""
+    target: float = Field(ge=0.001)
+    """The value to keep: requests/s, milliseconds or requests."""
+
+
+class Keda(_Model):
+    """KEDA's Prometheus trigger."""
+
+    server_address: str | None = None
+    """Prometheus KEDA queries (the operator's prometheus.url when unset)."""
+    activation_threshold: float = Field(default=0.0, ge=0)
+    """Below this value a deployment at zero stays at zero (minReplicas 0)."""
+    fallback_replicas: int | None = Field(default=None, ge=0)
+    """Replicas while Prometheus cannot be read (KEDA's fallback), after 3 failures."""
+
+
+class Scaling(_Model):
+    """Autoscale the replicas on a metric of the workers."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    """Fewest replicas; 0 (scale to zero) needs engine KEDA."""
+    max_replicas: int = Field(ge=1)
+    """Most replicas."""
+    metric: ScalingMetric
+    """What is kept at its target."""
+    engine: Literal["HPA", "KEDA"] = "HPA"
+    """HPA: an autoscaling/v2 HorizontalPodAutoscaler on a Pods metric that Prometheus Adapter
+    serves (the rules are in manifests/autoscaling/); KEDA: a ScaledObject with a Prometheus
+    trigger. The operator never writes the replicas of a Deployment an autoscaler owns."""
+    keda: Keda | None = None
+    """KEDA's settings (engine KEDA)."""
+
+
 class ReplicaBounds(_Model):
     """How many pods a tier may run."""
 
@@ -515,6 +554,9 @@ class InferenceModelSpec(_Model):
     the 64M default); the operator's default when unset."""
     rollout: Rollout | None = None
     """How new revisions replace old ones."""
+    scaling: Scaling | None = None
+    """Autoscale replicas between scaling.minReplicas and maxReplicas (replicas is then only
+    the starting count)."""
 
 
 class EnsembleStep(_Model):

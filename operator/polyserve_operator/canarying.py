@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polyserve_operator import analysis, api, conditions, observe, rollout, settings
-from polyserve_operator.render import canaries, workloads
+from polyserve_operator.render import canaries, scaling, workloads
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,9 @@ class Canaries:
             existing_revision=existing,
         )
         gateway = canaries.routing(w)
-        spec = rollout.Spec(canary, w.replicas, rev, gateway=gateway is not None)
+        spec = rollout.Spec(
+            canary, _replicas(w, children, stable), rev, gateway=gateway is not None
+        )
         plan = rollout.plan(spec, previous or None, obs, now)
         if plan.reset_window and self.prometheus is None:
             if not measuring:  # a step just started: read where the counters stand now
@@ -172,8 +174,13 @@ class Canaries:
         desired: list[Obj] = []
         scale: dict[str, int] = {}
         running = {plan.stable_revision, plan.canary_revision} - {None}
+        autoscaled = w.scaling is not None
         if rev in running:
-            replicas = plan.stable_replicas if rev == plan.stable_revision else plan.canary_replicas
+            replicas: int | None = (
+                plan.stable_replicas if rev == plan.stable_revision else plan.canary_replicas
+            )
+            if autoscaled and rev == plan.stable_revision:
+                replicas = None  # the autoscaler's
             current = children.deployment_of(rev)
             name = current["metadata"]["name"] if current else workloads.revision_name(w, rev)
             per_revision = current is None or workloads.REVISION_LABEL in (
@@ -187,7 +194,7 @@ class Canaries:
             )
         # The live object (its status is what the Ready condition reads).
         stable_deployment = children.deployment_of(plan.stable_revision)
-        if plan.stable_revision != rev and stable_deployment is not None:
+        if plan.stable_revision != rev and stable_deployment is not None and not autoscaled:
             scale[stable_deployment["metadata"]["name"]] = plan.stable_replicas
         target_revision = {
             "stable": plan.stable_revision,
@@ -219,6 +226,13 @@ class Canaries:
         budget = workloads.disruption_budget(w)
         if budget is not None:
             desired.append(budget)
+        if w.scaling is not None:
+            target = (
+                stable_deployment["metadata"]["name"]
+                if stable_deployment is not None
+                else workloads.revision_name(w, plan.stable_revision)
+            )
+            desired += scaling.objects(w, w.scaling, target, self.cfg.prometheus.url)
         doomed = [
             d
             for d in children.deployments
@@ -229,6 +243,15 @@ class Canaries:
             if service is not None:
                 doomed.append(service)
         return Step(plan, desired, scale, doomed, stable_deployment)
+
+
+def _replicas(w: workloads.Workload, children: observe.Children, stable: str) -> int:
+    """The replicas a rollout plans with: an autoscaler's current count when one owns them."""
+    if w.scaling is None:
+        return w.replicas
+    current = children.deployment_of(stable)
+    count = ((current or {}).get("spec") or {}).get("replicas")
+    return int(count) if count is not None else max(w.scaling.min_replicas, 1)
 
 
 def _analysing(canary: api.Canary, previous: Mapping[str, Any]) -> bool:

@@ -82,6 +82,10 @@ def _with_rules(spec: dict[str, Any]) -> dict[str, Any]:
     spec["properties"]["hardware"]["x-kubernetes-validations"] = [
         r.schema() for r in rules.HARDWARE
     ]
+    if "scaling" in spec["properties"]:
+        spec["properties"]["scaling"]["x-kubernetes-validations"] = [
+            r.schema() for r in rules.SCALING
+        ]
     if "rollout" in spec["properties"]:
         rollout = spec["properties"]["rollout"]
         rollout["x-kubernetes-validations"] = [r.schema() for r in rules.ROLLOUT]

@@ -364,10 +364,9 @@ def _drifted(desired: workloads.Obj, children: observe.Children) -> bool:
         want, have = desired["spec"], current.get("spec") or {}
         annotations = (have.get("template") or {}).get("metadata", {}).get("annotations") or {}
         want_rev = want["template"]["metadata"]["annotations"][workloads.REVISION_LABEL]
-        return bool(
-            annotations.get(workloads.REVISION_LABEL) != want_rev
-            or have.get("replicas") != want["replicas"]
-        )
+        # Without replicas in the render, an autoscaler owns them: any count is right.
+        replicas_drifted = "replicas" in want and have.get("replicas") != want["replicas"]
+        return bool(annotations.get(workloads.REVISION_LABEL) != want_rev or replicas_drifted)
     if desired["kind"] == "ConfigMap":
         return _owners(current) != _owners(desired) or current.get("data") != desired.get("data")
     if desired["kind"] == "Service":

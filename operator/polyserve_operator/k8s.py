@@ -31,6 +31,8 @@ PLURALS = {
     "Gateway": "gateways",
     "HTTPRoute": "httproutes",
     "GRPCRoute": "grpcroutes",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "ScaledObject": "scaledobjects",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "InferenceModel": "inferencemodels",
     "InferenceEnsemble": "inferenceensembles",

@@ -135,6 +135,23 @@ CANARY = [
     ),
 ]
 
+#: Rules on ``spec.scaling``.
+SCALING = [
+    Rule(
+        cel="!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+        message="scaling.minReplicas must not exceed scaling.maxReplicas",
+        holds=lambda s: s.get("minReplicas", 1) <= s.get("maxReplicas", 1),
+    ),
+    Rule(
+        cel=(
+            "!has(self.minReplicas) || self.minReplicas > 0"
+            " || (has(self.engine) && self.engine == 'KEDA')"
+        ),
+        message="scaling to zero (minReplicas 0) needs engine KEDA: an HPA keeps at least one",
+        holds=lambda s: s.get("minReplicas", 1) > 0 or s.get("engine") == "KEDA",
+    ),
+]
+
 #: Rules on the whole resource (CEL may read ``self.metadata.name`` there).
 RESOURCE = [
     Rule(

@@ -80,6 +80,10 @@ def model(im: api.InferenceModel) -> list[str]:
     spec = im.spec
     problems = name("InferenceModel", im.metadata.name) + hardware(spec.hardware)
     problems += rollout(spec.rollout)
+    if spec.scaling is not None:
+        problems += rules.broken(
+            rules.SCALING, spec.scaling.model_dump(by_alias=True, exclude_none=True)
+        )
     if spec.model_format.name == "tensorrt" and spec.hardware.backend != "tensorrt":
         problems.append("a tensorrt engine (model.plan) needs backend tensorrt on pool gpu")
     cfg = spec.config

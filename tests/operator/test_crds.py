@@ -134,6 +134,17 @@ CASES = [
         )
     ),
     *(
+        ("scaling", rule, {k: v for k, v in scaling.items() if v is not None})
+        for rule in rules.SCALING
+        for scaling in (
+            {"minReplicas": 1, "maxReplicas": 3},
+            {"minReplicas": 4, "maxReplicas": 3},
+            {"minReplicas": 0, "maxReplicas": 3, "engine": "HPA"},
+            {"minReplicas": 0, "maxReplicas": 3, "engine": "KEDA"},
+            {"maxReplicas": 3},
+        )
+    ),
+    *(
         ("resource", rule, {"metadata": {"name": name}})
         for rule in rules.RESOURCE
         for name in ("mlp", "resnet.v2", "Resnet", "a" * 63, "a" * 64, "-a", "a-", "7up")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from polyserve_operator import api, settings
-from polyserve_operator.render import canaries, modelconfigs, workloads
+from polyserve_operator.render import canaries, modelconfigs, scaling, workloads
 
 Obj = dict[str, Any]
 
@@ -34,6 +34,7 @@ def model_workload(im: api.InferenceModel) -> workloads.Workload:
         resources=spec.resources,
         shm_size=spec.shm_size,
         rollout=spec.rollout,
+        scaling=spec.scaling,
     )
 
 
@@ -75,4 +76,7 @@ def objects(workload: workloads.Workload, cfg: settings.Settings) -> list[Obj]:
     (no rollout under way: every weight on the stable revision)."""
     if canaries.canary_of(workload) is not None:
         return canaries.steady(workload, cfg)
-    return workloads.objects(workload, cfg)
+    found = workloads.objects(workload, cfg)
+    if workload.scaling is not None:
+        found += scaling.objects(workload, workload.scaling, workload.name, cfg.prometheus.url)
+    return found

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from polyserve_operator import api, settings
-from polyserve_operator.render import workloads
+from polyserve_operator.render import scaling, workloads
 from polyserve_worker import mirror_config as worker_mirror
 
 Obj = dict[str, Any]
@@ -114,9 +114,10 @@ def steady(w: workloads.Workload, cfg: settings.Settings) -> list[Obj]:
     """What a canary workload runs with no rollout under way (``polyserve render`` shows
     this): its revision's Deployment, the Services, the route with all weight on stable."""
     rev = workloads.revision(w, cfg)
+    name = workloads.revision_name(w, rev)
     objects = [
         workloads.config_map(w, cfg),
-        workloads.deployment(w, cfg, name=workloads.revision_name(w, rev), per_revision=True),
+        workloads.deployment(w, cfg, name=name, per_revision=True),
         workloads.service(w, revision_=rev),
         workloads.service(w, name=stable_service_name(w), revision_=rev),
         mirror_config(w, None, None, None),
@@ -127,4 +128,6 @@ def steady(w: workloads.Workload, cfg: settings.Settings) -> list[Obj]:
     budget = workloads.disruption_budget(w)
     if budget is not None:
         objects.append(budget)
+    if w.scaling is not None:
+        objects += scaling.objects(w, w.scaling, name, cfg.prometheus.url)
     return objects

@@ -76,6 +76,7 @@ class Workload:
     resources: api.Resources | None = None
     shm_size: int | str | None = None
     rollout: api.Rollout | None = None
+    scaling: api.Scaling | None = None
     extra_labels: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -382,7 +383,7 @@ def deployment(
         REVISION_LABEL: rev,
     }
     selector = {**labels(w), REVISION_LABEL: rev} if per_revision else labels(w)
-    return {
+    rendered: Obj = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata(w, name),
@@ -404,6 +405,10 @@ def deployment(
             "template": {"metadata": pod_meta, "spec": pod_spec},
         },
     }
+    if w.scaling is not None and replicas is None:
+        # An autoscaler owns the replicas: left out, so the apply never fights it.
+        del rendered["spec"]["replicas"]
+    return rendered
 
 
 def service(w: Workload, *, name: str | None = None, revision_: str | None = None) -> Obj:
