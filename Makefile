@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # are CPU builds (torch is pinned to its CPU wheel). GPU extras (onnx-gpu, tensorrt) are not.
 EXTRAS := worker,onnx,operator,sandbox,dev,torch,tensorflow,openvino
 
-.PHONY: demo demo-worker test test-all lint crds bench models clean venv
+.PHONY: demo demo-worker test test-all lint crds generate bench models clean venv
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -43,10 +43,13 @@ test: lint
 test-all: lint
 	$(BIN)/python -m pytest -q
 
-# The CRDs are generated from operator/polyserve_operator/api.py; a test fails when the
-# committed copies drift.
-crds: $(STAMP)
-	$(BIN)/python -m polyserve_operator.crds crds
+# Generated install files, each from its one source: the CRDs (crds/ and the Helm chart's
+# templates/crds/) from operator/polyserve_operator/api.py, the RBAC of manifests/ and of the
+# chart from permissions.py, the chart's values.yaml, values.schema.json and _settings.tpl from
+# chart_values.py and the operator's settings.py. Tests fail when a committed copy drifts.
+# `make crds` is the same (what it was called when it wrote only crds/).
+crds generate: $(STAMP)
+	$(BIN)/python -m polyserve_operator.generate .
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --out bench/RESULTS.md
