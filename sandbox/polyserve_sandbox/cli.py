@@ -1,4 +1,4 @@
-"""``polyserve sandbox up|down|status|endpoints|logs``: the local fleet from the command line.
+"""``polyserve sandbox up|down|status|endpoints|logs|load``: the local fleet from the command line.
 
 ``up`` starts the fleet (``python -m polyserve_sandbox serve``) as a background process
 whose state, logs and kubeconfig live under ``--dir`` (``.polyserve-sandbox/``), and returns
@@ -338,6 +338,35 @@ def status(folder: Path, log: Any = sys.stdout) -> int:
     return 0
 
 
+def load_service(args: argparse.Namespace) -> int:
+    """``load``: the Service's address for the protocol, then the load generator."""
+    from polyserve_sandbox import load
+
+    port = args.protocol
+    rows = [
+        r
+        for r in _service_rows(args.dir)
+        if (r["namespace"], r["service"], r["port"]) == (args.namespace, args.service, port)
+    ]
+    if not rows:
+        raise SandboxError(
+            f"no Service {args.namespace}/{args.service} with a port named {port!r}: "
+            "see `polyserve sandbox endpoints`"
+        )
+    try:
+        return load.run(
+            rows[0]["address"],
+            args.model or args.service,
+            rate=args.rate,
+            seconds=args.seconds,
+            concurrency=args.concurrency,
+            protocol=args.protocol,
+            log=lambda line: print(line, flush=True),
+        )
+    except load.LoadError as exc:
+        raise SandboxError(str(exc)) from exc
+
+
 def add_commands(commands: Any) -> None:
     """The ``sandbox`` subcommand and its own subcommands, on a parent argparse parser."""
     sandbox = commands.add_parser(
@@ -364,6 +393,22 @@ def add_commands(commands: Any) -> None:
     reading.add_argument("-c", "--container")
     reading.add_argument("-p", "--previous", action="store_true")
     reading.add_argument("--tail", type=int)
+    loading = verbs.add_parser(
+        "load",
+        parents=[common],
+        help="send requests to a model through its Service at a steady rate, with progress",
+    )
+    loading.add_argument("service", help="the Service (an InferenceModel's name)")
+    loading.add_argument("-n", "--namespace", default="default")
+    loading.add_argument("--model", help="the model to call (default: the Service's name)")
+    loading.add_argument("--rate", type=float, required=True, help="requests per second")
+    loading.add_argument(
+        "--for", dest="seconds", type=float, default=60.0, help="seconds (default 60)"
+    )
+    loading.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    loading.add_argument(
+        "--concurrency", type=int, default=16, help="most requests in flight (default 16)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -377,6 +422,8 @@ def run(args: argparse.Namespace) -> int:
             return status(args.dir)
         if args.verb == "endpoints":
             return endpoints(args.dir, args.output)
+        if args.verb == "load":
+            return load_service(args)
         return logs(args.dir, args.pod, args.namespace, args.container, args.previous, args.tail)
     except SandboxError as exc:
         print(f"polyserve sandbox {args.verb}: {exc}", file=sys.stderr)
