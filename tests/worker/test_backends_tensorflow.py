@@ -72,6 +72,8 @@ def tf_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if config is not None:
             (root / name / "config.yaml").write_text(config)
     framework_models.savedmodel_mlp(root / "mlp" / "1" / "model.savedmodel")
+    # A SavedModel directory fetched as an artifact: its own files in the version directory.
+    framework_models.savedmodel_mlp(root / "fetched" / "1")
     # Models that must fail to load, each for its own reason, beside the ones that serve.
     for name, config in (
         ("unsigned", "parameters: {signature: predict}\n"),
@@ -168,6 +170,19 @@ def test_the_mlp_matches_its_numpy_reference(served: RunningWorker) -> None:
     inp = httpclient.InferInput("x", [4, 8], "FP32")
     inp.set_data_from_numpy(x)
     result = httpclient.InferenceServerClient(served.http).infer("mlp", [inp]).as_numpy("y")
+    np.testing.assert_allclose(result, framework_models.reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_savedmodels_own_files_in_the_version_directory_serve_without_a_config(
+    served: RunningWorker,
+) -> None:
+    client = httpclient.InferenceServerClient(served.http)
+    config = client.get_model_config("fetched")
+    assert (config["backend"], config["default_model_filename"]) == ("tensorflow", "saved_model.pb")
+    x = np.random.default_rng(4).standard_normal((2, 8)).astype(np.float32)
+    inp = httpclient.InferInput("x", [2, 8], "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("fetched", [inp]).as_numpy("y")
     np.testing.assert_allclose(result, framework_models.reference(x), rtol=1e-5, atol=1e-5)
 
 

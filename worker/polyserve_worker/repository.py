@@ -253,8 +253,9 @@ class Repository:
         if "precision" in config.parameters:
             kinds = [_kind(g.kind) for g in config.instance_group]
             backends.check_precision(
-                backend_name, config.parameters["precision"].string_value, kinds, name
+                backend_name, config.parameters["precision"].string_value, kinds, name, filename
             )
+        backends.check_parameters(backend_name, config)
         policy = batching.Policy.from_config(config)
         built: dict[int, ServedVersion] = {}
         try:

@@ -2,23 +2,39 @@
 
 Framework modules are imported only when a model needs them, so a worker starts with just
 the frameworks its repository uses, and a missing framework fails that model's load with
-advice on which extra to install while the rest keep serving. What each backend can do
-(file names, devices, precisions) is static data here, so a config can be checked and an
-error can list the alternatives without importing any framework.
+advice on which extra to install while the rest keep serving. What each backend can do is
+static data here, the one table everything else reads without importing a framework: the
+model formats it loads and their file names (autocomplete finds a model's backend from its
+files), the devices and precisions it runs, the parameters it reads (checked at load and,
+through the operator, at admission), and which backend is fastest for a format on a device
+(the operator's ``hardware.backend: auto``).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from polyserve_worker import errors
-from polyserve_worker.backends import base
+from polyserve_worker.backends import base, configs
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+KINDS = ("KIND_CPU", "KIND_GPU")
+
+#: Model formats (KServe's ``modelFormat`` names, the InferenceModel's too) -> the file
+#: names that hold one, Triton's default first. A SavedModel is a directory: Triton's
+#: ``model.savedmodel/``, or its own files (``saved_model.pb``, ``variables/``) straight in
+#: the version directory, as a fetched SavedModel directory lands.
+FORMATS: dict[str, tuple[str, ...]] = {
+    "onnx": ("model.onnx",),
+    "openvino": ("model.xml",),
+    "tensorrt": ("model.plan", "model.engine"),
+    "pytorch": ("model.pt", "model.pt2"),
+    "tensorflow": ("model.savedmodel", "saved_model.pb"),
+}
 
 
 @dataclass(frozen=True)
@@ -26,70 +42,105 @@ class BackendInfo:
     module: str
     cls: str
     extra: str  # pip extra that installs the framework
-    filename: str  # Triton's default model file (or directory) name
     platform: str  # Triton's platform name
+    #: model formats it loads, its own first (whose first file name is Triton's default)
+    formats: tuple[str, ...]
     #: instance kind -> precisions the backend can run there
     precisions: Mapping[str, frozenset[str]]
-    #: other file names that identify the backend (``model.pt2``); one found on disk
-    #: becomes the config's ``default_model_filename``
-    alternatives: tuple[str, ...] = ()
+    #: whose GPUs its KIND_GPU instances run on: "nvidia" (CUDA) or "intel"
+    gpu: str = "nvidia"
+    #: formats whose precision was fixed when the file was built (an engine): only fp32,
+    #: which means "as built", may be asked for
+    fixed_precision: tuple[str, ...] = ()
+    #: parameters it reads as integers >= 0, and parameters with a fixed set of values
+    int_parameters: tuple[str, ...] = ()
+    choice_parameters: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def filename(self) -> str:
+        """Triton's default model file (or directory) name."""
+        return FORMATS[self.formats[0]][0]
+
+    @property
+    def alternatives(self) -> tuple[str, ...]:
+        """Other file names it loads (``model.pt2``, OpenVINO's ``model.onnx``); one found on
+        disk becomes the config's ``default_model_filename``."""
+        names = [n for f in self.formats for n in FORMATS[f]]
+        return tuple(n for n in names if n != self.filename)
 
 
 def _p(*names: str) -> frozenset[str]:
     return frozenset(names)
 
 
+_THREADS = ("intra_op_thread_count", "inter_op_thread_count")
+
 REGISTRY: dict[str, BackendInfo] = {
     "onnxruntime": BackendInfo(
         "polyserve_worker.backends.onnxruntime",
         "OnnxRuntimeBackend",
         "onnx",
-        "model.onnx",
         "onnxruntime_onnx",
+        ("onnx",),
         # fp16 on GPU runs through the TensorRT execution provider (trt_fp16_enable).
         {"KIND_CPU": _p("fp32"), "KIND_GPU": _p("fp32", "fp16")},
+        int_parameters=_THREADS,
     ),
     "pytorch": BackendInfo(
         "polyserve_worker.backends.pytorch",
         "PyTorchBackend",
         "torch",
-        "model.pt",
         "pytorch_libtorch",
+        ("pytorch",),
         # Weights and floating inputs cast to the precision; int8 needs a quantized model,
         # which runs as fp32 says (the file decides), so it is not offered as a switch.
         {"KIND_CPU": _p("fp32", "fp16", "bf16"), "KIND_GPU": _p("fp32", "fp16", "bf16")},
-        alternatives=("model.pt2",),
+        int_parameters=("INTRA_OP_THREAD_COUNT", "intra_op_thread_count"),
     ),
     "tensorflow": BackendInfo(
         "polyserve_worker.backends.tensorflow",
         "TensorFlowBackend",
         "tensorflow",
-        "model.savedmodel",
         "tensorflow_savedmodel",
+        ("tensorflow",),
         # A SavedModel runs in the types its graph was saved with: no precision switch.
         {"KIND_CPU": _p("fp32"), "KIND_GPU": _p("fp32")},
+        int_parameters=_THREADS,
     ),
     "openvino": BackendInfo(
         "polyserve_worker.backends.openvino",
         "OpenVinoBackend",
         "openvino",
-        "model.xml",
         "openvino",
+        ("openvino", "onnx"),  # OpenVINO reads ONNX directly
         # INFERENCE_PRECISION_HINT: bf16 where the CPU has AVX512_BF16/AMX (else it runs
         # f32 and says so), f16 on OpenVINO's (Intel) GPU plugin.
         {"KIND_CPU": _p("fp32", "bf16"), "KIND_GPU": _p("fp32", "fp16")},
-        alternatives=("model.onnx",),  # OpenVINO reads ONNX directly
+        gpu="intel",
+        int_parameters=("INFERENCE_NUM_THREADS",),
+        choice_parameters={"PERFORMANCE_HINT": ("LATENCY", "THROUGHPUT")},
     ),
     "tensorrt": BackendInfo(
         "polyserve_worker.backends.tensorrt",
         "TensorRtBackend",
         "tensorrt",
-        "model.plan",
         "tensorrt_plan",
-        # GPU only, and an engine's precision is fixed when it is built (trtexec --fp16,
-        # --int8): a config parameter cannot change it, so none is offered.
-        {"KIND_GPU": _p("fp32")},
+        # An ONNX file is built into an engine at load (TensorRT's ONNX parser), cached.
+        ("tensorrt", "onnx"),
+        # GPU only. An engine's precision is fixed when it is built (trtexec --fp16): a
+        # plan runs as built; one built here from ONNX is built in fp32 or fp16.
+        {"KIND_GPU": _p("fp32", "fp16")},
+        fixed_precision=("tensorrt",),
     ),
+}
+
+#: Fastest first on each instance kind: what ``auto`` picks among the backends that load a
+#: format there. A compiler for the exact device comes first (TensorRT for the NVIDIA GPU,
+#: OpenVINO for the Xeon's AVX-512/AMX: its in-process ceiling beats ONNX Runtime's in
+#: bench/RESULTS.md, frameworks), ONNX Runtime next, the frameworks' own runtimes last.
+FASTEST: dict[str, tuple[str, ...]] = {
+    "KIND_GPU": ("tensorrt", "onnxruntime", "pytorch", "tensorflow", "openvino"),
+    "KIND_CPU": ("openvino", "onnxruntime", "pytorch", "tensorflow", "tensorrt"),
 }
 
 #: Triton platform names -> backend names.
@@ -135,7 +186,7 @@ def resolve_name(
     raise errors.ModelLoadError(
         f"model '{config.name}': cannot tell its framework; set 'backend' in its config "
         f"(one of {', '.join(sorted(REGISTRY))}) or name the file "
-        f"{' or '.join(f for i in REGISTRY.values() for f in (i.filename, *i.alternatives))}"
+        f"{' or '.join(f for names in FORMATS.values() for f in names)}"
     )
 
 
@@ -151,8 +202,44 @@ def model_filename(name: str, version_dir: Path, default: str) -> str:
     return default
 
 
-def check_precision(name: str, precision: str, kinds: list[str], model: str) -> None:
-    """Refuse a precision the backend cannot run on an instance kind, listing who can."""
+def runs_on(name: str, kind: str, gpu: str = "nvidia") -> bool:
+    """Whether the backend runs instances of ``kind`` (on ``gpu``'s GPUs for KIND_GPU)."""
+    info = REGISTRY[name]
+    return kind in info.precisions and (kind != "KIND_GPU" or info.gpu == gpu)
+
+
+def loads(name: str, model_format: str) -> bool:
+    """Whether the backend loads files of ``model_format``."""
+    return model_format in REGISTRY[name].formats
+
+
+def candidates(model_format: str, kind: str, gpu: str = "nvidia") -> list[str]:
+    """The backends that load the format and run on the kind, fastest first."""
+    return [
+        name for name in FASTEST[kind] if loads(name, model_format) and runs_on(name, kind, gpu)
+    ]
+
+
+def fastest(model_format: str, kind: str, gpu: str = "nvidia") -> str | None:
+    """What ``auto`` picks: the fastest backend for the format on the kind, if any."""
+    found = candidates(model_format, kind, gpu)
+    return found[0] if found else None
+
+
+def format_of(filename: str) -> str | None:
+    """The model format of a file name (``resnet.onnx`` -> onnx), by its suffix."""
+    suffix = Path(filename).suffix
+    for model_format, names in FORMATS.items():
+        if suffix and suffix in {Path(n).suffix for n in names}:
+            return model_format
+    return None
+
+
+def check_precision(
+    name: str, precision: str, kinds: list[str], model: str, filename: str | None = None
+) -> None:
+    """Refuse a precision the backend cannot run on an instance kind, listing who can, or
+    one asked of a file whose precision was fixed when it was built."""
     if precision not in PRECISIONS:
         raise errors.ModelLoadError(
             f"model '{model}': precision '{precision}' is not one of {', '.join(PRECISIONS)}"
@@ -160,12 +247,32 @@ def check_precision(name: str, precision: str, kinds: list[str], model: str) -> 
     info = REGISTRY.get(name)
     if info is None:
         return  # an injected backend checks for itself
+    built = format_of(filename) if filename else None
+    if precision != "fp32" and built in info.fixed_precision:
+        raise errors.ModelLoadError(
+            f"model '{model}': a {built} file's precision was fixed when it was built (e.g. "
+            f"trtexec --fp16), so precision {precision} cannot be asked of it: leave precision "
+            f"at fp32 (as built), or give the ONNX file and let {name} build it in {precision}"
+        )
     for kind in kinds:
         if precision not in info.precisions.get(kind, frozenset()):
             raise errors.ModelLoadError(
                 f"model '{model}': backend '{name}' cannot run precision {precision} on "
                 f"{kind}. Supported: {support_table()}"
             )
+
+
+def check_parameters(name: str, config: Any) -> None:
+    """Refuse a parameter the backend reads with a value it cannot take (an integer below
+    zero, a choice it does not know), before any instance is built."""
+    info = REGISTRY.get(name)
+    if info is None:
+        return
+    for key in info.int_parameters:
+        configs.int_param(config, (key,), 0)
+    for key, choices in info.choice_parameters.items():
+        if key in config.parameters:
+            configs.choice_param(config, key, choices, choices[0])
 
 
 def support_table() -> str:

@@ -116,9 +116,7 @@ class BlockingInstance(ABC):
         if len(requests) == 1 or not self.batched:
             merged = requests[0] if len(requests) == 1 else None
         else:
-            merged = {
-                name: np.concatenate([r[name] for r in requests], axis=0) for name in requests[0]
-            }
+            merged = merge(requests)
         prepared = time.perf_counter_ns()
         if merged is None:  # not batched: one run per request (the batcher sends one)
             results = [self._run_one(r, outputs) for r in requests]
@@ -139,8 +137,7 @@ class BlockingInstance(ABC):
         if len(requests) == 1:
             results_split = [produced]
         else:
-            sizes = [int(next(iter(r.values())).shape[0]) for r in requests]
-            results_split = _split(produced, sizes, self.model_name)
+            results_split = split(produced, requests, self.model_name)
         finished = time.perf_counter_ns()
         return ExecuteResult(
             results_split, Timings(prepared - start, computed - prepared, finished - computed)
@@ -162,9 +159,17 @@ class BlockingInstance(ABC):
         return error
 
 
-def _split(
-    produced: Outputs, sizes: list[int], model_name: str
+def merge(requests: Sequence[Mapping[str, Array]]) -> dict[str, Array]:
+    """The requests of a batch as one: each input concatenated along the batch dimension."""
+    return {name: np.concatenate([r[name] for r in requests], axis=0) for name in requests[0]}
+
+
+def split(
+    produced: Outputs, requests: Sequence[Mapping[str, Array]], model_name: str
 ) -> list[Outputs | errors.PolyserveError]:
+    """One merged run's outputs back into one result per request, by each request's rows;
+    an output without the batch dimension fails every request of the batch, saying why."""
+    sizes = [int(next(iter(r.values())).shape[0]) for r in requests]
     total = sum(sizes)
     for name, array in produced.items():
         if array.ndim == 0 or array.shape[0] != total:

@@ -2,20 +2,23 @@
 
 Backends never import each other, so what they share in how they read a ``ModelConfig``
 lives here: integer and choice parameters with errors that name the model, the precision
-asked for, the default thread split, Triton's autocomplete batch size, and the table from
-Triton's ``TYPE_*`` names to numpy dtypes. It knows no framework.
+asked for, the default thread split over the container's CPUs, Triton's autocomplete batch
+size, and the table from Triton's ``TYPE_*`` names to numpy dtypes. It knows no framework.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from polyserve_worker import config as model_config
-from polyserve_worker import errors, tensors
+from polyserve_worker import cpus, errors, tensors
+
+#: The parameter naming the folder where engines built at load are kept (TensorRT from
+#: ONNX, ONNX Runtime's TensorRT provider); the operator mounts a volume there.
+ENGINE_CACHE = "engine_cache"
 
 #: Triton's default for autocompleted models that batch (--backend-config default-max-batch-size).
 DEFAULT_MAX_BATCH_SIZE = 4
@@ -81,9 +84,10 @@ def precision(config: Any) -> str:
 
 
 def default_threads(config: Any) -> int:
-    """Cores split evenly across the model's instances, so instances do not fight."""
+    """The CPUs the container may use (its CPU limit, not the node's cores: ``cpus``) split
+    evenly across the model's instances, so instances do not fight."""
     instances = sum(max(1, g.count) for g in config.instance_group) or 1
-    return max(1, (os.cpu_count() or 1) // instances)
+    return max(1, cpus.available() // instances)
 
 
 def config_type(name: str) -> int:

@@ -5,7 +5,8 @@ The only module that imports onnxruntime. Thread counts come from the model's
 ``inter_op_thread_count``); the execution provider follows the instance kind and
 ``optimization.execution_accelerators`` as in Triton; ``parameters.precision: fp16`` on
 GPU instances selects the TensorRT provider with FP16 on, the one provider that runs an
-FP32 ONNX file in FP16. A config whose tensors do not match the file fails at load.
+FP32 ONNX file in FP16; its engines are cached under the ``engine_cache`` parameter's folder
+when set. A config whose tensors do not match the file fails at load.
 ONNX Runtime's telemetry (a database it writes under ``$HOME/.cache``) is turned off.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import importlib.metadata
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -107,12 +109,11 @@ class OnnxRuntimeInstance(base.BlockingInstance):
     def __init__(self, config: Any, model_path: Path, instance: base.InstanceSpec) -> None:
         super().__init__(config.name, batched=config.max_batch_size > 0)
         ort = _ort()
-        params = {k: v.string_value for k, v in config.parameters.items()}
         options = ort.SessionOptions()
-        options.intra_op_num_threads = _int_param(
-            params, "intra_op_thread_count", configs.default_threads(config)
+        options.intra_op_num_threads = configs.int_param(
+            config, ("intra_op_thread_count",), configs.default_threads(config)
         )
-        options.inter_op_num_threads = _int_param(params, "inter_op_thread_count", 1)
+        options.inter_op_num_threads = configs.int_param(config, ("inter_op_thread_count",), 1)
         # Spinning threads steal the cores the server and other instances need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = _providers(ort, config, instance)
@@ -234,21 +235,34 @@ def _providers(ort: Any, config: Any, instance: base.InstanceSpec) -> list[Any]:
         workspace = accelerators.get("tensorrt", {}).get("max_workspace_size_bytes")
         if workspace:
             options["trt_max_workspace_size"] = int(workspace)
+        options.update(_engine_cache(ort, config, "fp16" if fp16 else "fp32"))
         providers.append(("TensorrtExecutionProvider", options))
     providers.append(("CUDAExecutionProvider", {"device_id": instance.device_id}))
     providers.append("CPUExecutionProvider")
     return providers
 
 
-def _int_param(params: Mapping[str, str], key: str, default: int) -> int:
-    if key not in params:
-        return default
+def _engine_cache(ort: Any, config: Any, precision: str) -> dict[str, Any]:
+    """The TensorRT provider's engine and timing caches under the ``engine_cache`` parameter's
+    folder (the TensorRT backend's parameter too), so a restarted pod does not rebuild.
+    The provider names its files by the model's hash and the GPU's compute capability; the
+    folder adds what it cannot tell apart: the ONNX Runtime and TensorRT versions, and the
+    precision."""
+    folder = configs.parameters(config).get(configs.ENGINE_CACHE)
+    if not folder:
+        return {}
     try:
-        return int(params[key])
-    except ValueError as exc:
-        raise errors.ModelLoadError(
-            f"parameter {key} must be an integer, got {params[key]!r}"
-        ) from exc
+        trt_version = importlib.metadata.version("tensorrt")
+    except importlib.metadata.PackageNotFoundError:
+        trt_version = "bundled"
+    path = Path(folder) / "onnxruntime" / f"{ort.__version__}-trt{trt_version}" / precision
+    path.mkdir(parents=True, exist_ok=True)
+    return {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(path),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(path),
+    }
 
 
 def _describe(tensor: Any) -> configs.Described:

@@ -195,26 +195,14 @@ class OpenVinoInstance:
     ) -> list[base.Outputs | errors.PolyserveError]:
         if len(group) == 1:
             return [await self._infer_one(group[0], names)]
-        merged = {name: np.concatenate([r[name] for r in group], axis=0) for name in group[0]}
+        merged = base.merge(group)
         try:
             produced = await self._infer(merged, names)
         except Exception:
             # Rerun each request alone so the failure lands on the request that caused it.
             logger.info("batch of %d failed on %s; isolating", len(group), self.model_name)
             return [await self._infer_one(r, names) for r in group]
-        sizes = [int(next(iter(r.values())).shape[0]) for r in group]
-        offsets = np.cumsum([0, *sizes])
-        for name, array in produced.items():
-            if array.ndim == 0 or array.shape[0] != offsets[-1]:
-                error = errors.ServerError(
-                    f"model '{self.model_name}' output '{name}' has shape {list(array.shape)}, "
-                    f"which does not start with the batch size {offsets[-1]}"
-                )
-                return [error for _ in group]
-        return [
-            {name: array[offsets[i] : offsets[i + 1]] for name, array in produced.items()}
-            for i in range(len(group))
-        ]
+        return base.split(produced, group, self.model_name)
 
     async def _infer_one(
         self, request: Mapping[str, Array], names: list[str]

@@ -6,7 +6,10 @@ outputs are the model's tensors, so the config is completed from it, names sorte
 instances memory growth is turned on before TensorFlow touches a card, so one model does
 not take a whole GPU from the others. TensorFlow's thread pools are per process: the
 ``intra_op_thread_count`` / ``inter_op_thread_count`` parameters of the first TensorFlow
-model loaded set them, and a later model asking for other counts is told it cannot.
+model loaded set them (unset: the container's CPUs, ``cpus``), and a later model asking for
+other counts is told it cannot. A SavedModel is the ``model.savedmodel`` directory, or the
+version directory itself when its ``saved_model.pb`` lies there (a fetched SavedModel
+directory).
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from polyserve_worker import errors
+from polyserve_worker import cpus, errors
 from polyserve_worker.backends import base, configs
 from polyserve_worker.tensors import Array
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
+#: The file that marks a SavedModel directory.
+SAVED_MODEL_FILE = "saved_model.pb"
 
 # tf.DType.name is numpy's name, plus TensorFlow's string tensors.
 _TF_TYPES = {**configs.DTYPE_NAMES, "string": "TYPE_STRING"}
@@ -46,7 +51,7 @@ def _tf() -> Any:
 def _setup(tf: Any, config: Any) -> None:
     """Process-wide settings, applied before TensorFlow initialises its runtime."""
     global _threads
-    wanted = (
+    asked = (
         configs.int_param(config, ("intra_op_thread_count",), 0),
         configs.int_param(config, ("inter_op_thread_count",), 0),
     )
@@ -58,28 +63,41 @@ def _setup(tf: Any, config: Any) -> None:
                     tf.config.experimental.set_memory_growth(gpu, True)
                 except RuntimeError:  # something in this process initialised the GPUs first
                     logger.warning("TensorFlow GPUs were initialised already: memory growth off")
-            if wanted != (0, 0):
-                try:
-                    tf.config.threading.set_intra_op_parallelism_threads(wanted[0])
-                    tf.config.threading.set_inter_op_parallelism_threads(wanted[1])
-                except RuntimeError as exc:
+            # Unset counts follow the container's CPUs: TensorFlow's own default is the
+            # node's cores, however few of them the container's CPU limit lets it use.
+            cores = cpus.available()
+            chosen = (asked[0] or cores, asked[1] or cores)
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(chosen[0])
+                tf.config.threading.set_inter_op_parallelism_threads(chosen[1])
+            except RuntimeError as exc:
+                if asked != (0, 0):
                     raise errors.ModelLoadError(
                         f"model '{config.name}': TensorFlow ran in this process before its "
                         f"thread counts could be set: {exc}"
                     ) from exc
-            _threads = wanted
-        elif wanted != (0, 0) and wanted != _threads:
+                logger.warning("TensorFlow ran before its thread counts could be set: %s", exc)
+                chosen = (
+                    tf.config.threading.get_intra_op_parallelism_threads(),
+                    tf.config.threading.get_inter_op_parallelism_threads(),
+                )
+            _threads = chosen
+            logger.info(
+                "TensorFlow threads: %d intra-op, %d inter-op (0 = TensorFlow decides)", *chosen
+            )
+        elif any(a and a != t for a, t in zip(asked, _threads, strict=True)):
             raise errors.ModelLoadError(
                 f"model '{config.name}': TensorFlow thread counts are per process and were "
-                f"already set to intra {_threads[0]}, inter {_threads[1]} (0 = TensorFlow "
-                "decides) by the first TensorFlow model; give every TensorFlow model the "
-                "same counts or none"
+                f"already set to intra {_threads[0]}, inter {_threads[1]} by the first "
+                "TensorFlow model; give every TensorFlow model the same counts or none"
             )
 
 
 def _signature(tf: Any, config: Any, model_path: Path) -> tuple[Any, Any]:
     """(the loaded SavedModel, the signature the config names): the model must stay alive."""
     name = configs.parameters(config).get("signature", DEFAULT_SIGNATURE)
+    if model_path.name == SAVED_MODEL_FILE:  # the SavedModel's own files in the version dir
+        model_path = model_path.parent
     try:
         loaded = tf.saved_model.load(str(model_path))
     except Exception as exc:
