@@ -1,9 +1,11 @@
 """The TensorRT backend, and ONNX Runtime's CUDA and TensorRT providers: GPU paths.
 
-The GPU tests build engines from the ONNX perceptron with TensorRT's own builder and run
-only where ``nvidia-smi`` and the ``tensorrt`` package exist; everywhere else they skip and
-say so. Without TensorRT, a ``tensorrt_plan`` model fails with install advice while the rest
-of the repository serves: that runs on every machine that lacks TensorRT.
+The GPU tests build engines from the ONNX perceptron with TensorRT's own builder (and let
+the backend build and cache one from ONNX) and run only where ``nvidia-smi`` and the
+``tensorrt`` package exist; everywhere else they skip and say so. How an ONNX file's
+optimization profile and cache path are chosen runs everywhere. Without TensorRT, a
+``tensorrt_plan`` model fails with install advice while the rest of the repository serves:
+that runs on every machine that lacks TensorRT.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from polyserve_worker import config as model_config
+from polyserve_worker import errors
+from polyserve_worker.backends import tensorrt
 from tests.worker import framework_models
 from tests.worker.conftest import RunningWorker, StartWorker
 
@@ -165,3 +170,69 @@ def test_onnx_runtime_runs_on_cuda_and_on_tensorrt_in_fp16(
         )
     else:
         assert "TensorRT execution provider" in _index(worker)["trt16"]["reason"]
+
+
+def _config(text: str) -> Any:
+    return model_config.parse_yaml("name: m\n" + text)
+
+
+def test_an_onnx_file_is_built_for_batches_up_to_max_batch_size_tuned_for_the_largest() -> None:
+    inputs = [("INPUT0", [-1, 8])]
+    profile = tensorrt.build_profile(_config(""), inputs, [[-1, 4]])
+    assert profile == {"INPUT0": ((1, 8), (4, 8), (4, 8))}  # Triton's default batch of 4
+    profile = tensorrt.build_profile(
+        _config("max_batch_size: 16\ninput: [{name: INPUT0, data_type: TYPE_FP32, dims: [8]}]"),
+        inputs,
+        [[-1, 4]],
+    )
+    assert profile == {"INPUT0": ((1, 8), (16, 8), (16, 8))}
+
+
+def test_other_dynamic_dims_take_the_configs_sizes_or_the_load_says_which_to_give() -> None:
+    inputs = [("tokens", [-1, -1])]
+    listed = _config(
+        "max_batch_size: 8\ninput: [{name: tokens, data_type: TYPE_INT64, dims: [128]}]"
+    )
+    assert tensorrt.build_profile(listed, inputs, [[-1, 2]]) == {
+        "tokens": ((1, 128), (8, 128), (8, 128))
+    }
+    with pytest.raises(errors.ModelLoadError, match="'tokens' has a dynamic dimension 1"):
+        tensorrt.build_profile(_config(""), inputs, [[-1, 2]])
+
+
+def test_engines_are_cached_by_gpu_product_tensorrt_version_precision_and_onnx_digest(
+    tmp_path: Path,
+) -> None:
+    profile = {"INPUT0": ((1, 8), (4, 8), (4, 8))}
+    path = tensorrt.cache_path(tmp_path, "NVIDIA H200", "10.3.0", "fp16", "ab" * 32, profile)
+    assert path.parent == tmp_path / "NVIDIA-H200" / "10.3.0" / "fp16"
+    assert path.name.startswith("ab" * 32 + "-") and path.suffix == ".plan"
+    other = {"INPUT0": ((1, 8), (8, 8), (8, 8))}
+    assert tensorrt.cache_path(tmp_path, "NVIDIA H200", "10.3.0", "fp16", "ab" * 32, other) != path
+
+
+@pytest.mark.gpu
+@needs_tensorrt_gpu
+def test_an_onnx_model_on_tensorrt_is_built_once_and_a_restart_loads_the_cached_engine(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    repo, cache = tmp_path / "repo", tmp_path / "cache"
+    framework_models.onnx_mlp(repo / "mlp" / "1" / "model.onnx")
+    (repo / "mlp" / "config.yaml").write_text(
+        f"backend: tensorrt\nparameters: {{precision: fp16, engine_cache: {cache}}}\n"
+    )
+    worker = start_worker(repo)
+    config = httpclient.InferenceServerClient(worker.http).get_model_config("mlp")
+    assert (config["backend"], config["max_batch_size"]) == ("tensorrt", 4)
+    x = np.random.default_rng(8).standard_normal((3, 8)).astype(np.float32)
+    for grpc in (False, True):
+        np.testing.assert_allclose(
+            _infer(worker, "mlp", x, grpc), framework_models.reference(x), rtol=2e-2, atol=2e-2
+        )
+    (plan,) = cache.glob("*/*/fp16/*.plan")
+    built = plan.stat().st_mtime_ns
+    restarted = start_worker(repo)
+    np.testing.assert_allclose(
+        _infer(restarted, "mlp", x, True), framework_models.reference(x), rtol=2e-2, atol=2e-2
+    )
+    assert plan.stat().st_mtime_ns == built, "the restart rebuilt the engine"
