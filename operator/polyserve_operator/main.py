@@ -16,7 +16,9 @@ from typing import Any
 
 import kopf
 
-from polyserve_operator import handlers, k8s, settings
+from polyserve_operator import handlers, k8s, settings, telemetry
+
+logger = logging.getLogger(__name__)
 
 
 def scope(cfg: settings.Settings) -> dict[str, Any]:
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = settings.Settings()
     client = k8s.connect(cfg.kubeconfig, cfg.field_manager)
     registry = handlers.build(cfg, client)
+    metrics = telemetry.current.serve(cfg.metrics_addr, cfg.metrics_port)
+    logger.info("metrics on %s:%d/metrics", cfg.metrics_addr, metrics.port)
     try:
         asyncio.run(
             kopf.operator(
@@ -52,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     finally:
+        metrics.close()
         client.close()
     return 0
 

@@ -176,6 +176,19 @@ class Settings(BaseSettings):
             'namespaces its Roles cover, e.g. POLYSERVE_OPERATOR_NAMESPACES=\'["a", "b"]\'.'
         ),
     )
+    metrics_addr: str = Field(
+        default="0.0.0.0",
+        description="Listen address of the operator's own Prometheus metrics (telemetry.py).",
+    )
+    metrics_port: int = Field(
+        default=9090,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of the operator's own metrics at /metrics (reconciles, errors, rollouts, "
+            "tiers); 0 picks a free one. Not 8080: kopf's liveness endpoint has that one."
+        ),
+    )
     kubeconfig: Path | None = Field(
         default=None,
         description="Kubeconfig file; none means in-cluster credentials, else ~/.kube/config.",

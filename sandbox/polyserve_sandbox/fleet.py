@@ -188,6 +188,10 @@ class Fleet:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("POLYSERVE_OPERATOR_")},
             "POLYSERVE_OPERATOR_KUBECONFIG": str(self.layout.kubeconfig.resolve()),
+            # Its own metrics on a free local port: many fleets (and a Prometheus) share
+            # this machine, and 9090 is anyone's.
+            "POLYSERVE_OPERATOR_METRICS_ADDR": "127.0.0.1",
+            "POLYSERVE_OPERATOR_METRICS_PORT": "0",
             **self.cfg.operator.env,
         }
         log = open(self.layout.logs / "operator.log", "ab")  # noqa: SIM115 - the child owns it
