@@ -2,9 +2,12 @@
 
 Prometheus' text exposition on a port of its own (``Settings.metrics_port``), served by
 ``main`` from a thread, so a scrape is answered even while the event loop is busy. The
-handlers report through the module's functions (``reconciled``, ``rollout``, ...), which
-write to one process-wide ``Telemetry``; tests build their own and read its exposition.
-Bookkeeping only: no kopf, no Kubernetes client, no decisions.
+handlers report through the module's functions, which write to one process-wide
+``Telemetry``; tests build their own and read its exposition. Two calls cover a handler:
+``with telemetry.counted(kind):`` around its body counts the run by outcome, and
+``telemetry.status(kind, namespace, name, status)`` after it writes status sets readiness,
+the rollout's phase and step and the tier, and counts rollout events and tier moves from the
+changes it sees. Bookkeeping only: no kopf, no Kubernetes client, no decisions.
 
 Series per resource carry ``kind``, ``namespace`` and ``name`` (the custom resource); the
 workers' series carry ``namespace`` and ``name`` too (the PodMonitor in
@@ -27,7 +30,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 from wsgiref.simple_server import WSGIServer
@@ -150,14 +154,21 @@ class Telemetry:
         step: int | None = None,
     ) -> None:
         """Where the resource's rollout stands now (``status.rollout``); call it on every
-        reconcile: the change timestamp moves only when the phase or the step does."""
+        reconcile: the change timestamp moves only when the phase or the step does, and a
+        change of phase this process saw counts its event (started: Progressing after
+        Healthy or RolledBack; promoted: Healthy after Promoting; rolled_back: RolledBack),
+        so a restarted operator counts nothing twice."""
         if phase not in PHASES:
             raise ValueError(f"unknown rollout phase {phase!r}; expected one of {PHASES}")
         key = (kind, namespace, name)
         with self._lock:
-            moved = self._rollouts.get(key) != (phase, step)
+            previous = self._rollouts.get(key)
             self._rollouts[key] = (phase, step)
+        moved = previous != (phase, step)
         self._events_exist(key)
+        event = _event(previous[0], phase) if previous is not None else None
+        if event is not None:
+            self._rollout_events.labels(*key, event).inc()
         for each in PHASES:
             self._phase.labels(*key, each).set(1.0 if each == phase else 0.0)
         if step is not None:
@@ -168,7 +179,8 @@ class Telemetry:
     def rollout_event(
         self, namespace: str, name: str, event: RolloutEvent, *, kind: str = "InferenceModel"
     ) -> None:
-        """A rollout started (a new canary revision), was promoted or was rolled back."""
+        """A rollout started, was promoted or was rolled back, for a handler that knows it
+        without ``rollout`` (which counts these from the phases it sees: not both)."""
         key = (kind, namespace, name)
         self._events_exist(key)
         self._rollout_events.labels(*key, event).inc()
@@ -270,6 +282,39 @@ class Server:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)
+
+
+def _event(previous: str, phase: str) -> RolloutEvent | None:
+    if phase == previous:
+        return None
+    if phase == "Progressing" and previous in ("Healthy", "RolledBack"):
+        return "started"
+    if phase == "Healthy" and previous == "Promoting":
+        return "promoted"
+    if phase == "RolledBack":
+        return "rolled_back"
+    return None
+
+
+@contextmanager
+def counted(kind: str, into: Telemetry | None = None) -> Iterator[None]:
+    """Count the handler run inside as one reconcile of ``kind``: ``success`` when it
+    returns, else by its exception (re-raised): kopf's TemporaryError is ``retry``, its
+    PermanentError ``invalid``, anything else ``error``. The exceptions are told by their
+    classes' names, so this module needs no kopf."""
+    target = into or current
+    try:
+        yield
+    except Exception as exc:
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        result: Result = "error"
+        if "TemporaryError" in names:
+            result = "retry"
+        elif "PermanentError" in names:
+            result = "invalid"
+        target.reconciled(kind, result)
+        raise
+    target.reconciled(kind, "success")
 
 
 def _remove(gauge: Gauge, labels: tuple[str, ...]) -> None:

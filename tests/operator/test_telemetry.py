@@ -151,3 +151,49 @@ def test_metrics_are_served_over_http_on_the_port_asked_for() -> None:
 
 def test_the_metrics_port_is_not_the_liveness_port_by_default() -> None:
     assert settings.Settings().metrics_port not in (0, 8080)
+
+
+def test_rollout_events_are_counted_from_the_phase_changes_this_process_sees() -> None:
+    t = telemetry.Telemetry()
+    total = "polyserve_operator_rollouts_total"
+    t.rollout("ml", "resnet", "Progressing")  # first sight (a restart): nothing counted
+    assert value(t, total, **MODEL, event="started") == 0
+    for phase in ("Promoting", "Healthy", "Progressing", "Paused", "RolledBack", "Progressing"):
+        t.rollout("ml", "resnet", phase)
+    counts = {e: value(t, total, **MODEL, event=e) for e in ("started", "promoted", "rolled_back")}
+    assert counts == {"started": 2, "promoted": 1, "rolled_back": 1}
+
+
+class TemporaryError(Exception):
+    """Named as kopf's is: counted tells kopf's errors by their class names."""
+
+
+class PermanentError(Exception):
+    pass
+
+
+def test_counted_runs_count_success_retry_invalid_and_error_and_reraise() -> None:
+    t = telemetry.Telemetry()
+    with telemetry.counted("InferenceModel", into=t):
+        pass
+    for error in (TemporaryError("wait"), PermanentError("bad spec"), KeyError("bug")):
+        with pytest.raises(type(error)), telemetry.counted("InferenceModel", into=t):
+            raise error
+    total = "polyserve_operator_reconciles_total"
+    counts = {
+        r: value(t, total, kind="InferenceModel", result=r)
+        for r in ("success", "retry", "invalid", "error")
+    }
+    assert counts == {"success": 1, "retry": 1, "invalid": 1, "error": 1}
+
+
+def test_counted_tells_kopf_errors_apart() -> None:
+    kopf = pytest.importorskip("kopf")
+    t = telemetry.Telemetry()
+    with pytest.raises(kopf.TemporaryError), telemetry.counted("InferenceModel", into=t):
+        raise kopf.TemporaryError("wait", delay=1)
+    with pytest.raises(kopf.PermanentError), telemetry.counted("InferenceModel", into=t):
+        raise kopf.PermanentError("bad spec")
+    total = "polyserve_operator_reconciles_total"
+    assert value(t, total, kind="InferenceModel", result="retry") == 1
+    assert value(t, total, kind="InferenceModel", result="invalid") == 1
