@@ -20,7 +20,18 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 Pool = Literal["xeon", "gpu"]
-Backend = Literal["onnxruntime", "openvino", "tensorrt", "onnxruntime-cuda", "pytorch-cuda"]
+#: hardware.backend values; what each means and where it runs is ``render.engines`` (from the
+#: worker's backend registry), and a test keeps the two lists equal.
+Backend = Literal[
+    "auto",
+    "onnxruntime",
+    "openvino",
+    "pytorch",
+    "tensorflow",
+    "tensorrt",
+    "onnxruntime-cuda",
+    "pytorch-cuda",
+]
 
 #: Kubernetes' quantity syntax (resource.Quantity): `2`, `500m`, `4Gi`, `1e3`.
 QUANTITY_PATTERN = (
@@ -95,8 +106,9 @@ class ModelFormat(_Model):
     """The format of the model files."""
 
     name: Literal["onnx", "openvino", "tensorrt", "pytorch", "tensorflow"]
-    """File format: onnx (model.onnx), openvino (model.xml + .bin), tensorrt (model.plan),
-    pytorch (model.pt, TorchScript), tensorflow (SavedModel)."""
+    """File format: onnx (model.onnx), openvino (a directory with model.xml and model.bin),
+    tensorrt (model.plan, an engine built for one GPU and TensorRT version), pytorch
+    (model.pt TorchScript, or model.pt2 torch.export), tensorflow (a SavedModel directory)."""
     version: str | None = None
     """Format version, e.g. the ONNX opset; informational."""
 
@@ -115,11 +127,14 @@ class Hardware(_Model):
     """Where the model runs and on which engine."""
 
     pool: Pool
-    """Node pool: xeon (CPU nodes; OpenVINO or ONNX Runtime) or gpu (NVIDIA nodes; TensorRT,
-    ONNX Runtime CUDA or PyTorch CUDA)."""
-    backend: Backend
-    """Inference engine: onnxruntime and openvino need pool xeon; tensorrt, onnxruntime-cuda
-    and pytorch-cuda need pool gpu."""
+    """Node pool: xeon (CPU nodes: OpenVINO, ONNX Runtime, PyTorch, TensorFlow) or gpu (NVIDIA
+    nodes: TensorRT, ONNX Runtime with the CUDA or TensorRT provider, PyTorch, TensorFlow)."""
+    backend: Backend = "auto"
+    """Inference engine. auto (the default) picks the fastest one that loads modelFormat on
+    the pool (ONNX: TensorRT on gpu, OpenVINO on xeon) and status.backend says which.
+    onnxruntime, pytorch and tensorflow run on either pool, on the pool's device; openvino
+    on xeon; tensorrt on gpu (an ONNX file is built into an engine at load and cached);
+    onnxruntime-cuda and pytorch-cuda are onnxruntime and pytorch on pool gpu."""
     precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32"
     """Compute precision. bf16 on the xeon pool places pods only on nodes with AMX or
     AVX512_BF16 (Node Feature Discovery labels)."""
@@ -134,6 +149,16 @@ class Resources(_Model):
     """Minimum resources, e.g. {cpu: 2, memory: 4Gi}."""
     limits: dict[str, Quantity] | None = None
     """Maximum resources; the GPU limit comes from hardware.gpu, not from here."""
+
+
+class EngineCache(_Model):
+    """Where engines built at load are kept (TensorRT from an ONNX file, ONNX Runtime's
+    TensorRT provider), by GPU product, TensorRT version and precision."""
+
+    claim_name: str | None = None
+    """A PersistentVolumeClaim in the namespace, so a new pod loads the engine another built
+    (ReadWriteMany to share it between replicas); unset: an emptyDir per pod, which keeps it
+    across container restarts."""
 
 
 #: A duration as Argo Rollouts and Flagger write it: 30s, 5m, 1h, 1h30m, 250ms.
@@ -523,6 +548,8 @@ class WorkloadStatus(_Model):
     """Hash of the rendered worker configuration and artifact: a new value is a new revision."""
     pool: str | None = None
     """The node pool the pods are placed on."""
+    backend: str | None = None
+    """The worker backend that serves the model: hardware.backend, or the one auto picked."""
     endpoints: Endpoints | None = None
     """Where clients connect."""
     last_failure: Failure | None = None
@@ -552,6 +579,9 @@ class InferenceModelSpec(_Model):
     shm_size: Quantity | None = None
     """Size of the memory-backed /dev/shm (batching and shared-memory clients need more than
     the 64M default); the operator's default when unset."""
+    engine_cache: EngineCache | None = None
+    """Where engines built at load are kept (backend tensorrt with an ONNX file, or
+    onnxruntime in fp16 on gpu); an emptyDir per pod when unset."""
     rollout: Rollout | None = None
     """How new revisions replace old ones."""
     scaling: Scaling | None = None

@@ -86,6 +86,11 @@ def _with_rules(spec: dict[str, Any]) -> dict[str, Any]:
         spec["properties"]["scaling"]["x-kubernetes-validations"] = [
             r.schema() for r in rules.SCALING
         ]
+    if "modelFormat" in spec["properties"]:
+        # The format must load on the backend: a rule on the spec, as it reads both fields.
+        spec.setdefault("x-kubernetes-validations", []).extend(
+            r.schema() for r in rules.MODEL_FORMAT
+        )
     if "rollout" in spec["properties"]:
         rollout = spec["properties"]["rollout"]
         rollout["x-kubernetes-validations"] = [r.schema() for r in rules.ROLLOUT]

@@ -12,10 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-Obj = Mapping[str, Any]
+from polyserve_operator.render import engines
 
-GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda", "pytorch-cuda")
-CPU_BACKENDS = ("onnxruntime", "openvino")
+Obj = Mapping[str, Any]
 
 #: A resource's name becomes its Service's name (a DNS-1035 label) and a label value.
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
@@ -29,13 +28,82 @@ class Rule:
     cel: str
     message: str
     holds: Callable[[Obj], bool]
+    #: The message for one object, where more can be said than the CEL rule's fixed one.
+    explain: Callable[[Obj], str] | None = None
 
     def schema(self) -> dict[str, str]:
         return {"rule": self.cel, "message": self.message}
 
+    def describe(self, obj: Obj) -> str:
+        return self.explain(obj) if self.explain is not None else self.message
+
 
 def _cel_list(values: tuple[str, ...]) -> str:
     return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def _cel_map(entries: Mapping[str, tuple[str, ...]]) -> str:
+    return "{" + ", ".join(f"'{k}': {_cel_list(v)}" for k, v in entries.items()) + "}"
+
+
+def _words(values: tuple[str, ...]) -> str:
+    return ", ".join(values) if values else "none"
+
+
+# What fits where, from the worker's backend registry (through ``render.engines``): the CEL
+# rules below carry these lists as literals, generated, never typed out.
+_ON_POOL = {pool: engines.values_on(pool) for pool in engines.POOLS}
+_ONLY_GPU = tuple(v for v in _ON_POOL["gpu"] if v not in _ON_POOL["xeon"])
+_ONLY_XEON = tuple(v for v in _ON_POOL["xeon"] if v not in _ON_POOL["gpu"])
+_LOADING = {f: engines.values_loading(f) for f in engines.FORMATS}
+_FORMATS_ON = {pool: engines.formats_on(pool) for pool in engines.POOLS}
+_ANYWHERE = tuple(f for f in engines.FORMATS if all(f in v for v in _FORMATS_ON.values()))
+
+
+def _backend(hw: Obj) -> str:
+    return str(hw.get("backend", engines.AUTO))
+
+
+def _format_fits(spec: Obj) -> bool:
+    if "hardware" not in spec:
+        return True
+    backend = _backend(spec["hardware"])
+    fmt = spec.get("modelFormat", {}).get("name")
+    return backend == engines.AUTO or backend in _LOADING.get(str(fmt), ())
+
+
+def _explain_format(spec: Obj) -> str:
+    hw = spec.get("hardware", {})
+    fmt = str(spec.get("modelFormat", {}).get("name"))
+    pool = str(hw.get("pool"))
+    here = tuple(v for v in _LOADING.get(fmt, ()) if v in _ON_POOL.get(pool, ()))
+    picked = engines.fastest(fmt, pool) if here else None
+    fix = f"; set hardware.backend to {' or '.join((*here, 'auto'))}" if here else ""
+    auto = f" (auto picks {picked} on pool {pool})" if picked else ""
+    return (
+        f"{'an' if fmt[:1] in 'aeiou' else 'a'} {fmt} model cannot load on backend "
+        f"{_backend(hw)}: {fmt} files load on "
+        f"{_words(_LOADING.get(fmt, ()))}{fix}{auto}"
+    )
+
+
+def _auto_fits(spec: Obj) -> bool:
+    if "hardware" not in spec:
+        return True
+    hw = spec["hardware"]
+    fmt = spec.get("modelFormat", {}).get("name")
+    return _backend(hw) != engines.AUTO or fmt in _FORMATS_ON.get(str(hw.get("pool")), ())
+
+
+def _explain_auto(spec: Obj) -> str:
+    fmt = str(spec.get("modelFormat", {}).get("name"))
+    pool = str(spec.get("hardware", {}).get("pool"))
+    where = [p for p in engines.POOLS if fmt in _FORMATS_ON[p]]
+    return (
+        f"no backend loads {fmt} files on pool {pool}: they run on pool "
+        f"{' or '.join(where) or 'none'}; set hardware.pool to {where[0] if where else '?'}, "
+        f"or give a format every pool runs ({_words(_ANYWHERE)})"
+    )
 
 
 def _zero(value: Any) -> bool:
@@ -45,17 +113,20 @@ def _zero(value: Any) -> bool:
 #: Rules on ``spec.hardware``.
 HARDWARE = [
     Rule(
-        cel=f"self.pool == 'gpu' || !(self.backend in {_cel_list(GPU_BACKENDS)})",
-        message="tensorrt, onnxruntime-cuda and pytorch-cuda need a GPU: set hardware.pool to gpu",
-        holds=lambda hw: hw.get("pool") == "gpu" or hw.get("backend") not in GPU_BACKENDS,
+        cel=f"self.pool != 'xeon' || self.backend in {_cel_list(_ON_POOL['xeon'])}",
+        message=(
+            f"on pool xeon hardware.backend is one of {_words(_ON_POOL['xeon'])}; "
+            f"{_words(_ONLY_GPU)} need a GPU: set hardware.pool to gpu"
+        ),
+        holds=lambda hw: hw.get("pool") != "xeon" or _backend(hw) in _ON_POOL["xeon"],
     ),
     Rule(
-        cel=f"self.pool == 'xeon' || !(self.backend in {_cel_list(CPU_BACKENDS)})",
+        cel=f"self.pool != 'gpu' || self.backend in {_cel_list(_ON_POOL['gpu'])}",
         message=(
-            "onnxruntime and openvino run on the xeon pool; on gpu use tensorrt, "
-            "onnxruntime-cuda or pytorch-cuda"
+            f"on pool gpu (NVIDIA) hardware.backend is one of {_words(_ON_POOL['gpu'])}; "
+            f"for {_words(_ONLY_XEON)} set hardware.pool to xeon"
         ),
-        holds=lambda hw: hw.get("pool") == "xeon" or hw.get("backend") not in CPU_BACKENDS,
+        holds=lambda hw: hw.get("pool") != "gpu" or _backend(hw) in _ON_POOL["gpu"],
     ),
     Rule(
         cel="self.pool == 'gpu' || !has(self.gpu)",
@@ -66,6 +137,36 @@ HARDWARE = [
         cel="self.pool == 'xeon' || !has(self.precision) || self.precision != 'bf16'",
         message="precision bf16 is for the xeon pool (AMX); use fp16 on GPUs",
         holds=lambda hw: hw.get("pool") == "xeon" or hw.get("precision", "fp32") != "bf16",
+    ),
+]
+
+#: Rules on an InferenceModel's ``spec``: its model format and its backend must fit (where
+#: the spec gives its hardware).
+MODEL_FORMAT = [
+    Rule(
+        cel=(
+            "!has(self.hardware) || self.hardware.backend == 'auto' || self.hardware.backend in "
+            f"{_cel_map(_LOADING)}[self.modelFormat.name]"
+        ),
+        message=(
+            "hardware.backend cannot load this modelFormat: "
+            + "; ".join(f"{f} loads on {_words(v)}" for f, v in _LOADING.items())
+            + " (backend auto picks one)"
+        ),
+        holds=_format_fits,
+        explain=_explain_format,
+    ),
+    Rule(
+        cel=(
+            "!has(self.hardware) || self.hardware.backend != 'auto' || self.modelFormat.name in "
+            f"{_cel_map(_FORMATS_ON)}[self.hardware.pool]"
+        ),
+        message=(
+            "no backend on this pool loads this modelFormat: "
+            + "; ".join(f"pool {p} loads {_words(v)}" for p, v in _FORMATS_ON.items())
+        ),
+        holds=_auto_fits,
+        explain=_explain_auto,
     ),
 ]
 
@@ -176,5 +277,5 @@ RESOURCE = [
 
 
 def broken(rules: list[Rule], obj: Obj) -> list[str]:
-    """The messages of the rules ``obj`` breaks."""
-    return [rule.message for rule in rules if not rule.holds(obj)]
+    """The messages of the rules ``obj`` breaks (each as specific as the rule can say)."""
+    return [rule.describe(obj) for rule in rules if not rule.holds(obj)]

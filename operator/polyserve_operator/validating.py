@@ -12,34 +12,46 @@ from collections.abc import Callable
 from typing import Any
 
 from polyserve_operator import api, rules
-from polyserve_operator.render import modelconfigs
+from polyserve_operator.render import engines, modelconfigs
 from polyserve_worker import backends as worker_backends
 from polyserve_worker import config as worker_config
 from polyserve_worker import ensemble as worker_ensemble
 from polyserve_worker import errors as worker_errors
 
 
-def hardware(hw: api.Hardware) -> list[str]:
-    """Backend, pool and precision must fit together: the CRD's CEL rules (``rules``), and
-    what the worker's backend registry can run."""
-    problems = rules.broken(rules.HARDWARE, hw.model_dump(by_alias=True, exclude_none=True))
+def hardware(hw: api.Hardware, model_format: str | None = None) -> list[str]:
+    """Backend, pool, precision and (for a model) its format must fit together: the CRD's
+    CEL rules (``rules``), and what the worker's backend registry can run."""
+    body = hw.model_dump(by_alias=True, exclude_none=True)
+    problems = rules.broken(rules.HARDWARE, body)
+    if model_format is not None:
+        fit = {"modelFormat": {"name": model_format}, "hardware": body}
+        problems += rules.broken(rules.MODEL_FORMAT, fit)
+    backend = engines.choose(hw.backend, model_format, hw.pool)
+    if problems or backend is None:  # auto in an ensemble: each member is checked alone
+        return problems
     # The worker's registry says what each backend can run where: refuse here what the
     # worker would refuse at load, so the mistake surfaces at admission, not in a pod.
-    engine = modelconfigs.BACKENDS[hw.backend][0]
-    kind = "KIND_GPU" if hw.pool == "gpu" else "KIND_CPU"
-    info = worker_backends.REGISTRY.get(engine)
-    if info is not None and kind in info.precisions:
-        supported = info.precisions[kind]
-        if hw.precision not in supported and engine == "tensorrt":
-            problems.append(
-                "a TensorRT engine's precision is fixed when it is built (e.g. trtexec "
-                "--fp16); leave hardware.precision at fp32 for backend tensorrt"
-            )
-        elif hw.precision not in supported:
-            problems.append(
-                f"backend {hw.backend} cannot run precision {hw.precision} on the {hw.pool} "
-                f"pool; it runs {', '.join(sorted(supported))} (bf16 on xeon: use openvino)"
-            )
+    info = worker_backends.REGISTRY[backend]
+    kind = engines.POOL_KINDS[hw.pool]
+    if hw.precision != "fp32" and model_format in info.fixed_precision:
+        problems.append(
+            f"a {model_format} file's precision was fixed when it was built (e.g. trtexec "
+            f"--fp16): leave hardware.precision at fp32, or give the ONNX file and backend "
+            f"{backend} builds the engine in {hw.precision}"
+        )
+    elif hw.precision not in info.precisions.get(kind, frozenset()):
+        supported = ", ".join(sorted(info.precisions.get(kind, frozenset())))
+        able = [
+            name
+            for name in worker_backends.candidates(model_format or info.formats[0], kind)
+            if hw.precision in worker_backends.REGISTRY[name].precisions[kind]
+        ]
+        instead = f"; {hw.precision} runs on {', '.join(able)}" if able else ""
+        problems.append(
+            f"backend {backend} cannot run precision {hw.precision} on the {hw.pool} pool; "
+            f"it runs {supported}{instead}"
+        )
     return problems
 
 
@@ -78,21 +90,40 @@ def rollout(spec: api.Rollout | None) -> list[str]:
 def model(im: api.InferenceModel) -> list[str]:
     """Problems of one InferenceModel."""
     spec = im.spec
-    problems = name("InferenceModel", im.metadata.name) + hardware(spec.hardware)
+    problems = name("InferenceModel", im.metadata.name)
+    problems += hardware(spec.hardware, spec.model_format.name)
     problems += rollout(spec.rollout)
     if spec.scaling is not None:
         problems += rules.broken(
             rules.SCALING, spec.scaling.model_dump(by_alias=True, exclude_none=True)
         )
-    if spec.model_format.name == "tensorrt" and spec.hardware.backend != "tensorrt":
-        problems.append("a tensorrt engine (model.plan) needs backend tensorrt on pool gpu")
     cfg = spec.config
     if cfg is not None:
+        problems += _gpus(cfg, spec.hardware)
         if cfg.platform == "ensemble":
             problems.append("config.platform ensemble belongs in an InferenceEnsemble")
         else:
             config = modelconfigs.for_model(_THIS, spec).to_proto()
             problems += _worker_says(lambda: worker_config.validate(config), f"model '{_THIS}'")
+    return problems
+
+
+def _gpus(cfg: worker_config.ModelConfigSpec, hw: api.Hardware) -> list[str]:
+    """Instance groups may name only the GPUs the pod gets (0..gpu.count-1)."""
+    count = modelconfigs.gpu_count(hw)
+    problems = []
+    for group in cfg.instance_group or []:
+        outside = [g for g in group.gpus or [] if not 0 <= g < count]
+        if outside and count == 0:
+            problems.append(
+                f"config.instance_group names GPUs {group.gpus}, but pool {hw.pool} has none: "
+                "remove gpus or set hardware.pool to gpu"
+            )
+        elif outside:
+            problems.append(
+                f"config.instance_group names GPUs {outside}, but each pod gets {count} "
+                f"(hardware.gpu.count), seen as 0..{count - 1}: leave gpus out to use them all"
+            )
     return problems
 
 
@@ -131,11 +162,13 @@ def ensemble(
                 f"step {step.name}: InferenceModel {step.model_ref} does not exist in this "
                 "namespace; create it first"
             )
-        elif member.spec.hardware.backend != spec.hardware.backend:
+        elif member.spec.hardware.pool != spec.hardware.pool:
+            # One worker process runs every backend it is given; what members must share
+            # is the pool (the worker's image and nodes), not the backend.
             problems.append(
-                f"step {step.name}: {step.model_ref} uses backend "
-                f"{member.spec.hardware.backend}, but the ensemble's worker runs "
-                f"{spec.hardware.backend}; members share one worker"
+                f"step {step.name}: {step.model_ref} runs on pool "
+                f"{member.spec.hardware.pool}, but the ensemble's worker runs on pool "
+                f"{spec.hardware.pool}; members share one worker"
             )
     outputs = {o.name for o in spec.outputs}
     for step in spec.steps:

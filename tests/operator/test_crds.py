@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from polyserve_operator import crds, rules
+from polyserve_operator import api, crds, rules
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
@@ -81,11 +82,19 @@ def _cel(expression: str, value: dict[str, Any]) -> bool:
 HARDWARE_CASES = [
     {"pool": pool, "backend": backend, **extra}
     for pool in ("xeon", "gpu")
-    for backend in ("onnxruntime", "openvino", "tensorrt", "onnxruntime-cuda", "pytorch-cuda")
+    for backend in typing.get_args(api.Backend)
     for extra in ({}, {"precision": "bf16"}, {"precision": "fp16"}, {"gpu": {"count": 2}})
+]
+FORMAT_CASES = [
+    {"modelFormat": {"name": fmt}, "hardware": {"pool": pool, "backend": backend}}
+    for fmt in typing.get_args(typing.get_type_hints(api.ModelFormat)["name"])
+    for pool in ("xeon", "gpu")
+    for backend in typing.get_args(api.Backend)
 ]
 CASES = [
     *(("hardware", rule, case) for rule in rules.HARDWARE for case in HARDWARE_CASES),
+    *(("spec", rule, case) for rule in rules.MODEL_FORMAT for case in FORMAT_CASES),
+    *(("spec", rule, {"modelFormat": {"name": "onnx"}}) for rule in rules.MODEL_FORMAT),
     *(
         ("rollout", rule, {k: v for k, v in (("maxSurge", s), ("maxUnavailable", u)) if v != ""})
         for rule in rules.ROLLOUT
@@ -165,6 +174,8 @@ def test_the_generated_schemas_carry_every_rule_where_it_applies() -> None:
         spec = schema["properties"]["spec"]["properties"]
         assert spec["hardware"]["x-kubernetes-validations"] == [r.schema() for r in rules.HARDWARE]
         assert schema["x-kubernetes-validations"] == [r.schema() for r in rules.RESOURCE]
+    model_spec_rules = _schema("InferenceModel")["properties"]["spec"]["x-kubernetes-validations"]
+    assert [r.schema() for r in rules.MODEL_FORMAT] == model_spec_rules[-len(rules.MODEL_FORMAT) :]
     model_spec = _schema("InferenceModel")["properties"]["spec"]["properties"]
     assert model_spec["rollout"]["x-kubernetes-validations"] == [r.schema() for r in rules.ROLLOUT]
 

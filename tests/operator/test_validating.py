@@ -124,10 +124,14 @@ def test_a_rollout_that_could_never_replace_a_pod_is_refused() -> None:
     assert _model_problems(rollout={"maxSurge": 0, "maxUnavailable": 1}) == ""
 
 
-def test_members_must_run_on_the_ensembles_backend() -> None:
+def test_members_must_run_on_the_ensembles_pool_but_may_use_other_backends() -> None:
     members, spec = _ensemble()
     spec["hardware"] = {"pool": "xeon", "backend": "openvino"}
-    assert "members share one worker" in _problems(members, spec)
+    assert _problems(members, spec) == ""
+    spec["hardware"] = {"pool": "gpu", "backend": "onnxruntime"}
+    assert "runs on pool xeon, but the ensemble's worker runs on pool gpu" in _problems(
+        members, spec
+    )
 
 
 def test_the_workers_own_graph_rules_catch_a_batch_dimension_mismatch() -> None:

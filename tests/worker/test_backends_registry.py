@@ -40,6 +40,12 @@ def test_auto_picks_the_fastest_backend_that_loads_the_format_on_the_device(
     assert backends.fastest(model_format, kind) == expected
 
 
+def test_a_model_with_string_tensors_gets_the_fastest_backend_that_carries_strings() -> None:
+    assert backends.fastest("onnx", "KIND_CPU", strings=True) == "onnxruntime"
+    assert backends.fastest("onnx", "KIND_GPU", strings=True) == "onnxruntime"
+    assert backends.fastest("pytorch", "KIND_CPU", strings=True) is None
+
+
 def test_every_backend_is_ranked_on_every_kind_and_loads_its_own_format() -> None:
     for kind in backends.KINDS:
         assert sorted(backends.FASTEST[kind]) == sorted(backends.REGISTRY)

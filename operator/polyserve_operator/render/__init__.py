@@ -25,6 +25,7 @@ def model_workload(im: api.InferenceModel) -> workloads.Workload:
         name=im.metadata.name,
         pbtxt=modelconfigs.for_model(im.metadata.name, spec).to_pbtxt(),
         artifact=spec.artifact,
+        builds_engines=modelconfigs.builds_engines(spec),
     )
     return workloads.Workload(
         owner=_owner("InferenceModel", im.metadata),
@@ -33,6 +34,7 @@ def model_workload(im: api.InferenceModel) -> workloads.Workload:
         replicas=spec.replicas,
         resources=spec.resources,
         shm_size=spec.shm_size,
+        engine_cache=spec.engine_cache,
         rollout=spec.rollout,
         scaling=spec.scaling,
     )
@@ -53,6 +55,7 @@ def ensemble_workload(
                 name=name,
                 pbtxt=modelconfigs.for_model(name, member.spec).to_pbtxt(),
                 artifact=member.spec.artifact,
+                builds_engines=modelconfigs.builds_engines(member.spec),
             )
         )
     served.append(

@@ -5,11 +5,13 @@ polyserve-worker serving one or more models from a model repository in an emptyD
 by one fetch init container per artifact and a ``configure`` init container that copies each
 config.pbtxt from the revision's ConfigMap into place. Nothing is mounted inside the
 repository: the worker mounts it read-only whole (a runtime cannot create a mount point
-inside a read-only mount). The config of each revision is its own immutable ConfigMap, so an
-old pod that restarts during a rollout reads its own revision's config, and two revisions
-(stable and canary) run side by side. Every container's command line comes from the worker's
-own functions (``polyserve_worker.settings.to_args``, ``polyserve_worker.fetching.args``):
-the worker owns its flags. Pure functions: no I/O, no kopf, no Kubernetes client.
+inside a read-only mount). Engines the worker builds at load (TensorRT from ONNX) go to a
+volume of their own, an emptyDir or the spec's claim. The config of each revision is its
+own immutable ConfigMap, so an old pod that restarts during a rollout reads its own
+revision's config, and two revisions (stable and canary) run side by side. Every
+container's command line comes from the worker's own functions
+(``polyserve_worker.settings.to_args``, ``polyserve_worker.fetching.args``): the worker owns
+its flags. Pure functions: no I/O, no kopf, no Kubernetes client.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from polyserve_operator import api, settings
-from polyserve_operator.render import placement
+from polyserve_operator.render import modelconfigs, placement
 from polyserve_worker import fetching
 from polyserve_worker import settings as worker_settings
 
@@ -53,6 +55,7 @@ class Served:
     name: str
     pbtxt: str
     artifact: api.Artifact | None = None  # None: nothing to fetch (an ensemble's own config)
+    builds_engines: bool = False  # the worker builds engines at load: mount the cache
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Workload:
     replicas: int
     resources: api.Resources | None = None
     shm_size: int | str | None = None
+    engine_cache: api.EngineCache | None = None
     rollout: api.Rollout | None = None
     scaling: api.Scaling | None = None
     extra_labels: dict[str, str] = field(default_factory=dict)
@@ -266,6 +270,17 @@ def worker_settings_for(w: Workload, cfg: settings.Settings) -> dict[str, Any]:
     }
 
 
+def engine_cache_volume(w: Workload) -> Obj:
+    """The engine cache: the claim the spec names, else an emptyDir (kept while the pod
+    lives, so a restarted container loads the engines its predecessor built)."""
+    if w.engine_cache is not None and w.engine_cache.claim_name:
+        return {
+            "name": "engines",
+            "persistentVolumeClaim": {"claimName": w.engine_cache.claim_name},
+        }
+    return {"name": "engines", "emptyDir": {}}
+
+
 def revision_name(w: Workload, rev: str) -> str:
     """The Deployment of one revision under the Canary strategy: ``<workload>-<revision>``."""
     return f"{w.name}-{rev}"
@@ -310,6 +325,9 @@ def deployment(
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "shm", "mountPath": "/dev/shm"},
     ]
+    if any(m.builds_engines for m in w.models):
+        volumes.append(engine_cache_volume(w))
+        mounts.append({"name": "engines", "mountPath": modelconfigs.ENGINE_CACHE_DIR})
     if w.rollout is not None and w.rollout.strategy == "Canary":
         # The stable pods copy requests to a canary when the rollout says so, through a
         # ConfigMap the operator rewrites (mounted whole: its updates reach the pod).

@@ -52,6 +52,8 @@ class BackendInfo:
     #: formats whose precision was fixed when the file was built (an engine): only fp32,
     #: which means "as built", may be asked for
     fixed_precision: tuple[str, ...] = ()
+    #: whether it carries string (BYTES) tensors
+    strings: bool = False
     #: parameters it reads as integers >= 0, and parameters with a fixed set of values
     int_parameters: tuple[str, ...] = ()
     choice_parameters: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -84,6 +86,7 @@ REGISTRY: dict[str, BackendInfo] = {
         ("onnx",),
         # fp16 on GPU runs through the TensorRT execution provider (trt_fp16_enable).
         {"KIND_CPU": _p("fp32"), "KIND_GPU": _p("fp32", "fp16")},
+        strings=True,
         int_parameters=_THREADS,
     ),
     "pytorch": BackendInfo(
@@ -105,6 +108,7 @@ REGISTRY: dict[str, BackendInfo] = {
         ("tensorflow",),
         # A SavedModel runs in the types its graph was saved with: no precision switch.
         {"KIND_CPU": _p("fp32"), "KIND_GPU": _p("fp32")},
+        strings=True,
         int_parameters=_THREADS,
     ),
     "openvino": BackendInfo(
@@ -213,16 +217,24 @@ def loads(name: str, model_format: str) -> bool:
     return model_format in REGISTRY[name].formats
 
 
-def candidates(model_format: str, kind: str, gpu: str = "nvidia") -> list[str]:
-    """The backends that load the format and run on the kind, fastest first."""
+def candidates(
+    model_format: str, kind: str, gpu: str = "nvidia", strings: bool = False
+) -> list[str]:
+    """The backends that load the format and run on the kind (and carry string tensors,
+    when the model has some), fastest first."""
     return [
-        name for name in FASTEST[kind] if loads(name, model_format) and runs_on(name, kind, gpu)
+        name
+        for name in FASTEST[kind]
+        if loads(name, model_format)
+        and runs_on(name, kind, gpu)
+        and (REGISTRY[name].strings or not strings)
     ]
 
 
-def fastest(model_format: str, kind: str, gpu: str = "nvidia") -> str | None:
-    """What ``auto`` picks: the fastest backend for the format on the kind, if any."""
-    found = candidates(model_format, kind, gpu)
+def fastest(model_format: str, kind: str, gpu: str = "nvidia", strings: bool = False) -> str | None:
+    """What ``auto`` picks: the fastest backend for the format on the kind (among those that
+    carry string tensors, when the model has some), if any."""
+    found = candidates(model_format, kind, gpu, strings)
     return found[0] if found else None
 
 
