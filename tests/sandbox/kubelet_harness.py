@@ -68,12 +68,13 @@ def pod(
 
 
 class Resolver:
-    """ConfigMaps, Secrets and claims held in dicts (what the store would answer)."""
+    """ConfigMaps, Secrets, claims and Services held here (what the store would answer)."""
 
     def __init__(self) -> None:
         self.config_maps: dict[str, Obj] = {}
         self.secrets: dict[str, Obj] = {}
         self.claims: dict[str, Path] = {}
+        self.service_objects: list[Obj] = []
 
     def config_map(self, namespace: str, name: str) -> Obj | None:
         return self.config_maps.get(name)
@@ -83,6 +84,9 @@ class Resolver:
 
     def claim(self, namespace: str, claim: str) -> Path | None:
         return self.claims.get(claim)
+
+    def services(self, namespace: str) -> list[Obj]:
+        return [s for s in self.service_objects if s["metadata"].get("namespace") == namespace]
 
 
 class Recorder:

@@ -327,6 +327,27 @@ async def test_a_protobuf_body_of_another_kind_is_refused_with_the_json_way(api:
     assert "--dry-run=client -o yaml | kubectl apply -f -" in status["message"]
 
 
+async def test_a_delete_with_protobuf_options_as_helm_sends_them_is_read(api: Api) -> None:
+    """client-go's typed clients (helm removing a release's Secret) send DeleteOptions as
+    protobuf; a foreground propagation policy in them is honoured like its JSON form."""
+
+    def field(number: int, payload: bytes) -> bytes:
+        return bytes([number << 3 | 2, len(payload)]) + payload
+
+    api.store.create(configmap("release"))
+    options = field(4, b"Foreground")
+    envelope = (
+        b"k8s\x00" + field(1, field(1, b"v1") + field(2, b"DeleteOptions")) + field(2, options)
+    )
+    async with api.session.delete(
+        api.url + "/api/v1/namespaces/default/configmaps/release",
+        data=envelope,
+        headers={"Content-Type": "application/vnd.kubernetes.protobuf"},
+    ) as response:
+        assert response.status == 200, await response.text()
+    assert api.store.try_get("v1", "ConfigMap", "default", "release") is None
+
+
 async def test_a_watch_asked_as_a_table_streams_table_rows(api: Api) -> None:
     since = str(api.store.version)
     async with api.session.get(

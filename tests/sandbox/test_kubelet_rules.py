@@ -58,6 +58,9 @@ def test_an_env_entry_sees_only_the_variables_defined_before_it() -> None:
         def claim(self, namespace: str, claim: str) -> None:
             return None
 
+        def services(self, namespace: str) -> list[dict[str, object]]:
+            return []
+
     env = environment.container_env(
         spec, container, pod_ip="127.1.0.2", host_ip="127.0.0.1", resolver=Nothing()
     )
@@ -78,6 +81,73 @@ def test_an_env_entry_sees_only_the_variables_defined_before_it() -> None:
 def _fs(tmp_path: Path, mounts_: list[Obj], **volumes: Volume) -> mounts.ContainerFs:
     container = {"name": "c", "volumeMounts": mounts_}
     return mounts.ContainerFs(container, volumes, tmp_path / "c", {}, read_only_root=False)
+
+
+class _Services:
+    """A resolver that holds Services only."""
+
+    def __init__(self, *services: Obj) -> None:
+        self._services = list(services)
+
+    def config_map(self, namespace: str, name: str) -> None:
+        return None
+
+    def secret(self, namespace: str, name: str) -> None:
+        return None
+
+    def claim(self, namespace: str, claim: str) -> None:
+        return None
+
+    def services(self, namespace: str) -> list[Obj]:
+        return [s for s in self._services if s["metadata"]["namespace"] == namespace]
+
+
+def _service(name: str, namespace: str, ip: str | None, *ports: Obj) -> Obj:
+    spec: Obj = {"ports": list(ports)}
+    if ip is not None:
+        spec["clusterIP"] = ip
+    return {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def test_a_container_gets_the_service_links_the_kubelet_writes_env_wins_over_them() -> None:
+    resolver = _Services(
+        _service(
+            "mlp-model",
+            "ns",
+            "127.9.128.4",
+            {"name": "http", "port": 8000, "protocol": "TCP"},
+            {"name": "grpc", "port": 8001, "protocol": "TCP"},
+        ),
+        _service("headless", "ns", "None", {"name": "http", "port": 80}),
+        _service("elsewhere", "other", "127.9.128.5", {"name": "http", "port": 80}),
+    )
+    pod = {"metadata": {"name": "p", "namespace": "ns"}, "spec": {}}
+    container = {
+        "name": "c",
+        "env": [
+            {"name": "URL", "value": "http://$(MLP_MODEL_SERVICE_HOST):$(MLP_MODEL_SERVICE_PORT)"},
+            {"name": "MLP_MODEL_SERVICE_PORT_GRPC", "value": "9"},
+        ],
+    }
+    env = environment.container_env(
+        pod, container, pod_ip="127.1.0.2", host_ip="127.0.0.1", resolver=resolver
+    )
+    assert env["MLP_MODEL_SERVICE_HOST"] == "127.9.128.4"
+    assert env["MLP_MODEL_SERVICE_PORT"] == "8000"
+    assert env["MLP_MODEL_SERVICE_PORT_HTTP"] == "8000"
+    assert env["MLP_MODEL_SERVICE_PORT_GRPC"] == "9"  # the container's own env wins
+    assert env["MLP_MODEL_PORT"] == "tcp://127.9.128.4:8000"
+    assert env["MLP_MODEL_PORT_8001_TCP"] == "tcp://127.9.128.4:8001"
+    assert env["MLP_MODEL_PORT_8001_TCP_ADDR"] == "127.9.128.4"
+    assert env["MLP_MODEL_PORT_8001_TCP_PORT"] == "8001"
+    assert env["MLP_MODEL_PORT_8001_TCP_PROTO"] == "tcp"
+    assert env["URL"] == "http://127.9.128.4:8000"  # expansion sees them
+    assert not [k for k in env if k.startswith(("HEADLESS_", "ELSEWHERE_"))]
+    pod["spec"]["enableServiceLinks"] = False
+    env = environment.container_env(
+        pod, {"name": "c"}, pod_ip="127.1.0.2", host_ip="127.0.0.1", resolver=resolver
+    )
+    assert env == {}
 
 
 def test_container_paths_translate_to_the_longest_mount_and_above_mount_points(

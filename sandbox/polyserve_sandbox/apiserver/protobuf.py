@@ -3,7 +3,8 @@
 kubectl's typed clients write with ``Content-Type: application/vnd.kubernetes.protobuf``
 (``kubectl create namespace|configmap|secret|serviceaccount|deployment|service|role|
 rolebinding|clusterrole|clusterrolebinding|poddisruptionbudget``); everything else it sends
-(apply, edit, patch, run, expose, delete) is JSON. The envelope is ``k8s\\0`` + a
+(apply, edit, patch, run, expose, delete) is JSON. Helm's typed clients send their
+``DeleteOptions`` (removing a release's Secrets) this way too. The envelope is ``k8s\\0`` + a
 ``runtime.Unknown`` (type meta, raw message); the raw message is decoded here with a table
 of the fields those commands fill, by their protobuf field numbers, into the JSON the same
 command prints with ``--dry-run=client -o json``.
@@ -199,7 +200,20 @@ MESSAGES: dict[str, dict[int, Field]] = {
         3: ("maxUnavailable", "n"),
         4: ("unhealthyPodEvictionPolicy", "s?"),
     },
+    # Not objects: the options client-go's typed clients send with a DELETE (helm's
+    # release Secrets), read by delete_options.
+    "DeleteOptions": {
+        1: ("gracePeriodSeconds", "i?"),
+        2: ("preconditions", "Preconditions"),
+        3: ("orphanDependents", "b?"),
+        4: ("propagationPolicy", "s?"),
+        5: ("dryRun", "S"),
+        6: ("ignoreStoreReadErrorWithClusterBreakingPotential", "b?"),
+    },
+    "Preconditions": {1: ("uid", "s?"), 2: ("resourceVersion", "s?")},
 }
+#: The options a request body may carry instead of an object.
+OPTIONS = frozenset({"DeleteOptions"})
 KINDS = frozenset(
     {
         "Namespace",
@@ -338,8 +352,9 @@ def _int_or_string(data: bytes) -> int | str:
     return text if kind == 1 else number
 
 
-def decode(body: bytes) -> Obj:
-    """A protobuf request body as the JSON object it stands for; 415 when it cannot be read."""
+def decode(body: bytes, kinds: frozenset[str] = KINDS) -> Obj:
+    """A protobuf request body as the JSON object it stands for (one of ``kinds``); 415 when
+    it cannot be read."""
     try:
         if not body.startswith(MAGIC):
             raise _Unsupported("no k8s envelope")
@@ -354,7 +369,7 @@ def decode(body: bytes) -> Obj:
                         kind = item.decode()
             elif number == 2:
                 raw = value
-        if kind not in KINDS:
+        if kind not in kinds:
             raise _Unsupported(f"kind {kind or '?'}")
         return {"kind": kind, "apiVersion": api_version, **_decode(kind, raw)}
     except (_Unsupported, UnicodeDecodeError, ValueError) as exc:

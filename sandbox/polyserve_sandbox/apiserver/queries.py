@@ -106,8 +106,12 @@ class DeleteOptions:
 async def delete_options(request: web.Request) -> DeleteOptions:
     """A ``DeleteOptions`` body, or the same as query parameters."""
     raw = await request.read()
+    content_type = request.headers.get("Content-Type", "application/json").split(";")[0]
     try:
-        body = json.loads(raw) if raw.strip() else {}
+        if "protobuf" in content_type and raw.strip():
+            body = protobuf.decode(raw, protobuf.OPTIONS)
+        else:
+            body = json.loads(raw) if raw.strip() else {}
     except ValueError:
         raise errors.bad_request("the DeleteOptions body is not JSON") from None
     options = body if isinstance(body, dict) else {}

@@ -9,6 +9,13 @@ kubelet does not know them; the runtime adds them under the container's).
 
 A reference that cannot be resolved (a ConfigMap, Secret or key that is not there and not
 ``optional``) is ``CreateContainerConfigError`` with the kubelet's message.
+
+Service links come first (``enableServiceLinks``, on unless the pod says false): for each
+Service of the pod's namespace that has a cluster IP when the container starts,
+``NAME_SERVICE_HOST``, ``NAME_SERVICE_PORT`` (and ``NAME_SERVICE_PORT_PORTNAME``), and the
+Docker-link ``NAME_PORT*`` variables, as the kubelet writes them; ``envFrom`` and ``env``
+override them. A container started again (a restart) gets them anew, so it sees Services
+created since: clients without cluster DNS (the sandbox has none) find Services this way.
 """
 
 from __future__ import annotations
@@ -139,12 +146,46 @@ def _key_ref(
     return sources.text(data[ref["key"]])
 
 
+def _link_name(name: str) -> str:
+    return name.upper().replace("-", "_")
+
+
+def service_links(services: list[Obj]) -> dict[str, str]:
+    """The kubelet's variables for each Service with a cluster IP (headless ones have none)."""
+    env: dict[str, str] = {}
+    for service in sorted(services, key=lambda s: s["metadata"]["name"]):
+        spec = service.get("spec") or {}
+        address = spec.get("clusterIP")
+        ports = spec.get("ports") or []
+        if not address or address == "None" or not ports:
+            continue
+        name = _link_name(service["metadata"]["name"])
+        env[f"{name}_SERVICE_HOST"] = address
+        env[f"{name}_SERVICE_PORT"] = str(ports[0]["port"])
+        for port in ports:
+            if port.get("name"):
+                env[f"{name}_SERVICE_PORT_{_link_name(port['name'])}"] = str(port["port"])
+        first = ports[0]
+        env[f"{name}_PORT"] = f"{first.get('protocol', 'TCP').lower()}://{address}:{first['port']}"
+        for port in ports:
+            protocol = port.get("protocol", "TCP")
+            prefix = f"{name}_PORT_{port['port']}_{protocol.upper()}"
+            env[prefix] = f"{protocol.lower()}://{address}:{port['port']}"
+            env[f"{prefix}_PROTO"] = protocol.lower()
+            env[f"{prefix}_PORT"] = str(port["port"])
+            env[f"{prefix}_ADDR"] = address
+    return env
+
+
 def container_env(
     pod: Obj, container: Obj, *, pod_ip: str, host_ip: str, resolver: sources.Resolver
 ) -> dict[str, str]:
-    """The variables Kubernetes gives a container (``envFrom``, then ``env``), expanded."""
+    """The variables Kubernetes gives a container (service links, ``envFrom``, then
+    ``env``), expanded."""
     namespace = pod.get("metadata", {}).get("namespace", "default")
     env: dict[str, str] = {}
+    if (pod.get("spec") or {}).get("enableServiceLinks", True) is not False:
+        env.update(service_links(resolver.services(namespace)))
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix", "")
         if "configMapRef" in source:

@@ -49,7 +49,7 @@ class IpAllocator(Protocol):
 
 
 class StoreResolver:
-    """ConfigMaps and Secrets from the store; claims from the fleet's configuration."""
+    """ConfigMaps, Secrets and Services from the store; claims from the fleet's configuration."""
 
     def __init__(self, store: apistore.Store, claims: Callable[[str, str], Path | None]):
         self._store, self._claims = store, claims
@@ -62,6 +62,9 @@ class StoreResolver:
 
     def claim(self, namespace: str, claim: str) -> Path | None:
         return self._claims(namespace, claim)
+
+    def services(self, namespace: str) -> list[Obj]:
+        return self._store.list("v1", "Service", namespace)
 
 
 @dataclass

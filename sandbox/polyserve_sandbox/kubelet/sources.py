@@ -1,4 +1,4 @@
-"""How a pod reaches the rest of the cluster: ConfigMaps, Secrets and claims.
+"""How a pod reaches the rest of the cluster: ConfigMaps, Secrets, claims and Services.
 
 The runtime never sees the API server: a ``Resolver`` answers for the objects a pod names
 (the node glue reads them from the store). This module also reads an object's data the way
@@ -26,6 +26,10 @@ class Resolver(Protocol):
 
     def claim(self, namespace: str, claim: str) -> Path | None:
         """The local folder that plays a PersistentVolumeClaim, or None when unbound."""
+        ...
+
+    def services(self, namespace: str) -> list[Obj]:
+        """The namespace's Services, for the variables a container gets about each one."""
         ...
 
 
