@@ -16,7 +16,7 @@ import time
 name = os.environ["MODEL"]
 namespace = os.environ["NAMESPACE"]
 variable = name.upper().replace("-", "_") + "_SERVICE_HOST"
-deadline = time.monotonic() + float(os.environ.get("RESOLVE_SECONDS", "10"))
+deadline = time.monotonic() + float(os.environ.get("RESOLVE_SECONDS", "5"))
 while True:
     if os.environ.get(variable):
         print(f"the Service {name} is at {os.environ[variable]} ({variable})")
