@@ -50,6 +50,11 @@ def _words(values: tuple[str, ...]) -> str:
     return ", ".join(values) if values else "none"
 
 
+def _listed(values: tuple[str, ...], last: str = "and") -> str:
+    """``a, b and c``."""
+    return f" {last} ".join([", ".join(values[:-1]), values[-1]]) if len(values) > 1 else values[0]
+
+
 # What fits where, from the worker's backend registry (through ``render.engines``): the CEL
 # rules below carry these lists as literals, generated, never typed out.
 _ON_POOL = {pool: engines.values_on(pool) for pool in engines.POOLS}
@@ -114,17 +119,14 @@ def _zero(value: Any) -> bool:
 HARDWARE = [
     Rule(
         cel=f"self.pool != 'xeon' || self.backend in {_cel_list(_ON_POOL['xeon'])}",
-        message=(
-            f"on pool xeon hardware.backend is one of {_words(_ON_POOL['xeon'])}; "
-            f"{_words(_ONLY_GPU)} need a GPU: set hardware.pool to gpu"
-        ),
+        message=f"{_listed(_ONLY_GPU)} need a GPU: set hardware.pool to gpu",
         holds=lambda hw: hw.get("pool") != "xeon" or _backend(hw) in _ON_POOL["xeon"],
     ),
     Rule(
         cel=f"self.pool != 'gpu' || self.backend in {_cel_list(_ON_POOL['gpu'])}",
         message=(
-            f"on pool gpu (NVIDIA) hardware.backend is one of {_words(_ON_POOL['gpu'])}; "
-            f"for {_words(_ONLY_XEON)} set hardware.pool to xeon"
+            f"{_listed(_ONLY_XEON)} {'runs' if len(_ONLY_XEON) == 1 else 'run'} on the xeon "
+            f"pool; on gpu (NVIDIA) use {_listed(_ON_POOL['gpu'], 'or')}"
         ),
         holds=lambda hw: hw.get("pool") != "gpu" or _backend(hw) in _ON_POOL["gpu"],
     ),

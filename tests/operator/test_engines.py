@@ -209,11 +209,16 @@ def test_torchscript_keeps_its_file_name_and_its_listed_tensors() -> None:
         ("tensorflow", "xeon", "openvino", "a tensorflow model cannot load on backend openvino"),
         ("tensorflow", "xeon", "openvino", "set hardware.backend to tensorflow or auto"),
         ("pytorch", "gpu", "onnxruntime-cuda", "pytorch files load on pytorch, pytorch-cuda"),
-        ("tensorrt", "xeon", "tensorrt", "tensorrt, onnxruntime-cuda, pytorch-cuda need a GPU"),
+        ("tensorrt", "xeon", "tensorrt", "tensorrt, onnxruntime-cuda and pytorch-cuda need a GPU"),
         ("tensorrt", "xeon", "auto", "no backend loads tensorrt files on pool xeon"),
         ("tensorrt", "xeon", "auto", "set hardware.pool to gpu"),
         ("openvino", "gpu", "auto", "no backend loads openvino files on pool gpu"),
-        ("onnx", "gpu", "openvino", "for openvino set hardware.pool to xeon"),
+        (
+            "onnx",
+            "gpu",
+            "openvino",
+            "openvino runs on the xeon pool; on gpu (NVIDIA) use onnxruntime",
+        ),
     ],
 )
 def test_admission_refuses_a_format_backend_or_pool_that_cannot_load_with_the_fix(

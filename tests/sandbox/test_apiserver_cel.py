@@ -86,7 +86,7 @@ def test_a_name_the_resource_rule_refuses_is_invalid_at_the_root(
 def test_every_broken_rule_is_listed(project: apistore.Store) -> None:
     name = "a" * 64
     hardware = {"pool": "xeon", "backend": "pytorch-cuda", "gpu": {"count": 1}}
-    error = refusal(project, model(name, hardware=hardware))
+    error = refusal(project, model(name, hardware=hardware, modelFormat={"name": "pytorch"}))
     assert [(c["field"], c["message"]) for c in error.details["causes"]] == [
         ("<nil>", f'Invalid value: "object": {rules.RESOURCE[0].message}'),
         *(
@@ -111,7 +111,10 @@ def test_the_sandbox_refuses_exactly_what_the_operators_python_twin_refuses(
     project: apistore.Store, hardware: Obj
 ) -> None:
     broken = rules.broken(rules.HARDWARE, hardware)
-    body = model("twin", hardware=hardware)
+    # A format the backend loads, so only the hardware rules speak (the format rules have
+    # their own twin test below).
+    fmt = "pytorch" if hardware["backend"] == "pytorch-cuda" else "onnx"
+    body = model("twin", hardware=hardware, modelFormat={"name": fmt})
     if not broken:
         project.create(body)
         return
@@ -119,6 +122,38 @@ def test_the_sandbox_refuses_exactly_what_the_operators_python_twin_refuses(
     assert [(c["field"], c["message"]) for c in error.details["causes"]] == [
         ("spec.hardware", f'Invalid value: "object": {message}') for message in broken
     ]
+
+
+FORMATS = [
+    (fmt, {"pool": pool, "backend": backend})
+    for fmt in ("onnx", "tensorrt", "tensorflow")
+    for pool in ("xeon", "gpu")
+    for backend in ("auto", "openvino", "tensorflow", "pytorch-cuda")
+]
+
+
+@pytest.mark.parametrize(("fmt", "hardware"), FORMATS, ids=lambda v: str(v))
+def test_the_sandbox_refuses_a_format_its_backend_cannot_load_as_the_python_twin_does(
+    project: apistore.Store, fmt: str, hardware: Obj
+) -> None:
+    spec_broken = rules.broken(
+        rules.MODEL_FORMAT, {"modelFormat": {"name": fmt}, "hardware": hardware}
+    )
+    hardware_broken = rules.broken(rules.HARDWARE, hardware)
+    body = model("fit", hardware=hardware, modelFormat={"name": fmt})
+    if not spec_broken and not hardware_broken:
+        project.create(body)
+        return
+    error = refusal(project, body)
+    causes = {(c["field"], c["message"]) for c in error.details["causes"]}
+    assert causes == {
+        *(
+            ("spec", f'Invalid value: "object": {r.message}')
+            for r in rules.MODEL_FORMAT
+            if not r.holds({"modelFormat": {"name": fmt}, "hardware": hardware})
+        ),
+        *(("spec.hardware", f'Invalid value: "object": {m}') for m in hardware_broken),
+    }
 
 
 def test_both_rollout_bounds_at_zero_are_refused_whether_numbers_or_percentages(
