@@ -24,6 +24,8 @@
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_FIELD_MANAGER" $settings "fieldManager") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_ANNOTATION_PREFIX" $settings "annotationPrefix") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_STATUS_INTERVAL_SECONDS" $settings "statusIntervalSeconds") }}
+{{- include "polyserve.env" (list "POLYSERVE_OPERATOR_METRICS_ADDR" $settings "metricsAddr") }}
+{{- include "polyserve.env" (list "POLYSERVE_OPERATOR_METRICS_PORT" $settings "metricsPort") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_DEFAULT_SHM_SIZE" $settings "defaultShmSize") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_PRE_STOP_SECONDS" $settings "preStopSeconds") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_WORKER_EXIT_TIMEOUT_SECONDS" $settings "workerExitTimeoutSeconds") }}
