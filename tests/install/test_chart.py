@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from polyserve_operator import chart_values, crds, permissions, settings
+from polyserve_operator import chart_values, crds, generate, permissions, settings
 from tests import helm_support
 from tests.install import rendering, schemas
 
@@ -231,7 +231,10 @@ def test_the_crds_are_templates_so_helm_upgrade_updates_them_and_uninstall_keeps
             and o["metadata"]["name"] == document["metadata"]["name"]
         ]
         assert found["spec"] == document["spec"]
-        assert found["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert found["metadata"]["annotations"] == {
+            "helm.sh/resource-policy": "keep",
+            **generate.KEEP,
+        }
     assert not (rendering.CHART / "crds").exists(), "Helm never upgrades a chart's crds/ folder"
     kinds = {o["kind"] for o in rendered["crds-managed-elsewhere"]}
     assert "CustomResourceDefinition" not in kinds
