@@ -470,3 +470,15 @@ def test_the_defaults_and_every_combination_meet_the_schema() -> None:
     jsonschema.Draft7Validator.check_schema(schema)
     for values in COMBINATIONS.values():
         jsonschema.Draft7Validator(schema).validate(_deep_merge(defaults, values))
+
+
+def test_the_operators_metrics_port_is_declared_as_its_podmonitor_expects(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    """deploy/observability's PodMonitor scrapes the container port named metrics."""
+    ports = {p["name"]: p["containerPort"] for p in _container(rendered["defaults"])["ports"]}
+    assert ports["metrics"] == settings.Settings.model_fields["metrics_port"].default
+    moved = rendering.helm({"settings": {"metricsPort": 9400}})
+    assert {"name": "metrics", "containerPort": 9400} in _container(moved)["ports"]
+    anywhere = rendering.helm({"settings": {"metricsPort": 0}})
+    assert "metrics" not in {p["name"] for p in _container(anywhere)["ports"]}
