@@ -1,7 +1,8 @@
 """Custom resources of other projects against their own schemas, for tests.
 
-kubernetes-validate knows only built-in kinds; the npm packages ``@kubernetes-models/keda``
-and ``@kubernetes-models/karpenter`` carry KEDA's and Karpenter's CRD schemas as compiled
+kubernetes-validate knows only built-in kinds; the npm packages ``@kubernetes-models/keda``,
+``@kubernetes-models/karpenter``, ``@kubernetes-models/argo-cd``, ``@kubernetes-models/flux-cd``
+and ``@kubernetes-models/cert-manager`` carry those projects' CRD schemas as compiled
 validators (``new ScaledObject(obj).validate()`` throws naming the first bad field). They are
 installed once into a cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``, under
 ``polyserve/``) with the machine's npm, and each call validates a batch with one ``node``
@@ -22,12 +23,23 @@ from typing import Any
 
 import pytest
 
-PACKAGES = {"@kubernetes-models/keda": "2.0.0", "@kubernetes-models/karpenter": "2.0.0"}
+PACKAGES = {
+    "@kubernetes-models/keda": "2.0.0",
+    "@kubernetes-models/karpenter": "2.0.0",
+    "@kubernetes-models/argo-cd": "4.0.0",
+    "@kubernetes-models/flux-cd": "4.0.0",
+    "@kubernetes-models/cert-manager": "6.0.0",
+}
 #: apiVersion -> the module that exports its kinds.
 MODULES = {
     "keda.sh/v1alpha1": "@kubernetes-models/keda/keda.sh/v1alpha1",
     "karpenter.sh/v1": "@kubernetes-models/karpenter/karpenter.sh/v1",
     "karpenter.k8s.aws/v1": "@kubernetes-models/karpenter/karpenter.k8s.aws/v1",
+    "argoproj.io/v1alpha1": "@kubernetes-models/argo-cd/argoproj.io/v1alpha1",
+    "helm.toolkit.fluxcd.io/v2": "@kubernetes-models/flux-cd/helm.toolkit.fluxcd.io/v2",
+    "kustomize.toolkit.fluxcd.io/v1": "@kubernetes-models/flux-cd/kustomize.toolkit.fluxcd.io/v1",
+    "source.toolkit.fluxcd.io/v1": "@kubernetes-models/flux-cd/source.toolkit.fluxcd.io/v1",
+    "cert-manager.io/v1": "@kubernetes-models/cert-manager/cert-manager.io/v1",
 }
 INSTALL_TIMEOUT_SECONDS = 300
 
@@ -84,6 +96,11 @@ def _install() -> Path:
         if not script.is_file() or script.read_text() != _SCRIPT:
             script.write_text(_SCRIPT)
     return folder
+
+
+def known(obj: dict[str, Any]) -> bool:
+    """Whether there is a schema here for the object's apiVersion."""
+    return obj.get("apiVersion") in MODULES
 
 
 def errors(*objects: dict[str, Any]) -> list[str | None]:

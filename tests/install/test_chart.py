@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from polyserve_operator import chart_values, crds, generate, permissions, settings
-from tests import helm_support
-from tests.install import rendering, schemas
+from tests import crd_schemas, helm_support
+from tests.install import rendering
 
 Obj = dict[str, Any]
 
@@ -161,13 +161,13 @@ def test_every_rendered_object_is_valid_against_its_own_schema(
     for obj in rendered[combination]:
         if obj["apiVersion"] == "polyserve.io/v1alpha1":
             jsonschema.validate(obj, _crd_schema(obj["kind"]))
-        elif schemas.known(obj):
+        elif crd_schemas.known(obj):
             others.append(obj)
         else:
             for version in ("1.25", "1.33"):
                 kubernetes_validate.validate(obj, version, strict=True)
     if others:
-        schemas.validate(*others)
+        crd_schemas.validate(*others)
 
 
 def _normalized(obj: Obj) -> Obj:

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from polyserve_operator import settings
-from tests import helm_support
-from tests.install import rendering, schemas
+from tests import crd_schemas, helm_support
+from tests.install import rendering
 
 GITOPS = rendering.ROOT / "manifests" / "examples" / "gitops"
 EXAMPLES = sorted(GITOPS.glob("*.yaml"))
@@ -29,8 +29,8 @@ def _documents() -> list[tuple[str, Obj]]:
 
 def test_every_gitops_example_is_valid_against_its_own_projects_schema() -> None:
     documents = [doc for _, doc in _documents()]
-    assert documents and all(schemas.known(doc) for doc in documents)
-    schemas.validate(*documents)
+    assert documents and all(crd_schemas.known(doc) for doc in documents)
+    crd_schemas.validate(*documents)
 
 
 def _chart_values(values: Obj) -> None:
