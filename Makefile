@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # are CPU builds (torch is pinned to its CPU wheel). GPU extras (onnx-gpu, tensorrt) are not.
 EXTRAS := worker,onnx,operator,sandbox,dev,torch,tensorflow,openvino
 
-.PHONY: demo demo-worker test test-all lint crds generate bench models clean venv
+.PHONY: demo demo-worker test test-all lint crds generate bench models clean venv images observability
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -57,6 +57,17 @@ bench: $(STAMP)
 	$(BIN)/python bench/extensions.py --out bench/RESULTS.md
 	$(BIN)/python bench/hardening.py --out bench/RESULTS.md
 	$(BIN)/python bench/sandbox_api.py --out bench/RESULTS.md
+
+# The operator and CPU worker images, built for real with buildah on a local Debian base
+# (root, and apt-get install -y --no-install-recommends buildah debootstrap), then run: the
+# worker serves an inference, the operator renders an example. Sizes go to bench/IMAGES.md.
+# About 15 minutes the first time; slow, so not part of `make test`.
+images: $(STAMP)
+	POLYSERVE_IMAGE_SIZES=bench/IMAGES.md $(BIN)/python -m pytest -m slow -q -p no:cacheprovider tests/images
+
+# deploy/observability/rules.yaml is written from alerts.yaml (a test fails on drift).
+observability: $(STAMP)
+	$(BIN)/python -m tests.observability.rules_file --write
 
 clean:
 	rm -rf $(VENV) examples/models .polyserve-sandbox .pytest_cache .mypy_cache .ruff_cache
