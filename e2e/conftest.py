@@ -233,8 +233,14 @@ def _delete_resources(cluster: Cluster, namespace: str) -> None:
     )
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
-    """Poll ``probe`` until it returns something truthy, or fail after ``timeout`` seconds."""
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float = 30.0,
+    describe: Callable[[], Any] | None = None,
+) -> T:
+    """Poll ``probe`` until it returns something truthy, or fail after ``timeout`` seconds,
+    saying what ``describe`` (if given) shows of the world then."""
     deadline = time.monotonic() + timeout
     last: T | None = None
     while time.monotonic() < deadline:
@@ -242,7 +248,8 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) ->
         if last:
             return last
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last seen: {last!r}")
+    seen = describe() if describe is not None else last
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last seen: {seen!r}")
 
 
 def example(name: str, namespace: str) -> list[dict[str, Any]]:

@@ -39,6 +39,8 @@ class ClosedLoop:
     batches: tuple[int, ...] = (1,)
     clients: int = 2
     reconnect: int = 5
+    pace: float = 0.0
+    """Seconds each client waits between requests (0: closed loop, as fast as answered)."""
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -94,6 +96,8 @@ class ClosedLoop:
                     batch = self.batches[turn % len(self.batches)]
                     turn += 1
                     self._record(self._call(name, module, client, batch))
+                    if self.pace:
+                        self._stop.wait(self.pace)
             finally:
                 client.close()
 

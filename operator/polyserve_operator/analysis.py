@@ -242,4 +242,7 @@ def measure(
         verdict, message = "Inconclusive", "too little traffic: " + "; ".join(unknown)
     else:
         verdict, message = "Successful", f"all {len(values)} metric value(s) within bounds"
-    return {"time": time, "verdict": verdict, "values": values, "message": message}
+    # A value not measured is left out (the message says why): the schema's numbers are not
+    # nullable, and a null inside a list would reach the API server as null.
+    known = {k: v for k, v in values.items() if v is not None}
+    return {"time": time, "verdict": verdict, "values": known, "message": message}

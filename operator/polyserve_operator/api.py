@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from polyserve_worker import config as worker_config
@@ -333,8 +340,9 @@ class Measurement(_Model):
     """When it was taken (RFC 3339)."""
     verdict: Literal["Successful", "Failed", "Inconclusive"]
     """Failed when any metric is out of bounds; Inconclusive when there was too little traffic."""
-    values: dict[str, float | None] | None = None
-    """metric -> canary value (and `stable.<metric>` -> stable's, for relative bounds)."""
+    values: dict[str, float] | None = None
+    """metric -> canary value (and `stable.<metric>` -> stable's, for relative bounds); a
+    metric without enough traffic to measure is left out."""
     message: str = ""
     """Why, in words: which bound, or how many samples were seen vs needed."""
 
@@ -494,6 +502,26 @@ class TierStatus(_Model):
     """The last moves."""
 
 
+class AutoscalerStatus(_Model):
+    """The autoscaler's own view, read from its status."""
+
+    kind: str
+    """HorizontalPodAutoscaler or ScaledObject."""
+    name: str
+    """Its name (the model's)."""
+    active: bool | None = None
+    """Whether it can read its metric and scale (HPA ScalingActive, KEDA Ready); None: it
+    has not said yet."""
+    current_replicas: int | None = None
+    """Replicas it last saw."""
+    desired_replicas: int | None = None
+    """Replicas it wants."""
+    metric: str | None = None
+    """The metric's current value as it reads it (per replica for HPA)."""
+    message: str | None = None
+    """Why it cannot scale, or is limited, in its own words."""
+
+
 class Condition(_Model):
     """A Kubernetes condition (the metav1.Condition shape)."""
 
@@ -555,7 +583,11 @@ class WorkloadStatus(_Model):
     last_failure: Failure | None = None
     """The most recent failure, kept until the resource is Ready again."""
     rollout: RolloutStatus | None = None
-    """The canary rollout (strategy Canary)."""
+    """The canary rollout (strategy Canary, or a move between tiers)."""
+    tier: TierStatus | None = None
+    """Where a tiered model runs, its load, and its last moves."""
+    autoscaler: AutoscalerStatus | None = None
+    """What the autoscaler of spec.scaling says (HPA or KEDA ScaledObject)."""
 
 
 class InferenceModelSpec(_Model):
@@ -565,8 +597,9 @@ class InferenceModelSpec(_Model):
     """Format of the artifact's files."""
     artifact: Artifact
     """Where the model files come from."""
-    hardware: Hardware
-    """Node pool, engine and precision."""
+    hardware: Hardware = Field(default=None)  # type: ignore[assignment]  # filled from tiers
+    """Node pool, engine and precision. With tiers, leave it out: the model runs on the
+    hardware of its current tier."""
     config: worker_config.ModelConfigSpec | None = None
     """The worker's model configuration (Triton config.pbtxt fields: max_batch_size,
     input, output, dynamic_batching, instance_group, parameters, ...). name, platform and
@@ -587,6 +620,26 @@ class InferenceModelSpec(_Model):
     scaling: Scaling | None = None
     """Autoscale replicas between scaling.minReplicas and maxReplicas (replicas is then only
     the starting count)."""
+    tiers: list[Tier] | None = Field(default=None, min_length=2)
+    """Query tiers, cheapest first: the hardware each level of load needs. The model starts
+    on the first and moves between them as its load asks (a move is a canary rollout); with
+    tiers, hardware, replicas and resources come from the current tier."""
+    tiering: Tiering | None = None
+    """When the model moves between its tiers (defaults when unset)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hardware_from_tiers(cls, data: Any) -> Any:
+        """Without hardware the model runs on its first tier's: every use of
+        ``spec.hardware`` sees a profile (the operator renders the current tier's)."""
+        if isinstance(data, dict) and data.get("hardware") is None:
+            tiers = data.get("tiers")
+            if not tiers:
+                raise ValueError("give hardware (or tiers, for a model that moves between them)")
+            first = tiers[0]
+            hardware = first.get("hardware") if isinstance(first, dict) else first.hardware
+            data = {**data, "hardware": hardware}
+        return data
 
 
 class EnsembleStep(_Model):

@@ -64,7 +64,12 @@ class Canaries:
         body: Mapping[str, Any],
         children: observe.Children,
         now: datetime.datetime,
+        *,
+        stable_size: int | None = None,
+        warm: Mapping[str, int] | None = None,
     ) -> Step:
+        """One reconcile. ``stable_size``: the stable revision's own size (a tier move);
+        ``warm``: other revisions to keep running at a size (tiers kept warm)."""
         canary = canaries.canary_of(w)
         assert canary is not None
         rev = workloads.revision(w, self.cfg)
@@ -105,7 +110,11 @@ class Canaries:
         )
         gateway = canaries.routing(w)
         spec = rollout.Spec(
-            canary, _replicas(w, children, stable), rev, gateway=gateway is not None
+            canary,
+            _replicas(w, children, stable),
+            rev,
+            gateway=gateway is not None,
+            stable_size=stable_size,
         )
         plan = rollout.plan(spec, previous or None, obs, now)
         if plan.reset_window and self.prometheus is None:
@@ -116,7 +125,7 @@ class Canaries:
             self._baselines[key] = _Baseline(now, canary_now, stable_now)
         if plan.canary_revision is None:
             self._baselines.pop(key, None)
-        return self._objects(w, plan, children, rev, gateway)
+        return self._objects(w, plan, children, rev, gateway, warm or {})
 
     def _from_prometheus(
         self,
@@ -170,6 +179,7 @@ class Canaries:
         children: observe.Children,
         rev: str,
         gateway: api.GatewayRouting | None,
+        warm: Mapping[str, int],
     ) -> Step:
         desired: list[Obj] = []
         scale: dict[str, int] = {}
@@ -233,11 +243,15 @@ class Canaries:
                 else workloads.revision_name(w, plan.stable_revision)
             )
             desired += scaling.objects(w, w.scaling, target, self.cfg.prometheus.url)
-        doomed = [
-            d
-            for d in children.deployments
-            if observe.revision_of(d) not in running and not d["metadata"].get("deletionTimestamp")
-        ]
+        doomed = []
+        for d in children.deployments:
+            revision = observe.revision_of(d)
+            if revision in running or d["metadata"].get("deletionTimestamp"):
+                continue
+            if revision is not None and revision in warm:
+                scale[d["metadata"]["name"]] = warm[revision]
+            else:
+                doomed.append(d)
         if not plan.canary_revision:
             service = children.present("Service", canaries.canary_service_name(w))
             if service is not None:

@@ -105,6 +105,14 @@ class GatewayApi(_Values):
     trafficRouting.gatewayAPI). false: without Gateway API such rollouts are refused by RBAC."""
 
 
+class Keda(_Values):
+    """KEDA (keda.sh) for spec.scaling with engine KEDA."""
+
+    enabled: bool = True
+    """Let the operator create, read and delete ScaledObjects. false: models with
+    scaling.engine KEDA are refused by RBAC."""
+
+
 class IssuerRef(_Values):
     """A cert-manager Issuer or ClusterIssuer."""
 
@@ -202,6 +210,7 @@ class Values(_Values):
     RoleBinding in each (they must exist) and a read-only ClusterRole for kopf's discovery of
     CRDs and namespaces; the operator runs with POLYSERVE_OPERATOR_NAMESPACES set to them."""
     gateway_api: GatewayApi = Field(default_factory=GatewayApi, alias="gatewayAPI")
+    keda: Keda = Field(default_factory=Keda)
     settings: Obj = Field(default_factory=lambda: json.loads(json.dumps(PINNED_SETTINGS)))
     """The operator's settings (POLYSERVE_OPERATOR_*, nested groups joined with __), camelCase.
     Unset ones keep the operator's defaults, shown here as comments."""

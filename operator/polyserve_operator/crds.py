@@ -82,6 +82,8 @@ def _with_rules(spec: dict[str, Any]) -> dict[str, Any]:
     spec["properties"]["hardware"]["x-kubernetes-validations"] = [
         r.schema() for r in rules.HARDWARE
     ]
+    if "tiers" in spec["properties"]:
+        spec["x-kubernetes-validations"] = [r.schema() for r in rules.MODEL_SPEC]
     if "scaling" in spec["properties"]:
         spec["properties"]["scaling"]["x-kubernetes-validations"] = [
             r.schema() for r in rules.SCALING
@@ -122,12 +124,34 @@ def _condition_column(kind: str) -> list[dict[str, Any]]:
 
 
 def _columns(kind: str) -> list[dict[str, Any]]:
+    tier = {
+        "name": "Tier",
+        "type": "string",
+        "jsonPath": ".status.tier.current",
+        "description": "The query tier a tiered model runs on.",
+    }
     return [
         *_condition_column(kind),
-        {"name": "Backend", "type": "string", "jsonPath": ".spec.hardware.backend"},
-        {"name": "Pool", "type": "string", "jsonPath": ".spec.hardware.pool"},
-        {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+        {
+            "name": "Backend",
+            "type": "string",
+            "jsonPath": ".status.backend",
+            "description": "The backend that serves (what auto picked).",
+        },
+        {
+            "name": "Pool",
+            "type": "string",
+            "jsonPath": ".status.pool",
+            "description": "The node pool its pods are placed on.",
+        },
+        {
+            "name": "Replicas",
+            "type": "integer",
+            "jsonPath": ".status.replicas",
+            "description": "Pods that run (an autoscaler's or a tier's count included).",
+        },
         {"name": "Available", "type": "integer", "jsonPath": ".status.readyReplicas"},
+        *([tier] if kind == "InferenceModel" else []),
         {
             "name": "Rollout",
             "type": "string",

@@ -13,10 +13,11 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kopf
@@ -30,9 +31,11 @@ from polyserve_operator import (
     observe,
     render,
     settings,
+    telemetry,
+    tiering,
     validating,
 )
-from polyserve_operator.render import canaries, placement, workloads
+from polyserve_operator.render import canaries, placement, scaling, workloads
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ class Reconciler:
         self.cfg = cfg
         self.client = client
         self.canaries = canarying.Canaries(cfg)
+        self.tiers = tiering.Tiers(cfg)
 
     def _fail(
         self,
@@ -121,8 +125,18 @@ class Reconciler:
         status.update(
             revision=rev,
             pool=w.hardware.pool,
+            backend=w.backend,
             endpoints=workloads.endpoints(w).model_dump(exclude_none=True),
         )
+        if w.scaling is not None:
+            status["autoscaler"] = self._autoscaler(w)
+            was = (previous.get("autoscaler") or {}).get("active")
+            if status["autoscaler"].get("active") is False and was is not False:
+                kopf.warn(
+                    body,
+                    reason="AutoscalerInactive",
+                    message=status["autoscaler"].get("message") or "the autoscaler cannot scale",
+                )
         if previous.get("revision") != rev:
             kopf.info(body, reason="Rendered", message=f"applied revision {rev}")
         old_ready = {c.get("type"): c.get("status") for c in previous.get("conditions") or []}
@@ -143,7 +157,41 @@ class Reconciler:
         # Only what changed: an unchanged status costs no API call and wakes no watcher.
         for key, value in status.items():
             if previous.get(key) != value:
-                patch.status[key] = value
+                patch.status[key] = replacing(previous.get(key), value)
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        """Drop what is kept in memory for a deleted resource."""
+        if kind == "InferenceModel":
+            self.canaries.forget(namespace, name)
+            self.tiers.forget(namespace, name)
+        telemetry.forget(kind, namespace, name)
+
+    def _drop_autoscalers(self, w: workloads.Workload, desired: list[workloads.Obj]) -> None:
+        """After a spec change: delete an autoscaler the spec no longer asks for (scaling
+        removed, or its engine changed), so it never fights the replicas the operator sets.
+        Autoscalers are not watched, so this is a delete by name (gone already: no error)."""
+        rendered = {o["kind"] for o in desired}
+        for api_version, kind in scaling.ENGINES.values():
+            if kind in rendered:
+                continue
+            try:
+                if self.client.delete(api_version, kind, w.owner.namespace, w.name):
+                    logger.info("deleted %s %s/%s", kind, w.owner.namespace, w.name)
+            except k8s.ApiError as exc:
+                if exc.status not in (403, 404, 405):  # no KEDA CRD, or not granted: none exists
+                    raise kopf.TemporaryError(f"deleting the old {kind}: {exc}", delay=10) from exc
+
+    def _autoscaler(self, w: workloads.Workload) -> dict[str, Any]:
+        """The autoscaler's own status (one read per refresh, for models with spec.scaling)."""
+        assert w.scaling is not None
+        api_version, kind = scaling.ENGINES[w.scaling.engine]
+        try:
+            obj = self.client.get(api_version, kind, w.owner.namespace, w.name)
+        except k8s.ApiError as exc:
+            return {"kind": kind, "name": w.name, "message": f"cannot read it: {exc}"}
+        if obj is None:
+            return {"kind": kind, "name": w.name, "message": "not created yet"}
+        return observe.autoscaler(obj)
 
     def _converge(
         self,
@@ -164,6 +212,8 @@ class Reconciler:
         stale = [] if force else [o for o in desired if _drifted(o, children)]
         self._apply(body, patch, w, desired if force else stale)
         self._clean_up(w, desired, children)
+        if force:
+            self._drop_autoscalers(w, desired)
         self._report(body, patch, w, w.replicas, children.observation())
 
     def _converge_canary(
@@ -174,10 +224,14 @@ class Reconciler:
         children: observe.Children,
         *,
         force: bool,
+        stable_size: int | None = None,
+        warm: Mapping[str, int] | None = None,
     ) -> None:
         """One step of a canary rollout (see ``canarying``): apply what the plan runs, scale
         the older stable revision, delete what it no longer needs, report."""
-        step = self.canaries.step(w, dict(body), children, _now())
+        step = self.canaries.step(
+            w, dict(body), children, _now(), stable_size=stable_size, warm=warm
+        )
         desired = _hand_off(step.desired, children)
         stale = desired if force else [o for o in desired if _drifted(o, children)]
         self._apply(body, patch, w, stale)
@@ -199,11 +253,13 @@ class Reconciler:
         except k8s.ApiError as exc:
             raise kopf.TemporaryError(f"scaling the rollout failed: {exc}", delay=5) from exc
         self._clean_up(w, desired, children)
+        if force:
+            self._drop_autoscalers(w, desired)
         for kind, reason, message in step.plan.events:
             (kopf.info if kind == "Normal" else kopf.warn)(body, reason=reason, message=message)
         previous = (body.get("status") or {}).get("rollout")
         if previous != step.plan.status:
-            patch.status["rollout"] = step.plan.status
+            patch.status["rollout"] = replacing(previous, step.plan.status)
         observation = children.observation(step.stable_deployment)
         self._report(body, patch, w, step.plan.stable_replicas, observation)
 
@@ -218,6 +274,7 @@ class Reconciler:
             for obj in objects:
                 self.client.apply(obj)
         except k8s.ApiError as exc:
+            telemetry.failed(w.owner.kind, "ApplyFailed")
             problem = conditions.Problem("ApplyFailed", f"applying the workload failed: {exc}")
             self._fail(body, patch, problem, desired=w.replicas)
             kopf.warn(body, reason="ApplyFailed", message=str(exc))
@@ -274,7 +331,38 @@ class Reconciler:
         if problems:
             self._invalid_spec(body, patch, "; ".join(problems))
             return
+        if im.spec.tiers:
+            self._converge_tiered(body, patch, im, world, force=force)
+            return
         self._converge(body, patch, render.model_workload(im), world, force=force)
+
+    def _converge_tiered(
+        self,
+        body: kopf.Body,
+        patch: kopf.Patch,
+        im: api.InferenceModel,
+        world: World,
+        *,
+        force: bool,
+    ) -> None:
+        """A tiered model: decide its tier from its load (``tiering``), then run that tier,
+        moving to it by canary when it changed."""
+        children = observe.children(world.indexes, im.metadata.namespace, im.metadata.name)
+        move = self.tiers.plan(im, dict(body), children, _now())
+        for kind, reason, message in move.decision.events:
+            (kopf.info if kind == "Normal" else kopf.warn)(body, reason=reason, message=message)
+        before = (body.get("status") or {}).get("tier")
+        if before != move.decision.status:
+            patch.status["tier"] = replacing(before, move.decision.status)
+        self._converge_canary(
+            body,
+            patch,
+            move.workload,
+            children,
+            force=force,
+            stable_size=move.stable_size,
+            warm=move.warm,
+        )
 
     def ensemble(self, body: kopf.Body, patch: kopf.Patch, world: World, *, force: bool) -> None:
         """Reconcile one InferenceEnsemble (members are re-read every time)."""
@@ -355,6 +443,17 @@ class Reconciler:
             raise kopf.AdmissionError("; ".join(problems), code=422)
 
 
+def replacing(old: Any, new: Any) -> Any:
+    """What a JSON merge patch (kopf's status patch) must carry to turn ``old`` into ``new``:
+    ``new``, with None for every key of a dict that ``new`` dropped (a merge patch leaves a
+    key it does not mention as it was)."""
+    if not isinstance(new, Mapping) or not isinstance(old, Mapping):
+        return new
+    out = {key: replacing(old.get(key), value) for key, value in new.items()}
+    out.update({key: None for key in old if key not in new})
+    return out
+
+
 def _drifted(desired: workloads.Obj, children: observe.Children) -> bool:
     """Whether an owned object is missing or differs from the render in what matters."""
     current = children.present(desired["kind"], desired["metadata"]["name"])
@@ -413,6 +512,18 @@ def _owner_reference(obj: workloads.Obj) -> workloads.Obj:
         "controller": False,
         "blockOwnerDeletion": False,
     }
+
+
+@contextlib.contextmanager
+def _counted(kind: str, body: kopf.Body, patch: kopf.Patch) -> Iterator[None]:
+    """The operator's own metrics around one handler run: its outcome, then the resource's
+    status as it will be once kopf applies the patch."""
+    with telemetry.counted(kind):
+        yield
+    merged = {**dict(body.get("status") or {}), **dict(patch.get("status") or {})}
+    status = {k: v for k, v in merged.items() if v is not None}  # None: deleted by the patch
+    meta = body.get("metadata") or {}
+    telemetry.status(kind, meta.get("namespace", ""), meta.get("name", ""), status)
 
 
 def _spec_changed(operation: str | None, old: kopf.Body | None, new: kopf.Body) -> bool:
@@ -520,24 +631,38 @@ def build(cfg: settings.Settings, client: k8s.Client) -> kopf.OperatorRegistry:
     @kopf.on.create(*MODELS, registry=registry)
     @kopf.on.update(*MODELS, registry=registry)
     def reconcile_model(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
-        reconciler.model(body, patch, World.from_kwargs(kwargs), force=True)
+        with _counted("InferenceModel", body, patch):
+            reconciler.model(body, patch, World.from_kwargs(kwargs), force=True)
 
     @kopf.on.resume(*MODELS, registry=registry)
     @kopf.timer(*MODELS, interval=interval, idle=interval, registry=registry)
     def observe_model(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         # After a restart nothing is re-applied unless it is missing or drifted.
-        reconciler.model(body, patch, World.from_kwargs(kwargs), force=False)
+        with _counted("InferenceModel", body, patch):
+            reconciler.model(body, patch, World.from_kwargs(kwargs), force=False)
 
     @kopf.on.create(*ENSEMBLES, registry=registry)
     @kopf.on.update(*ENSEMBLES, registry=registry)
     def reconcile_ensemble(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
-        reconciler.ensemble(body, patch, World.from_kwargs(kwargs), force=True)
+        with _counted("InferenceEnsemble", body, patch):
+            reconciler.ensemble(body, patch, World.from_kwargs(kwargs), force=True)
 
     @kopf.on.resume(*ENSEMBLES, registry=registry)
     @kopf.timer(*ENSEMBLES, interval=interval, idle=interval, registry=registry)
     def observe_ensemble(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         # Also how an ensemble follows its members: their configs are in the revision.
-        reconciler.ensemble(body, patch, World.from_kwargs(kwargs), force=False)
+        with _counted("InferenceEnsemble", body, patch):
+            reconciler.ensemble(body, patch, World.from_kwargs(kwargs), force=False)
+
+    # Bookkeeping only (optional: no finalizer, deletion never waits on it): the deleted
+    # resource's in-memory state and metric series go with it.
+    @kopf.on.delete(*MODELS, optional=True, registry=registry)
+    def forget_model(namespace: str | None, name: str, **_: Any) -> None:
+        reconciler.forget("InferenceModel", namespace or "", name)
+
+    @kopf.on.delete(*ENSEMBLES, optional=True, registry=registry)
+    def forget_ensemble(namespace: str | None, name: str, **_: Any) -> None:
+        reconciler.forget("InferenceEnsemble", namespace or "", name)
 
     if cfg.webhook.enabled:  # kopf refuses to start with validators and no webhook server
         # Only creation and spec changes are checked: a DELETE, or an UPDATE that only

@@ -266,3 +266,48 @@ class PromQL:
 
 class ApiUnavailable(Exception):
     """A metrics source did not answer; the measurement waits for the next reconcile."""
+
+
+def autoscaler(obj: Mapping[str, Any]) -> Obj:
+    """``status.autoscaler`` from an HPA's or a KEDA ScaledObject's own status.
+
+    An HPA says ``ScalingActive`` False when it cannot read its metric (for a Pods metric:
+    Prometheus Adapter is missing or has no rule for it) and ``ScalingLimited`` True at its
+    bounds; a ScaledObject says ``Ready`` False when its trigger fails and ``Fallback`` True
+    while it runs its fallback replicas."""
+    kind = str(obj.get("kind") or "")
+    status = obj.get("status") or {}
+    conds = {c.get("type"): c for c in status.get("conditions") or []}
+    out: Obj = {"kind": kind, "name": (obj.get("metadata") or {}).get("name", "")}
+
+    def said(kind: str) -> tuple[bool | None, str]:
+        cond = conds.get(kind) or {}
+        state = {"True": True, "False": False}.get(str(cond.get("status")))
+        words = " ".join(str(cond.get(k) or "") for k in ("reason", "message")).strip()
+        return state, f"{kind}: {words}" if words else ""
+
+    if kind == "HorizontalPodAutoscaler":
+        active, why = said("ScalingActive")
+        limited, limit = said("ScalingLimited")
+        out["active"] = active
+        out["currentReplicas"] = status.get("currentReplicas")
+        out["desiredReplicas"] = status.get("desiredReplicas")
+        for metric in status.get("currentMetrics") or []:
+            current = ((metric.get("pods") or metric.get("object") or {}).get("current")) or {}
+            value = current.get("averageValue") or current.get("value")
+            if value is not None:
+                out["metric"] = str(value)
+                break
+        message = why if active is False else (limit if limited else "")
+        if active is False and not status.get("currentMetrics"):
+            message += (
+                " (a Pods metric comes from Prometheus Adapter: install it with the rules in "
+                "manifests/autoscaling/prometheus-adapter-rules.yaml)"
+            )
+        out["message"] = message or None
+    else:
+        ready, why = said("Ready")
+        fallback, fell = said("Fallback")
+        out["active"] = ready
+        out["message"] = (fell if fallback else why if ready is False else "") or None
+    return {k: v for k, v in out.items() if v is not None}

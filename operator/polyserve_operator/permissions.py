@@ -77,8 +77,19 @@ NAMESPACED: tuple[Rule, ...] = (
         "status and drift repair; ConfigMaps of old revisions are handed to their ReplicaSets "
         "or deleted.",
     ),
-    Rule(("",), ("services",), ("list", "watch", "create", "patch")),
-    Rule(("apps",), ("deployments",), ("list", "watch", "create", "patch")),
+    Rule(
+        ("",),
+        ("services",),
+        ("list", "watch", "create", "patch", "delete"),
+        "A canary's own Service goes when its rollout ends.",
+    ),
+    Rule(
+        ("apps",),
+        ("deployments",),
+        ("list", "watch", "create", "patch", "delete"),
+        "Under the Canary strategy and query tiers each revision has a Deployment of its own: "
+        "scaled as traffic moves, deleted once no step needs it.",
+    ),
     Rule(("apps",), ("replicasets",), ("list", "watch")),
     Rule(("policy",), ("poddisruptionbudgets",), ("list", "watch", "create", "patch", "delete")),
     Rule(("",), ("pods",), ("list", "watch")),
@@ -88,6 +99,20 @@ NAMESPACED: tuple[Rule, ...] = (
         ("create", "patch"),
         "Canary rollouts with Gateway API routing: the route whose backend weights move.",
         feature="gatewayAPI.enabled",
+    ),
+    Rule(
+        ("autoscaling",),
+        ("horizontalpodautoscalers",),
+        ("get", "create", "patch", "delete"),
+        "spec.scaling with engine HPA: applied, its status read into the model's, deleted when "
+        "the spec stops asking for it.",
+    ),
+    Rule(
+        ("keda.sh",),
+        ("scaledobjects",),
+        ("get", "create", "patch", "delete"),
+        "spec.scaling with engine KEDA: the same for a ScaledObject.",
+        feature="keda.enabled",
     ),
     Rule(("", "events.k8s.io"), ("events",), ("create", "patch")),
 )

@@ -109,6 +109,9 @@ class Spec:
     """The revision the spec asks for."""
     gateway: bool = False
     """Traffic split by a Gateway API route (exact weights) rather than by replica ratio."""
+    stable_size: int | None = None
+    """The stable revision's own size when it differs from the new one's (a move between
+    query tiers: the tier it leaves keeps its replicas until the move is done)."""
 
 
 def canary_replicas(spec: Spec, weight: int) -> int:
@@ -124,9 +127,10 @@ def canary_replicas(spec: Spec, weight: int) -> int:
 
 
 def stable_replicas(spec: Spec, canary: int) -> int:
+    size = spec.replicas if spec.stable_size is None else spec.stable_size
     if spec.canary.capacity_mode == "InPlace":
-        return max(spec.replicas - canary, 0)
-    return spec.replicas
+        return max(size - canary, 0)
+    return size
 
 
 def _weight_now(step_weights: list[int]) -> int:
@@ -447,10 +451,11 @@ def _promote(
     )
     growing = _run(spec, status, obs, stable, int(status["weight"]), reset=False, events=events)
     shrinking = spec.canary.capacity_mode == "InPlace"
+    size = spec.replicas if spec.stable_size is None else spec.stable_size
     return dataclasses.replace(
         growing,
         canary_replicas=n,
-        stable_replicas=max(spec.replicas - obs.canary_ready, 0) if shrinking else spec.replicas,
+        stable_replicas=max(size - obs.canary_ready, 0) if shrinking else size,
     )
 
 
@@ -477,7 +482,7 @@ def _stay_rolled_back(
         status=status,
         stable_revision=stable,
         canary_revision=spec.revision if keep else None,
-        stable_replicas=spec.replicas,
+        stable_replicas=spec.replicas if spec.stable_size is None else spec.stable_size,
         canary_replicas=1 if keep else 0,
         weight=0,
         target="stable",

@@ -238,6 +238,15 @@ CANARY = [
     ),
 ]
 
+#: Rules on an InferenceModel's ``spec``.
+MODEL_SPEC = [
+    Rule(
+        cel="has(self.hardware) || has(self.tiers)",
+        message="give hardware (or tiers, for a model that moves between them)",
+        holds=lambda spec: "hardware" in spec or "tiers" in spec,
+    ),
+]
+
 #: Rules on ``spec.scaling``.
 SCALING = [
     Rule(

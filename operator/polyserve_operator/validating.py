@@ -87,12 +87,39 @@ def rollout(spec: api.Rollout | None) -> list[str]:
     return problems
 
 
+def _tiers_differ(spec: api.InferenceModelSpec) -> list[str]:
+    """Two tiers on the same hardware are one tier with more replicas (spec.scaling)."""
+    seen: dict[tuple[object, ...], str] = {}
+    problems = []
+    for tier in spec.tiers or []:
+        hw = tier.hardware
+        gpu = (hw.gpu.count, hw.gpu.product) if hw.gpu is not None and hw.pool == "gpu" else None
+        backend = engines.choose(hw.backend, spec.model_format.name, hw.pool) or hw.backend
+        key = (hw.pool, backend, hw.precision, gpu)
+        if key in seen:
+            problems.append(
+                f"tiers {seen[key]} and {tier.name} run on the same hardware ({hw.pool}, "
+                f"{backend}, {hw.precision}): a tier is a hardware profile; for more replicas "
+                "of one, raise its replicas.max or use spec.scaling"
+            )
+        seen.setdefault(key, tier.name)
+    return problems
+
+
 def model(im: api.InferenceModel) -> list[str]:
     """Problems of one InferenceModel."""
     spec = im.spec
     problems = name("InferenceModel", im.metadata.name)
     problems += hardware(spec.hardware, spec.model_format.name)
     problems += rollout(spec.rollout)
+    for tier in spec.tiers or []:
+        problems += [
+            f"tier {tier.name}: {p}" for p in hardware(tier.hardware, spec.model_format.name)
+        ]
+    names = [t.name for t in spec.tiers or []]
+    if len(set(names)) != len(names):
+        problems.append(f"tier names must be unique ({', '.join(names)})")
+    problems += _tiers_differ(spec)
     if spec.scaling is not None:
         problems += rules.broken(
             rules.SCALING, spec.scaling.model_dump(by_alias=True, exclude_none=True)

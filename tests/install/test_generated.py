@@ -41,6 +41,11 @@ def test_the_table_grants_what_the_operator_does_and_no_wildcards() -> None:
         ("polyserve.io", "inferencemodels/status", "patch"),
         ("apps", "deployments", "create"),  # server-side apply of a missing object
         ("apps", "deployments", "patch"),
+        ("apps", "deployments", "delete"),  # a canary's or an old tier's revision
+        ("", "services", "delete"),  # a canary's Service after the rollout
+        ("autoscaling", "horizontalpodautoscalers", "get"),  # its status into the model's
+        ("autoscaling", "horizontalpodautoscalers", "delete"),
+        ("keda.sh", "scaledobjects", "patch"),
         ("apps", "replicasets", "watch"),  # revisions' pods for status
         ("", "configmaps", "delete"),
         ("policy", "poddisruptionbudgets", "delete"),

@@ -143,6 +143,11 @@ CASES = [
         )
     ),
     *(
+        ("spec", rule, spec)
+        for rule in rules.MODEL_SPEC
+        for spec in ({"hardware": {}}, {"tiers": []}, {"hardware": {}, "tiers": []}, {})
+    ),
+    *(
         ("scaling", rule, {k: v for k, v in scaling.items() if v is not None})
         for rule in rules.SCALING
         for scaling in (

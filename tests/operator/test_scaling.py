@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from polyserve_operator import api, render, settings, validating
+from polyserve_operator import api, observe, render, settings, validating
 from polyserve_operator.render import scaling
 from tests import crd_schemas
 
@@ -119,3 +119,104 @@ def test_the_karpenter_node_pools_pass_karpenters_schema() -> None:
     )
     assert [p["metadata"]["name"] for p in pools] == ["gpu", "xeon-amx"]
     crd_schemas.validate(*pools)
+
+
+def _hpa_status(conditions: list[dict[str, str]], **fields: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "ranker"},
+        "status": {"conditions": conditions, **fields},
+    }
+
+
+def test_an_hpa_that_cannot_read_its_metric_says_why_and_where_the_metric_comes_from() -> None:
+    # What kube-controller-manager writes when Prometheus Adapter serves no such metric.
+    hpa = _hpa_status(
+        [
+            {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale"},
+            {
+                "type": "ScalingActive",
+                "status": "False",
+                "reason": "FailedGetPodsMetric",
+                "message": "the HPA was unable to compute the replica count: unable to get metric "
+                "polyserve_inference_rate: unable to fetch metrics from custom metrics API: the "
+                "server could not find the metric polyserve_inference_rate for pods",
+            },
+        ],
+        currentReplicas=1,
+        desiredReplicas=0,
+    )
+    out = observe.autoscaler(hpa)
+    assert out["active"] is False and out["currentReplicas"] == 1
+    assert out["message"].startswith("ScalingActive: FailedGetPodsMetric the HPA was unable")
+    assert "Prometheus Adapter" in out["message"] and "manifests/autoscaling" in out["message"]
+
+
+def test_a_working_hpa_reports_its_replicas_and_the_metric_it_reads() -> None:
+    hpa = _hpa_status(
+        [
+            {"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound"},
+            {
+                "type": "ScalingLimited",
+                "status": "True",
+                "reason": "TooManyReplicas",
+                "message": "the desired replica count is more than the maximum replica count",
+            },
+        ],
+        currentReplicas=4,
+        desiredReplicas=4,
+        currentMetrics=[
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": "polyserve_inference_rate"},
+                    "current": {"averageValue": "183500m"},
+                },
+            }
+        ],
+    )
+    assert observe.autoscaler(hpa) == {
+        "kind": "HorizontalPodAutoscaler",
+        "name": "ranker",
+        "active": True,
+        "currentReplicas": 4,
+        "desiredReplicas": 4,
+        "metric": "183500m",
+        "message": "ScalingLimited: TooManyReplicas the desired replica count is more than the "
+        "maximum replica count",
+    }
+
+
+def test_a_scaled_object_on_its_fallback_says_so() -> None:
+    scaled = {
+        "kind": "ScaledObject",
+        "metadata": {"name": "ranker"},
+        "status": {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "TriggerError",
+                    "message": "prometheus query failed",
+                },
+                {"type": "Active", "status": "False"},
+                {
+                    "type": "Fallback",
+                    "status": "True",
+                    "reason": "FallbackExists",
+                    "message": "At least one trigger is falling back on this scaled object",
+                },
+            ]
+        },
+    }
+    out = observe.autoscaler(scaled)
+    assert out["active"] is False
+    assert out["message"].startswith("Fallback: FallbackExists")
+
+
+def test_an_autoscaler_that_has_said_nothing_yet_is_neither_active_nor_inactive() -> None:
+    assert observe.autoscaler({"kind": "ScaledObject", "metadata": {"name": "x"}}) == {
+        "kind": "ScaledObject",
+        "name": "x",
+    }

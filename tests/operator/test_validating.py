@@ -140,3 +140,50 @@ def test_the_workers_own_graph_rules_catch_a_batch_dimension_mismatch() -> None:
     problems = _problems(members, spec)
     assert "expects shape [-1" in problems
     assert "this ensemble" not in problems
+
+
+def _tiered(tiers: list[dict[str, Any]]) -> str:
+    (doc,) = _docs("tiered.yaml")
+    doc["spec"]["tiers"] = tiers
+    return "; ".join(validating.model(api.InferenceModel.model_validate(doc)))
+
+
+def test_the_tiered_example_is_valid_and_runs_first_on_its_cheapest_tier() -> None:
+    (doc,) = _docs("tiered.yaml")
+    im = api.InferenceModel.model_validate(doc)
+    assert validating.model(im) == []
+    assert im.spec.hardware == im.spec.tiers[0].hardware  # type: ignore[index]
+
+
+def test_a_tier_whose_backend_cannot_load_the_format_is_refused_with_its_name() -> None:
+    problems = _tiered(
+        [
+            {"name": "cpu", "hardware": {"pool": "xeon", "backend": "onnxruntime"}, "capacity": 1},
+            {"name": "tf", "hardware": {"pool": "xeon", "backend": "tensorflow"}, "capacity": 9},
+        ]
+    )
+    assert "tier tf: " in problems and "cannot load on backend tensorflow" in problems
+
+
+def test_two_tiers_on_the_same_hardware_are_refused_with_the_fix() -> None:
+    problems = _tiered(
+        [
+            {"name": "small", "hardware": {"pool": "xeon", "backend": "openvino"}, "capacity": 1},
+            # auto picks OpenVINO for ONNX on Xeon: the same engine under another name.
+            {"name": "big", "hardware": {"pool": "xeon", "backend": "auto"}, "capacity": 9},
+        ]
+    )
+    assert "tiers small and big run on the same hardware" in problems
+    assert "spec.scaling" in problems
+
+
+def test_tier_names_must_be_unique() -> None:
+    xeon = {"pool": "xeon", "backend": "onnxruntime"}
+    bf16 = {"pool": "xeon", "backend": "openvino", "precision": "bf16"}
+    problems = _tiered(
+        [
+            {"name": "x", "hardware": xeon, "capacity": 1},
+            {"name": "x", "hardware": bf16, "capacity": 9},
+        ]
+    )
+    assert "tier names must be unique" in problems

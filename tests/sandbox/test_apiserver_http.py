@@ -267,12 +267,22 @@ async def test_tables_answer_kubectl_get_with_the_real_columns(api: Api) -> None
     assert row["cells"][:4] == ["p", "0/1", "Pending", "0"] and row["cells"][6] == "node-1"
     assert row["object"]["kind"] == "PartialObjectMetadata"
     api.store.create(model("resnet"))
+    api.store.patch(
+        "polyserve.io/v1alpha1",
+        "InferenceModel",
+        "default",
+        "resnet",
+        {"status": {"backend": "openvino", "pool": "xeon", "replicas": 1}},
+        patch_type="merge",
+        subresource="status",
+    )
     _, models, _ = await api.call(
         "GET", "/apis/polyserve.io/v1alpha1/inferencemodels", accept=TABLE
     )
     names = [c["name"] for c in models["columnDefinitions"]]
     assert names[:5] == ["Name", "Ready", "Reason", "Backend", "Pool"]
-    assert models["rows"][0]["cells"][3:6] == ["onnxruntime", "xeon", 1]
+    # The backend that serves (what auto picked), from status.
+    assert models["rows"][0]["cells"][3:6] == ["openvino", "xeon", 1]
 
 
 async def test_logs_scale_and_binding_subresources(api: Api) -> None:

@@ -167,6 +167,9 @@ def test_get_shows_the_printer_columns_of_our_crds(cluster: Cluster) -> None:
             "resnet",
             {
                 "status": {
+                    "backend": "onnxruntime",
+                    "pool": "xeon",
+                    "replicas": 1,
                     "readyReplicas": 1,
                     "conditions": [_ready("Serving")],
                 }

@@ -15,12 +15,15 @@
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [list, watch, create, patch, delete]
+# A canary's own Service goes when its rollout ends.
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, create, patch, delete]
+# Under the Canary strategy and query tiers each revision has a Deployment of its own: scaled as
+# traffic moves, deleted once no step needs it.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [replicasets]
   verbs: [list, watch]
@@ -35,6 +38,17 @@
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes, grpcroutes]
   verbs: [create, patch]
+{{- end }}
+# spec.scaling with engine HPA: applied, its status read into the model's, deleted when the spec
+# stops asking for it.
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, create, patch, delete]
+{{- if .Values.keda.enabled }}
+# spec.scaling with engine KEDA: the same for a ScaledObject.
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [get, create, patch, delete]
 {{- end }}
 - apiGroups: ["", events.k8s.io]
   resources: [events]

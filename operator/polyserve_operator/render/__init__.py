@@ -37,6 +37,7 @@ def model_workload(im: api.InferenceModel) -> workloads.Workload:
         engine_cache=spec.engine_cache,
         rollout=spec.rollout,
         scaling=spec.scaling,
+        backend=modelconfigs.chosen_backend(spec),
     )
 
 
@@ -71,6 +72,7 @@ def ensemble_workload(
         replicas=ie.spec.replicas,
         resources=ie.spec.resources,
         shm_size=ie.spec.shm_size,
+        backend=None if ie.spec.hardware.backend == "auto" else ie.spec.hardware.backend,
     )
 
 

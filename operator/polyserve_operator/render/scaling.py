@@ -17,6 +17,12 @@ from polyserve_operator.render import workloads
 
 Obj = dict[str, Any]
 
+#: Scaling.engine -> (apiVersion, kind) of the autoscaler it renders.
+ENGINES = {
+    "HPA": ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    "KEDA": ("keda.sh/v1alpha1", "ScaledObject"),
+}
+
 #: ScalingMetric.type -> the custom metric Prometheus Adapter serves per pod.
 HPA_METRICS = {
     "InferenceRate": "polyserve_inference_rate",
@@ -84,8 +90,8 @@ def _target(deployment: str) -> Obj:
 def hpa(w: workloads.Workload, scaling: api.Scaling, deployment: str) -> Obj:
     """An autoscaling/v2 HPA on the Pods metric of ``scaling.metric``."""
     return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
+        "apiVersion": ENGINES["HPA"][0],
+        "kind": ENGINES["HPA"][1],
         "metadata": workloads.metadata(w),
         "spec": {
             "scaleTargetRef": _target(deployment),
@@ -139,8 +145,8 @@ def scaled_object(
     if keda.fallback_replicas is not None:
         spec["fallback"] = {"failureThreshold": 3, "replicas": keda.fallback_replicas}
     return {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
+        "apiVersion": ENGINES["KEDA"][0],
+        "kind": ENGINES["KEDA"][1],
         "metadata": workloads.metadata(w),
         "spec": spec,
     }

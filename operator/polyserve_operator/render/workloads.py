@@ -82,6 +82,9 @@ class Workload:
     rollout: api.Rollout | None = None
     scaling: api.Scaling | None = None
     extra_labels: dict[str, str] = field(default_factory=dict)
+    backend: str | None = None
+    """The backend that serves (what ``auto`` picked): status.backend; None when the
+    members of an ensemble each pick their own."""
 
     @property
     def name(self) -> str:
