@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        asyncio.run(serve(args.dir, operator=not args.no_operator))
+        # Absolute: every host path a pod is given must resolve from any working directory.
+        asyncio.run(serve(args.dir.absolute(), operator=not args.no_operator))
         return 0
     parser = argparse.ArgumentParser(prog="python -m polyserve_sandbox")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -249,3 +249,49 @@ async def test_a_memory_empty_dir_lives_in_dev_shm_and_goes_with_the_pod(tmp_pat
         assert not (SHM_ROOT / layout.key).exists()
         assert not layout.volumes.exists() and not layout.containers.exists()
         assert pod_.runtime.logs("show")  # the logs stay until the pod object goes
+
+
+# Lists what is under the claim through the folder above its mount point, as a program that
+# is given that folder (`POLYSERVE_FETCH_PVC_ROOT=/mnt/pvc`) and joins the rest itself does.
+THROUGH_ROOT = """
+import json, os, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+root = sys.argv[1]
+print(json.dumps({'root': root, 'seen': sorted(os.listdir(os.path.join(root, 'store')))}))
+import time; time.sleep(600)
+"""
+
+
+async def test_a_folder_above_a_mount_point_leads_into_the_claim_from_a_relative_fleet_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The default fleet folder is relative (.polyserve-sandbox): every path a container is
+    # given must still resolve from the container's own working directory.
+    monkeypatch.chdir(tmp_path)
+    resolver = Resolver()
+    claim = tmp_path / "claim"
+    (claim / "ranker").mkdir(parents=True)
+    resolver.claims["store"] = claim
+    spec = pod(
+        [
+            container(
+                "show",
+                THROUGH_ROOT,
+                args=["/mnt/pvc"],
+                workingDir="/models",
+                volumeMounts=[
+                    {"name": "models", "mountPath": "/models"},
+                    {"name": "store", "mountPath": "/mnt/pvc/store", "readOnly": True},
+                ],
+            )
+        ],
+        volumes=[
+            {"name": "models", "emptyDir": {}},
+            {"name": "store", "persistentVolumeClaim": {"claimName": "store"}},
+        ],
+    )
+    async with running(spec, Path("pods"), resolver=resolver) as pod_:
+        await pod_.recorder.until(lambda: bool(shown(log(pod_, "show"))))
+        seen = shown(log(pod_, "show"))
+        assert seen["seen"] == ["ranker"]
+        assert Path(str(seen["root"])).is_absolute()

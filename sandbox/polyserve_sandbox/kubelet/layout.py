@@ -28,7 +28,10 @@ def pod_key(pod: dict[str, Any]) -> str:
 class PodLayout:
     def __init__(self, root: Path, pod: dict[str, Any]) -> None:
         self.key = pod_key(pod)
-        self.dir = root / self.key
+        # Absolute: the links that play mount points and the translated paths a container
+        # is given must resolve from any working directory (a relative fleet folder, e.g.
+        # the default .polyserve-sandbox, gave links that pointed nowhere).
+        self.dir = root.absolute() / self.key
         self.volumes = self.dir / "volumes"
         self.containers = self.dir / "containers"
         self.logs = self.dir / "logs"
