@@ -80,12 +80,30 @@ def _container_problems(pod: Obj) -> list[Problem]:
                 # Exited with an error, not yet restarted: already say why.
                 reason = str(terminated.get("reason") or "Error")
                 message = f"pod {name}, container {cs.get('name')} exited: {_exit(terminated)}"
+            elif _retrying(cs):
+                # Between two back-offs the kubelet runs it again: still the same crash loop
+                # until it becomes ready (or an init container exits 0), so Degraded does not
+                # flap with every retry.
+                last = (cs.get("lastState") or {}).get("terminated") or {}
+                reason = "CrashLoopBackOff"
+                message = (
+                    f"pod {name}, container {cs.get('name')}: restarted "
+                    f"{cs.get('restartCount')} time(s), trying again (last exit: {_exit(last)})"
+                )
             else:
                 continue
             if cs.get("name", "").startswith("fetch-"):
                 message += "; the artifact fetch fails: check artifact.uri and its secretRef"
             found.append(Problem(reason, message))
     return found
+
+
+def _retrying(cs: Obj) -> bool:
+    """Running again after an error exit, and not ready yet."""
+    last = (cs.get("lastState") or {}).get("terminated") or {}
+    running = "running" in (cs.get("state") or {})
+    failed_before = last.get("exitCode") not in (None, 0)
+    return running and failed_before and not cs.get("ready") and cs.get("restartCount", 0) > 0
 
 
 def pod_problems(pods: list[Obj], placement_hint: str) -> list[Problem]:

@@ -78,6 +78,39 @@ def test_a_failing_fetch_says_to_check_the_artifact() -> None:
     assert "check artifact.uri" in _conds(status)["Ready"]["message"]
 
 
+def test_a_fetch_running_again_between_back_offs_stays_degraded_until_it_succeeds() -> None:
+    last = {"terminated": {"reason": "Error", "exitCode": 1, "message": "fetch: not found"}}
+    retrying = {
+        "name": "fetch-bert",
+        "state": {"running": {"startedAt": "2026-11-27T12:00:00Z"}},
+        "lastState": last,
+        "restartCount": 2,
+        "ready": False,
+    }
+    pod = _pod(phase="Pending", initContainerStatuses=[retrying])
+    c = _conds(_compute(conditions.Observation(_deployment(ready=0, updated=1, replicas=1), [pod])))
+    assert (c["Degraded"]["status"], c["Degraded"]["reason"]) == ("True", "CrashLoopBackOff")
+    assert "fetch: not found" in c["Degraded"]["message"]
+    assert "check artifact.uri" in c["Degraded"]["message"]
+    done = {**retrying, "state": {"terminated": {"reason": "Completed", "exitCode": 0}}}
+    pod = _pod(phase="Pending", initContainerStatuses=[done])
+    c = _conds(_compute(conditions.Observation(_deployment(ready=0, updated=1, replicas=1), [pod])))
+    assert c["Degraded"]["status"] == "False"
+
+
+def test_a_worker_that_restarted_once_and_is_ready_now_is_no_problem() -> None:
+    worker = {
+        "name": "worker",
+        "state": {"running": {}},
+        "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+        "restartCount": 1,
+        "ready": True,
+    }
+    pod = _pod(phase="Running", containerStatuses=[worker])
+    c = _conds(_compute(conditions.Observation(_deployment(ready=2, updated=2, replicas=2), [pod])))
+    assert c["Ready"]["status"] == "True" and c["Degraded"]["status"] == "False"
+
+
 def test_the_workers_own_last_words_reach_status_the_moment_it_exits() -> None:
     log_tail = (
         "2026-12-01 INFO polyserve_worker: loading 'mlp'\n"
