@@ -10,18 +10,28 @@ nodes:                          # extra nodes for placement tests (pods still ru
 images:                         # more images, tried before the built-in worker images
 - {pattern: "registry.example/tool:*", path: [/opt/tool/bin], entrypoint: [tool]}
 backoff: {initialSeconds: 10, maxSeconds: 300}
+pods: run                       # run: pods are processes; hollow: reported ready, none started
+faults:                         # refused requests and broken watches (apiserver/faults.py)
+  seed: 7
+  rules: [{verbs: [PATCH, APPLY], conflict: 0.05, throttle: 0.05, error: 0.05}]
+  watches: {close: 0.3, expire: 0.3}
 ```
+
+``POLYSERVE_SANDBOX_FAULTS`` (a fault plan as JSON or YAML) replaces ``faults:`` when set;
+``fleet.main`` reads it, nothing else reads the environment.
 """
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from polyserve_sandbox.apiserver import faults as apifaults
 
 
 class _Model(BaseModel):
@@ -76,17 +86,24 @@ class SandboxConfig(_Model):
     backoff: BackoffConfig = Field(default_factory=BackoffConfig)
     machine_node: bool = True
     """Register this machine as the Xeon-pool node (and as a GPU node when it has GPUs)."""
+    pods: Literal["run", "hollow"] = "run"
+    """``run``: pods are real processes; ``hollow``: every node's kubelet reports its pods
+    running and ready without starting anything (``hollow``), to measure the control plane
+    at a scale this machine could not run."""
+    faults: apifaults.FaultPlan | None = None
+    """Faults the API server injects (``apiserver.faults``); none by default."""
 
     def claim(self, namespace: str, claim: str) -> Path | None:
         """The folder that plays a PersistentVolumeClaim, if the config names one."""
         return self.claims.get(f"{namespace}/{claim}") or self.claims.get(claim)
 
 
-def load(path: Path) -> SandboxConfig:
-    """The config in ``path``; defaults when the file does not exist."""
-    if not path.exists():
-        return SandboxConfig()
-    data = yaml.safe_load(path.read_text()) or {}
+def load(path: Path, *, faults: str | None = None) -> SandboxConfig:
+    """The config in ``path`` (defaults when the file does not exist); ``faults``, a fault
+    plan as JSON or YAML (``POLYSERVE_SANDBOX_FAULTS``), replaces the file's."""
+    data = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    if faults:
+        data["faults"] = yaml.safe_load(faults)
     return SandboxConfig.model_validate(data)
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from polyserve_sandbox import config as sandbox_config
-from polyserve_sandbox import defaults, deployments, nodes, scheduling, services
+from polyserve_sandbox import defaults, deployments, hollow, nodes, scheduling, services
 from polyserve_sandbox.apiserver import crds as apicrds
 from polyserve_sandbox.apiserver import http as apihttp
 from polyserve_sandbox.apiserver import store as apistore
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: Longest a pod may take to stop when the whole fleet goes down.
 STOP_GRACE_CAP_SECONDS = 15.0
+#: A fault plan (JSON or YAML) that replaces sandbox.yaml's ``faults:``.
+FAULTS_ENV = "POLYSERVE_SANDBOX_FAULTS"
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,10 @@ class Fleet:
         )
         self.controllers = deployments.Controllers(self.store)
         self.pod_addresses = services.Addresses(pod_range)
-        self.api = apihttp.ApiServer(self.store, host="127.0.0.1", port=cfg.api_port)
-        self.kubelets: list[kubelet_node.Kubelet] = []
+        self.api = apihttp.ApiServer(
+            self.store, host="127.0.0.1", port=cfg.api_port, faults=cfg.faults
+        )
+        self.kubelets: list[kubelet_node.Kubelet | hollow.HollowKubelet] = []
         self.run_operator = operator and cfg.operator.enabled
         self.operator: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -147,6 +151,11 @@ class Fleet:
         images = self._images()
         for spec in self._node_specs():
             self.store.create(nodes.node_object(spec))
+            if self.cfg.pods == "hollow":
+                self.kubelets.append(
+                    hollow.HollowKubelet(self.store, spec.name, ip_allocator=self.pod_addresses)
+                )
+                continue
             kubelet = kubelet_node.Kubelet(
                 self.store,
                 spec.name,
@@ -161,8 +170,8 @@ class Fleet:
         self.controllers.start()
         self.services.start()
         self.gateways.start()
-        for kubelet in self.kubelets:
-            await kubelet.start()
+        for running in self.kubelets:
+            await running.start()
         self.url = await self.api.start()
         apihttp.write_kubeconfig(self.url, self.layout.kubeconfig)
         self._write_state(ready=False)
@@ -236,10 +245,11 @@ class Fleet:
         logger.info("sandbox down")
 
 
-async def serve(folder: Path, *, operator: bool) -> None:
-    """Run a fleet in this process until SIGTERM or SIGINT."""
+async def serve(folder: Path, *, operator: bool, faults: str | None = None) -> None:
+    """Run a fleet in this process until SIGTERM or SIGINT; ``faults`` replaces the
+    config's fault plan (``POLYSERVE_SANDBOX_FAULTS``)."""
     layout = Layout(folder)
-    cfg = sandbox_config.load(layout.config)
+    cfg = sandbox_config.load(layout.config, faults=faults)
     fleet = Fleet(layout, cfg, operator=operator)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -277,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         # Absolute: every host path a pod is given must resolve from any working directory.
-        asyncio.run(serve(args.dir.absolute(), operator=not args.no_operator))
+        faults = os.environ.get(FAULTS_ENV) or None
+        asyncio.run(serve(args.dir.absolute(), operator=not args.no_operator, faults=faults))
         return 0
     parser = argparse.ArgumentParser(prog="python -m polyserve_sandbox")
     commands = parser.add_subparsers(dest="command", required=True)

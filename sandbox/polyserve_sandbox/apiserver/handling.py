@@ -14,6 +14,10 @@ Bodies are JSON or YAML, and protobuf only as ``kubectl create <kind>`` sends it
 (``protobuf``); answers are always JSON. Not served: RBAC and authentication (every request
 is allowed), admission webhooks, aggregated API servers,
 ``exec``/``attach``/``port-forward``, and ``logs -f`` follows nothing (the log as it is).
+
+Every request is counted (``metrics``, served at ``/metrics``), and a fault plan
+(``faults``, off by default; ``GET/PUT/DELETE /sandbox/faults``) may refuse it, lose its
+reply, or break its watch before it is served.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from aiohttp import web
 from polyserve_sandbox.apiserver import (
     discovery,
     errors,
+    faults,
+    metrics,
     openapi,
     queries,
     selectors,
@@ -47,6 +53,12 @@ Obj = dict[str, Any]
 TABLE_TYPE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 _HEALTH = ("/healthz", "/livez", "/readyz")
 _SUCCESS = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+#: The sandbox's own endpoints: never counted, never refused.
+METRICS_PATH = "/metrics"
+FAULTS_PATH = "/sandbox/faults"
+#: Where a request keeps what it asked for (``metrics.Request``), once its path is read.
+_ASKED = web.RequestKey("polyserve.asked", metrics.Request)
+_COUNTED = web.RequestKey("polyserve.counted", bool)
 
 
 def _json(obj: Any, status: int = 200, content_type: str = "application/json") -> web.Response:
@@ -55,7 +67,11 @@ def _json(obj: Any, status: int = 200, content_type: str = "application/json") -
 
 
 def _error(exc: ApiError) -> web.Response:
-    return _json(exc.status_object(), exc.status)
+    response = _json(exc.status_object(), exc.status)
+    retry_after = exc.details.get("retryAfterSeconds")
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def _versioned(obj: Obj, resource: Resource) -> Obj:
@@ -68,22 +84,61 @@ def _versioned(obj: Obj, resource: Resource) -> Obj:
 class Handler:
     """One callable serving every path (routing by hand keeps a request's cost flat)."""
 
-    def __init__(self, store: Store, *, bookmark_interval: float = 30.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        bookmark_interval: float = 30.0,
+        fault_plan: faults.FaultPlan | None = None,
+    ) -> None:
         self.store = store
         self.bookmark_interval = bookmark_interval
+        self.faults = faults.Faults(fault_plan)
+        self.requests = metrics.Requests()
         self.watches: set[asyncio.Task[Any]] = set()
         self.closing = asyncio.Event()  # set when the server stops: open watches end
         self._openapi: tuple[int, dict[str, bytes]] | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path.rstrip("/")
+        if path == METRICS_PATH:
+            return web.Response(
+                text=metrics.exposition(self.requests, self.faults.injected),
+                content_type="text/plain",
+            )
+        if path == FAULTS_PATH:
+            return await self._fault_plan(request)
         try:
-            return await self._serve(request)
+            response = await self._serve(request)
         except ApiError as exc:
             logger.debug("%s %s: %s", request.method, request.path_qs, exc.message)
-            return _error(exc)
+            response = _error(exc)
         except Exception as exc:
             logger.exception("%s %s failed", request.method, request.path_qs)
-            return _error(ApiError(500, "InternalError", f"Internal error occurred: {exc}"))
+            response = _error(ApiError(500, "InternalError", f"Internal error occurred: {exc}"))
+        if not request.get(_COUNTED):
+            self.requests.count(request.get(_ASKED) or metrics.Request("GET"), response.status)
+        return response
+
+    async def _fault_plan(self, request: web.Request) -> web.Response:
+        """``GET``: the plan and what it injected; ``PUT``: a new plan (its generator
+        seeded afresh); ``DELETE``: no faults."""
+        if request.method == "PUT":
+            try:
+                plan = faults.FaultPlan.model_validate_json(await request.read())
+            except ValueError as exc:
+                return _error(errors.bad_request(f"not a fault plan: {exc}"))
+            self.faults = faults.Faults(plan)
+        elif request.method == "DELETE":
+            self.faults = faults.Faults()
+        elif request.method != "GET":
+            return _error(errors.method_not_allowed())
+        injected = [
+            {"verb": verb, "resource": resource, "fault": fault, "count": count}
+            for (verb, resource, fault), count in sorted(self.faults.injected.items())
+        ]
+        plan_document = self.faults.plan.model_dump(mode="json", by_alias=True)
+        return _json({"plan": plan_document, "injected": injected})
 
     # -- routing -------------------------------------------------------------------------
 
@@ -120,6 +175,36 @@ class Handler:
         return await self._dispatch(request, target)
 
     async def _dispatch(self, request: web.Request, target: Target) -> web.StreamResponse:
+        method = request.method
+        query = request.query
+        resource = target.resource
+        named = target.name is not None
+        verb = metrics.verb(
+            method,
+            named=named,
+            watch=target.watch or queries.flag(query.get("watch")),
+            apply=request.headers.get("Content-Type", "").startswith("application/apply-patch"),
+        )
+        request[_ASKED] = metrics.Request(
+            verb,
+            resource.group,
+            resource.version,
+            resource.plural,
+            target.subresource or "",
+            metrics.scope(named=named, namespace=target.namespace),
+        )
+        refusal = self.faults.refusal(
+            verb, resource.plural, resource.group, target.subresource, target.name
+        )
+        if refusal is not None:
+            raise refusal
+        response = await self._verb(request, target)
+        lost = self.faults.lost_reply(verb, resource.plural, target.subresource)
+        if lost is not None and response.status < 400:
+            raise lost
+        return response
+
+    async def _verb(self, request: web.Request, target: Target) -> web.StreamResponse:
         method = request.method
         query = request.query
         if method == "GET" and target.subresource != "binding":
@@ -226,7 +311,10 @@ class Handler:
     async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
         query = request.query
         resource = target.resource
-        timeout = queries.integer(request, "timeoutSeconds")
+        timeout: float | None = queries.integer(request, "timeoutSeconds")
+        lifetime = self.faults.lifetime(resource.plural)
+        if lifetime is not None:  # closed early, as by a restart or an idle timeout
+            timeout = max(0.01, min(lifetime, timeout or lifetime))
         stream = watching.events(
             self.store,
             resource,
@@ -251,6 +339,19 @@ class Handler:
         )
         response.enable_chunked_encoding()
         await response.prepare(request)
+        # Counted as it starts (it may end only when the client goes, cancelled).
+        self.requests.count(request[_ASKED], 200)
+        request[_COUNTED] = True
+        resuming = (
+            bool(version) and version != "0" and not queries.flag(query.get("sendInitialEvents"))
+        )
+        if self.faults.expired(resource.plural, resuming):
+            await stream.aclose()
+            gone = errors.expired(int(str(version)), self.store.log.last + 1)
+            line = json.dumps({"type": "ERROR", "object": gone.status_object()}) + "\n"
+            await response.write(line.encode())
+            await response.write_eof()
+            return response
         task = asyncio.current_task()
         if task is not None:
             self.watches.add(task)

@@ -8,6 +8,9 @@ does is ``handling``'s.
     http.write_kubeconfig(url, path)      # any token is accepted
     ...
     await server.stop()
+
+``faults`` sets or replaces the fault plan (``faults.FaultPlan``; None: no faults) and
+``requests`` holds the request counts that ``/metrics`` serves.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from pathlib import Path
 import yaml
 from aiohttp import web
 
-from polyserve_sandbox.apiserver import handling
+from polyserve_sandbox.apiserver import faults as apifaults
+from polyserve_sandbox.apiserver import handling, metrics
 from polyserve_sandbox.apiserver.store import Store
 
 CONTEXT = "polyserve-sandbox"
@@ -35,13 +39,30 @@ class ApiServer:
         port: int = 0,
         *,
         bookmark_interval: float = 30.0,
+        faults: apifaults.FaultPlan | None = None,
     ) -> None:
         self.store = store
         self.host = host
         self.port = port
         self.url = ""
-        self._handler = handling.Handler(store, bookmark_interval=bookmark_interval)
+        self._handler = handling.Handler(
+            store, bookmark_interval=bookmark_interval, fault_plan=faults
+        )
         self._runner: web.AppRunner | None = None
+
+    @property
+    def faults(self) -> apifaults.Faults:
+        """The fault plan at work, and what it injected."""
+        return self._handler.faults
+
+    @faults.setter
+    def faults(self, plan: apifaults.FaultPlan | None) -> None:
+        self._handler.faults = apifaults.Faults(plan)
+
+    @property
+    def requests(self) -> metrics.Requests:
+        """Every request served so far, counted as ``/metrics`` shows them."""
+        return self._handler.requests
 
     async def start(self) -> str:
         """Listen; returns the URL (``http://host:port``, the port chosen when 0)."""
