@@ -49,6 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from polyserve_worker import fetching
 
         return fetching.configure_main(argv[1:])
+    if argv and argv[0] == "tune":
+        try:
+            from polyserve_worker.tuning import cli as tuning_cli
+        except ImportError as exc:
+            print(f"polyserve-worker tune: pip install 'polyserve[tune]' ({exc})", file=sys.stderr)
+            return 2
+        return tuning_cli.main(argv[1:])
     try:
         settings = settings_from(argv)
     except ValidationError as exc:
