@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from polyserve_worker import config as model_config
-from polyserve_worker.tuning import cli, hardware, loadgen, measuring, searching, space
+from polyserve_worker.tuning import cli, flags, hardware, loadgen, measuring, searching, space
 from tests.worker import models
 
 BUNDLED_LIKE = """\
@@ -37,17 +37,17 @@ def repository(tmp_path: Path) -> Path:
 
 
 def test_budgets_read_as_durations() -> None:
-    assert cli.seconds("30s") == 30
-    assert cli.seconds("10m") == 600
-    assert cli.seconds("1h30m") == 5400
-    assert cli.seconds("45") == 45
+    assert flags.seconds("30s") == 30
+    assert flags.seconds("10m") == 600
+    assert flags.seconds("1h30m") == 5400
+    assert flags.seconds("45") == 45
     for bad in ("", "10 minutes", "m"):
         with pytest.raises(Exception, match="duration"):
-            cli.seconds(bad)
+            flags.seconds(bad)
 
 
 def test_the_jobs_command_line_comes_from_the_tuners_own_function() -> None:
-    rendered = cli.args(
+    rendered = flags.args(
         model_repository="/models",
         model="mlp",
         slo_p95_ms=50,
@@ -59,12 +59,12 @@ def test_the_jobs_command_line_comes_from_the_tuners_own_function() -> None:
         result_file="/dev/termination-log",
     )
     assert rendered[0] == "tune"
-    parsed = cli.parser().parse_args(rendered[1:])
+    parsed = flags.parser().parse_args(rendered[1:])
     assert (parsed.model, parsed.slo_p95_ms, parsed.budget) == ("mlp", 50, 600)
     assert parsed.config_pbtxt == BUNDLED_LIKE
     assert parsed.result_file == Path("/dev/termination-log")
     with pytest.raises(SystemExit):
-        cli.args(
+        flags.args(
             model_repository="/models",
             model="mlp",
             slo_p95_ms=50,

@@ -138,7 +138,11 @@ def test_the_outputs_are_a_config_pbtxt_a_config_block_a_result_and_two_reports(
         "report.html",
         "report.txt",
         "result.json",
+        "trials.json",
     ]
+    trials = json.loads((tmp_path / "trials.json").read_text())
+    assert [t["state"] for t in trials] == ["measured", "measured", "pruned"]
+    assert trials[1]["candidate"]["precision"] == "bf16" and len(trials[1]["points"]) == 4
     config = model_config.parse_pbtxt((tmp_path / "config.pbtxt").read_text())
     model_config.validate(config)
     assert (config.name, config.backend, config.max_batch_size) == ("mlp", "openvino", 16)
@@ -151,7 +155,12 @@ def test_without_a_config_meeting_the_slo_only_the_report_and_result_are_written
     tmp_path: Path,
 ) -> None:
     written = reporting.write(outcome(with_winner=False), tmp_path)
-    assert sorted(p.name for p in written) == ["report.html", "report.txt", "result.json"]
+    assert sorted(p.name for p in written) == [
+        "report.html",
+        "report.txt",
+        "result.json",
+        "trials.json",
+    ]
     assert "no config met p95 <= 50 ms" in (tmp_path / "report.txt").read_text()
     assert json.loads((tmp_path / "result.json").read_text())["capacity"] is None
 

@@ -8,7 +8,8 @@ the repository, loads the config once so the worker completes it (inputs, output
 builds the space of that completed config for this hardware, searches it within the budget,
 and writes the outputs (``reporting``). ``--result-file`` also writes the summary there: a
 tuning Job points it at its termination message, which is how the operator reads the result.
-``args`` renders this command line for the operator's Job, so the flags have one owner.
+``flags.args`` renders this command line for the operator's Job, so the flags have one
+owner.
 Exit status: 0 with a winner, 1 when no config met the SLO, 2 when nothing could be tuned.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -26,6 +26,7 @@ from typing import Any, TextIO
 from polyserve_worker import backends, errors
 from polyserve_worker import config as model_config
 from polyserve_worker.tuning import (
+    flags,
     hardware,
     loadgen,
     measuring,
@@ -35,108 +36,9 @@ from polyserve_worker.tuning import (
     space,
 )
 
-#: Budget syntax: 30s, 10m, 1h30m (as the InferenceModel's durations).
-DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-#: Shortest budget worth starting: a worker start, one load and a few windows.
-MIN_BUDGET_S = 10.0
-
 
 class TuneError(Exception):
     """Nothing could be tuned; the message says why and what to change."""
-
-
-def seconds(text: str) -> float:
-    """``10m`` -> 600.0; a bare number is seconds."""
-    text = text.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    found = DURATION.match(text)
-    if not text or found is None:
-        raise argparse.ArgumentTypeError(f"expected a duration such as 30s, 10m or 1h30m: {text!r}")
-    hours, minutes, secs = (int(g) if g else 0 for g in found.groups())
-    return float(hours * 3600 + minutes * 60 + secs)
-
-
-def parser(prog: str = "polyserve tune") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=(
-            "Find the model config with the highest throughput whose p95 latency meets the "
-            "SLO on this machine: a real worker, the benchmarks' load generator, an Optuna "
-            "search within the budget."
-        ),
-    )
-    p.add_argument("--model-repository", type=Path, required=True, help="Triton-layout folder")
-    p.add_argument("--model", required=True, help="the model to tune (a folder of the repository)")
-    p.add_argument("--slo-p95-ms", type=float, required=True, help="p95 latency bound (ms)")
-    p.add_argument("--budget", type=seconds, default=600.0, help="time for the whole run (10m)")
-    p.add_argument("--output", type=Path, required=True, help="folder for the config and report")
-    p.add_argument(
-        "--protocol",
-        choices=sorted(measuring.PROTOCOLS),
-        default="grpc",
-        help="how clients call the model: grpc, http (binary tensors) or http-json",
-    )
-    p.add_argument(
-        "--hardware",
-        default="",
-        help=(
-            "what to hold fixed: pool=xeon|gpu, backend=NAME|auto, precision=fp32|bf16|fp16|auto "
-            "(comma-separated; unset: this machine, every backend and precision it runs)"
-        ),
-    )
-    p.add_argument(
-        "--config-pbtxt",
-        help="the model's config (Triton's text format) instead of the one in its folder",
-    )
-    p.add_argument(
-        "--tolerance",
-        type=float,
-        default=0.01,
-        help="largest output difference from fp32 a lower precision may make, relative to "
-        "the largest fp32 output (0.01)",
-    )
-    p.add_argument("--window", type=float, help="seconds measured per concurrency (by budget)")
-    p.add_argument("--max-trials", type=int, help="stop after this many trials")
-    p.add_argument(
-        "--grid", action="store_true", help="measure every candidate of the space (no sampler)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
-    p.add_argument("--result-file", type=Path, help="also write the summary JSON here")
-    return p
-
-
-def args(
-    *,
-    model_repository: str,
-    model: str,
-    slo_p95_ms: float,
-    budget: str,
-    output: str,
-    protocol: str = "grpc",
-    hardware_: str = "",
-    config_pbtxt: str | None = None,
-    result_file: str | None = None,
-) -> list[str]:
-    """The ``polyserve-worker`` arguments of one tuning run (the operator's Job renders its
-    container through this, never as literals)."""
-    rendered = [
-        "tune",
-        f"--model-repository={model_repository}",
-        f"--model={model}",
-        f"--slo-p95-ms={slo_p95_ms:g}",
-        f"--budget={budget}",
-        f"--output={output}",
-        f"--protocol={protocol}",
-    ]
-    if hardware_:
-        rendered.append(f"--hardware={hardware_}")
-    if config_pbtxt is not None:
-        rendered.append(f"--config-pbtxt={config_pbtxt}")
-    if result_file is not None:
-        rendered.append(f"--result-file={result_file}")
-    parser().parse_args(rendered[1:])  # what the tuner would refuse fails here
-    return rendered
 
 
 def _plan(budget_s: float, window: float | None) -> measuring.RampPlan:
@@ -167,8 +69,8 @@ def _format(model_dir: Path, config: Any) -> str:
 
 def tune(a: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     began = time.monotonic()
-    if a.budget < MIN_BUDGET_S:
-        raise TuneError(f"--budget {a.budget:g}s: at least {MIN_BUDGET_S:g}s")
+    if a.budget < flags.MIN_BUDGET_S:
+        raise TuneError(f"--budget {a.budget:g}s: at least {flags.MIN_BUDGET_S:g}s")
     model_dir = a.model_repository / a.model
     if not model_dir.is_dir():
         raise TuneError(f"no model folder {model_dir}")
@@ -199,7 +101,7 @@ def tune(a: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         metadata = worker.metadata(a.model)
         inputs = measuring.request_inputs(metadata, completed.max_batch_size > 0)
         outputs = [o["name"] for o in metadata.get("outputs") or []]
-        mode = measuring.PROTOCOLS[a.protocol]
+        mode = flags.PROTOCOLS[a.protocol]
         load = loadgen.LoadSpec(
             url=worker.grpc if mode == "grpc" else worker.http,
             mode=mode,
@@ -220,6 +122,7 @@ def tune(a: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             seed=a.seed,
             max_trials=a.max_trials,
             candidates=tuple(the_space.grid()) if a.grid else None,
+            prune_ratio=0.0 if a.grid else 0.5,  # a grid measures every candidate whole
         )
         search = searching.Search(a.model, the_space, worker, load, plan, watch)
         trials = search.run()
@@ -249,7 +152,7 @@ def tune(a: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def main(
     argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr
 ) -> int:
-    a = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    a = flags.parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return tune(a, out, err)
     except (

@@ -40,8 +40,6 @@ logger = logging.getLogger(__name__)
 CONCURRENCIES = (1, 2, 4, 8, 16, 32, 64, 128)
 #: A window whose throughput is not this much above the best before it ends the ramp.
 SATURATED_GAIN = 1.05
-#: Protocol names of the command line -> the load generator's modes.
-PROTOCOLS = {"grpc": "grpc", "http": "http-binary", "http-json": "http-json"}
 
 
 class MeasureError(Exception):

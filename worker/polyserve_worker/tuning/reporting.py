@@ -2,6 +2,7 @@
 
 - ``config.pbtxt``: the winner, Triton's text format, ready for the model's directory;
 - ``inferencemodel-config.yaml``: the same as the InferenceModel's ``spec.config`` block;
+- ``trials.json``: every trial, when it started and what it measured;
 - ``result.json``: the capacity per replica at the SLO, the hardware, the winner's tuned fields
   (``summary``: small enough for a Kubernetes termination message, 4096 bytes, which is how a
   tuning Job hands it to the operator);
@@ -16,7 +17,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,24 @@ def summary(outcome: Outcome) -> dict[str, Any]:
         found["config"] = None  # the numbers matter most; the report has the config
         found["message"] = "the config did not fit the termination message: see report.txt"
     return found
+
+
+def history(o: Outcome) -> list[dict[str, Any]]:
+    """Every trial, in order: when it started, what it tried, what it measured (trials.json)."""
+    return [
+        {
+            "trial": t.number,
+            "startedS": round(t.started_s, 2),
+            "seconds": round(t.seconds, 2),
+            "state": t.state,
+            "label": t.label,
+            "candidate": asdict(t.candidate),
+            "capacity": round(t.capacity, 1),
+            "points": [asdict(p) for p in t.curve.points],
+            "note": t.note,
+        }
+        for t in o.trials
+    ]
 
 
 def pareto(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -372,6 +391,7 @@ def write(o: Outcome, folder: Path) -> list[Path]:
         written.append(path)
     for name, content in (
         ("result.json", json.dumps(summary(o), indent=2) + "\n"),
+        ("trials.json", json.dumps(history(o), indent=1) + "\n"),
         ("report.txt", text(o)),
         ("report.html", page(o)),
     ):

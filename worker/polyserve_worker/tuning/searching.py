@@ -51,6 +51,7 @@ class Trial:
     verdict: guarding.Verdict | None = None
     label: str = ""  # "your config" for the model's own
     seconds: float = 0.0
+    started_s: float = 0.0  # since the search began
 
     def best(self, slo_ms: float) -> measuring.Point | None:
         return self.curve.best(slo_ms)
@@ -155,6 +156,7 @@ class Search:
         self._seen: dict[space.Candidate, Trial] = {}
         self._reference: list[dict[str, Any]] | None = None
         self._sample = guarding.sample(load.tensors())
+        self._began = clock()
 
     def run(self) -> list[Trial]:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -206,7 +208,9 @@ class Search:
             if earlier.state == PRUNED:
                 raise optuna.TrialPruned()
             return earlier.capacity
-        record = Trial(number=len(self.trials), candidate=candidate)
+        record = Trial(
+            number=len(self.trials), candidate=candidate, started_s=self.clock() - self._began
+        )
         if not self.trials and self.plan.candidates is None:
             record.label = "your config"
         self.trials.append(record)
