@@ -3,13 +3,16 @@
 Registered as admission hooks on the store, so objects written by kubectl, the operator or a
 controller read back as they would from a real cluster: a Deployment has its strategy,
 revision history limit and progress deadline; a Pod its restart policy, grace period,
-termination message path and phase. Only the fields something here reads are defaulted.
+termination message path and phase; a Job its counts, selector and pod labels. Only the
+fields something here reads are defaulted.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from polyserve_sandbox import jobs
+from polyserve_sandbox.apiserver import errors
 from polyserve_sandbox.apiserver import store as apistore
 
 Obj = dict[str, Any]
@@ -70,8 +73,45 @@ def replica_set(operation: str, new: Obj, old: Obj | None) -> None:
     pod_spec(spec.setdefault("template", {}).setdefault("spec", {}))
 
 
+def job(operation: str, new: Obj, old: Obj | None) -> None:
+    """A Job's counts, its selector and its pods' labels. The selector matches the job-name
+    label: a real server selects by controller-uid, which this one assigns only after
+    admission (the Job controller puts it on every pod it creates)."""
+    if operation != "CREATE":
+        return
+    spec = new.setdefault("spec", {})
+    spec.setdefault("parallelism", 1)
+    spec.setdefault("completions", 1)
+    spec.setdefault("backoffLimit", 6)
+    spec.setdefault("completionMode", "NonIndexed")
+    spec.setdefault("suspend", False)
+    name = new["metadata"].get("name", "")
+    template = spec.setdefault("template", {})
+    labels = template.setdefault("metadata", {}).setdefault("labels", {})
+    labels.setdefault(jobs.JOB_NAME, name)
+    labels.setdefault(jobs.LEGACY_JOB_NAME, name)
+    spec.setdefault("selector", {"matchLabels": {jobs.JOB_NAME: name}})
+    restart = template.setdefault("spec", {}).get("restartPolicy")
+    if restart not in ("Never", "OnFailure"):
+        raise errors.invalid(
+            "Job",
+            "batch",
+            name,
+            [
+                errors.Cause(
+                    "spec.template.spec.restartPolicy",
+                    f'Unsupported value: "{restart or "Always"}": supported values: '
+                    '"OnFailure", "Never"',
+                    "FieldValueNotSupported",
+                )
+            ],
+        )
+    pod_spec(template["spec"])
+
+
 def register(store: apistore.Store) -> None:
     """Add every defaulting hook to ``store``."""
     store.add_admission("v1", "Pod", pod)
     store.add_admission("apps/v1", "Deployment", deployment)
     store.add_admission("apps/v1", "ReplicaSet", replica_set)
+    store.add_admission("batch/v1", "Job", job)

@@ -1,5 +1,5 @@
-"""One fleet: the API server, nodes, scheduler, controllers, Services, Gateways, kubelets and
-the operator.
+"""One fleet: the API server, nodes, scheduler, controllers (Deployments, ReplicaSets, Jobs),
+Services, Gateways, kubelets and the operator.
 
 Everything but the operator and the pods runs in this process on one event loop; the
 operator is the real ``polyserve-operator`` process, talking to the API server through the
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from polyserve_sandbox import config as sandbox_config
-from polyserve_sandbox import defaults, deployments, hollow, nodes, scheduling, services
+from polyserve_sandbox import defaults, deployments, hollow, jobs, nodes, scheduling, services
 from polyserve_sandbox.apiserver import crds as apicrds
 from polyserve_sandbox.apiserver import http as apihttp
 from polyserve_sandbox.apiserver import store as apistore
@@ -105,6 +105,7 @@ class Fleet:
             self.store, claim_exists=lambda ns, claim: cfg.claim(ns, claim) is not None
         )
         self.controllers = deployments.Controllers(self.store)
+        self.jobs = jobs.JobController(self.store)
         self.pod_addresses = services.Addresses(pod_range)
         self.api = apihttp.ApiServer(
             self.store, host="127.0.0.1", port=cfg.api_port, faults=cfg.faults
@@ -168,6 +169,7 @@ class Fleet:
             self.kubelets.append(kubelet)
         self.scheduler.start()
         self.controllers.start()
+        self.jobs.start()
         self.services.start()
         self.gateways.start()
         for running in self.kubelets:
@@ -235,6 +237,7 @@ class Fleet:
         await self._stop_operator()
         await self.scheduler.stop()
         await self.controllers.stop()
+        await self.jobs.stop()
         for kubelet in self.kubelets:
             await kubelet.stop(grace_cap=STOP_GRACE_CAP_SECONDS)
         await self.gateways.stop()

@@ -2,8 +2,8 @@
 Kubernetes 1.3x server (what ``kubectl api-resources`` shows there).
 
 Served with behaviour: Namespace, Pod (+status, log, binding), Service (+status), Deployment
-and ReplicaSet (+status, scale), ConfigMap and Secret (immutable, stringData), Node,
-CustomResourceDefinition. Stored only (no controller acts on them here): Endpoints,
+and ReplicaSet (+status, scale), Job (+status), ConfigMap and Secret (immutable, stringData),
+Node, CustomResourceDefinition. Stored only (no controller acts on them here): Endpoints,
 EndpointSlice, ServiceAccount, Events, PodDisruptionBudget, Lease, RBAC, webhook
 configurations, HorizontalPodAutoscaler, ReferenceGrants. The Gateway API's GatewayClass,
 Gateway, HTTPRoute and GRPCRoute are served as their CRDs serve them (names, categories,
@@ -94,6 +94,7 @@ RESOURCES: tuple[Resource, ...] = (
         categories=ALL,
         subresources=frozenset({"status", "scale"}),
     ),
+    _of("batch", "v1", "Job", "jobs", categories=ALL, subresources=STATUS),
     _of("events.k8s.io", "v1", "Event", "events", short_names=("ev",)),
     _of("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
     _of(
