@@ -141,6 +141,16 @@ class Tiers:
                 return self._last.get(key, tiers.Load(None))
             return _load_of(sample, 60.0)
         pods = observe.scrape(children.pods, im.metadata.name, workloads.METRICS_PORT)
+        ready = {
+            p["metadata"]["name"]
+            for p in children.pods
+            if observe.pod_ready(p) and (p.get("status") or {}).get("podIP")
+        }
+        if ready - set(pods):
+            # A ready pod did not answer (a busy pod's /metrics can time out): a rate without
+            # its traffic would read as the load falling, and its whole counter would count
+            # as new next time. Keep the last reading; measure again at the next refresh.
+            return self._last.get(key, tiers.Load(None))
         before = self._readings.get(key)
         if before is None:
             self._readings[key] = _Reading(now, pods)

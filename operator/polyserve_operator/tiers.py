@@ -6,7 +6,8 @@ SLO (its capacity). ``decide`` reads the previous ``status.tier``, the model's q
 and p95 latency now, and the time, and returns the tier the model should be on:
 
 - up one tier when the rate stays above ``promoteAbove`` x the current tier's capacity (all
-  its replicas), or the p95 above the SLO, for ``promoteAfter``;
+  its replicas), or the p95 above the SLO while the tier is loaded (the rate at least
+  ``demoteBelow`` x its capacity), for ``promoteAfter``;
 - down one tier when the rate stays below ``demoteBelow`` x the lower tier's capacity for
   ``demoteAfter``;
 - never two moves within ``minDwell``, one move at a time, and a move that cannot get its pods
@@ -135,10 +136,15 @@ def _wants_up(tiers: Sequence[api.Tier], tiering: api.Tiering, current: int, loa
     if current + 1 >= len(tiers):
         return False
     busy = load.rate is not None and load.rate > tiering.promote_above * capacity(tiers[current])
+    # A slow p95 asks for more hardware only under load: at a trickle (below the share of the
+    # tier's capacity that would let it move down) a slow request is a cold start, a big
+    # input or a noisy neighbour, which a bigger tier would not fix.
+    loaded = load.rate is not None and load.rate >= tiering.demote_below * capacity(tiers[current])
     slow = (
         tiering.latency_slo_ms is not None
         and load.p95_ms is not None
         and load.p95_ms > tiering.latency_slo_ms
+        and loaded
     )
     return busy or slow
 

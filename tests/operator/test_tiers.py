@@ -85,11 +85,22 @@ def test_a_spike_shorter_than_promote_after_is_ignored() -> None:
     assert d.target == 0
 
 
-def test_a_broken_latency_slo_asks_for_the_next_tier_too() -> None:
+def test_a_broken_latency_slo_under_load_asks_for_the_next_tier_too() -> None:
     d = step(None, 10, 0)
-    d = tiers.decide(TIERS, TIERING, d.status, tiers.Load(10, p95_ms=80), at(601))
-    d = tiers.decide(TIERS, TIERING, d.status, tiers.Load(10, p95_ms=80), at(662))
+    # 60 req/s: under promoteAbove (80) but loaded (at least demoteBelow x 100), and slow.
+    d = tiers.decide(TIERS, TIERING, d.status, tiers.Load(60, p95_ms=80), at(601))
+    d = tiers.decide(TIERS, TIERING, d.status, tiers.Load(60, p95_ms=80), at(662))
     assert d.target == 1
+    assert "p95 80.0 ms" in d.status["moves"][-1]["reason"]
+
+
+def test_a_slow_p95_at_a_trickle_moves_nothing() -> None:
+    # 2 req/s on a tier that serves 100: slow answers are not load; more hardware would not
+    # make them faster.
+    d = step(None, 2, 0)
+    for t in range(601, 1200, 30):
+        d = tiers.decide(TIERS, TIERING, d.status, tiers.Load(2, p95_ms=400), at(t))
+        assert d.target == 0 and "upSince" not in d.status
 
 
 def _on_bf16(t: float = 700) -> tiers.Decision:
