@@ -20,9 +20,12 @@ from tests.worker import models
 from tests.worker.conftest import RunningWorker, StartWorker
 
 
-@pytest.fixture
-def simple(tmp_path: Path, start_worker: StartWorker) -> RunningWorker:
-    return start_worker(models.triton_repository(tmp_path))
+@pytest.fixture(params=["native", "aio"])
+def simple(
+    request: pytest.FixtureRequest, tmp_path: Path, start_worker: StartWorker
+) -> RunningWorker:
+    """A worker on each gRPC transport (--grpc-transport): both pass every test here."""
+    return start_worker(models.triton_repository(tmp_path), grpc_transport=request.param)
 
 
 def inputs_for(a: np.ndarray, b: np.ndarray) -> list[grpcclient.InferInput]:

@@ -210,9 +210,15 @@ def grpc_request(model: str, datatype: str, shape: list[int], **contents: Any) -
     return request
 
 
-@pytest.fixture
-def stub(worker: RunningWorker) -> pb_grpc.GRPCInferenceServiceStub:
-    return pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(worker.grpc))
+@pytest.fixture(params=["native", "aio"])
+def stub(
+    request: pytest.FixtureRequest, repo: Path, start_worker: StartWorker
+) -> pb_grpc.GRPCInferenceServiceStub:
+    """A client of a worker on each gRPC transport (--grpc-transport)."""
+    served = start_worker(
+        repo, model_control_mode="explicit", load_model=("*",), grpc_transport=request.param
+    )
+    return pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(served.grpc))
 
 
 @pytest.mark.parametrize("key", ["timeout", "priority"])

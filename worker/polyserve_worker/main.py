@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import signal
 import sys
 from collections.abc import Sequence
+from multiprocessing import connection
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,8 +25,8 @@ def settings_from(argv: Sequence[str]) -> WorkerSettings:
     return worker_settings.parse(argv)
 
 
-async def _run(settings: WorkerSettings) -> None:
-    worker = server.Worker(settings)
+async def _run(settings: WorkerSettings, rank: int = 0) -> None:
+    worker = server.Worker(settings, rank=rank)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -63,19 +65,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = " (give --model-repository DIR or set POLYSERVE_MODEL_REPOSITORY)" if missing else ""
         print(f"polyserve-worker: invalid settings{hint}:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if settings.log_verbose:
-        logging.getLogger("polyserve_worker.batching").setLevel(logging.DEBUG)
+    _configure_logging(settings)
     if not settings.model_repository.is_dir():
         print(
             f"polyserve-worker: model repository {settings.model_repository} is not a directory",
             file=sys.stderr,
         )
         return 2
+    if settings.workers > 1:
+        if 0 in (settings.http_port, settings.grpc_port):
+            print("polyserve-worker: --workers above 1 needs fixed ports", file=sys.stderr)
+            return 2
+        return _supervise(settings)
+    return _serve(settings)
+
+
+def _configure_logging(settings: WorkerSettings) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if settings.log_verbose:
+        logging.getLogger("polyserve_worker.batching").setLevel(logging.DEBUG)
+
+
+def _serve(settings: WorkerSettings, rank: int = 0) -> int:
     try:
-        _event_loop_runner()(_run(settings))
+        _event_loop_runner()(_run(settings, rank))
     except server.StartupError as exc:
         # The last line of the log: Kubernetes shows it as the termination message
         # (terminationMessagePolicy: FallbackToLogsOnError) and the operator in status.
@@ -87,6 +102,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+def _child(settings: WorkerSettings, rank: int) -> None:
+    """One of ``--workers`` processes (started with spawn: nothing of the parent's gRPC or
+    event loop state is inherited)."""
+    _configure_logging(settings)
+    sys.exit(_serve(settings, rank))
+
+
+def _supervise(settings: WorkerSettings) -> int:
+    """Run ``settings.workers`` serving processes on the same ports (SO_REUSEPORT) and
+    stay in front of them as the container's main process: SIGTERM and SIGINT are passed
+    on, each drains as a single worker does; when one exits on its own, the rest are
+    stopped and the exit status is the first one's, so the pod restarts as a whole."""
+    spawn = multiprocessing.get_context("spawn")
+    children = [
+        spawn.Process(target=_child, args=(settings, rank), name=f"polyserve-worker-{rank}")
+        for rank in range(settings.workers)
+    ]
+    signalled = False
+
+    def stop_all() -> None:
+        for child in children:
+            if child.pid is not None and child.exitcode is None:
+                child.terminate()  # SIGTERM: the child drains
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal signalled
+        signalled = True
+        stop_all()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for child in children:
+        child.start()
+    logger.info("started %d worker processes on shared ports", len(children))
+    failed: int | None = None
+    running = list(children)
+    while running:
+        connection.wait([child.sentinel for child in running])
+        for child in [c for c in running if c.exitcode is not None]:
+            running.remove(child)
+            if not signalled and failed is None:
+                logger.error("%s exited with %s; stopping the others", child.name, child.exitcode)
+                failed = child.exitcode or 1
+                stop_all()
+    if failed is not None:
+        return failed
+    return 0 if all(child.exitcode == 0 for child in children) else 1
 
 
 def _event_loop_runner() -> Any:

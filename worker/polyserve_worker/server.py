@@ -52,8 +52,12 @@ class Worker:
         settings: WorkerSettings,
         clock: clocks.Clock | None = None,
         extra_backends: Mapping[str, base.Backend] | None = None,
+        rank: int = 0,
     ) -> None:
         self.settings = settings
+        #: Which of ``settings.workers`` processes this is; only the first serves metrics
+        #: on the metrics port (the others on a free port each, logged at start).
+        self.rank = rank
         self.repository = repository.Repository(
             settings.model_repository,
             clock,
@@ -80,8 +84,7 @@ class Worker:
         self._time = clocks.MonotonicClock()
         self._http: tuple[web.AppRunner, web.TCPSite] | None = None
         self._metrics: tuple[web.AppRunner, web.TCPSite] | None = None
-        self._grpc: Any = None
-        self._servicer: grpc_transport.InferenceServicer | None = None
+        self._grpc: grpc_transport.Front | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         #: Poll mode: each loaded model's files (names, sizes, mtimes) when it last loaded.
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
@@ -92,9 +95,15 @@ class Worker:
         http = rest.RestServer(self.core, s.http_max_input_size, s.http_body_timeout_secs)
         self._http = await self._serve(http.app, s.http_port, s.http_idle_timeout_secs)
         self.http_port = _port(self._http[1], s.http_port)
-        self._grpc, self._servicer, self.grpc_port = grpc_transport.create_server(
-            self.core, f"{s.host}:{s.grpc_port}", s.http_max_input_size, s.max_stream_in_flight
+        self._grpc = grpc_transport.create_front(
+            self.core,
+            f"{s.host}:{s.grpc_port}",
+            s.http_max_input_size,
+            s.max_stream_in_flight,
+            s.grpc_transport,
+            reuse_port=s.workers > 1,
         )
+        self.grpc_port = self._grpc.port
         await self._grpc.start()
         registry = metrics.registry_for(
             lambda: [v.stats for v in self.repository.loaded()], self.mirror.tallies
@@ -106,12 +115,14 @@ class Worker:
 
         metrics_app = web.Application()
         metrics_app.router.add_get("/metrics", scrape)
-        self._metrics = await self._serve(metrics_app, s.metrics_port, s.http_idle_timeout_secs)
-        self.metrics_port = _port(self._metrics[1], s.metrics_port)
+        metrics_port = s.metrics_port if self.rank == 0 else 0
+        self._metrics = await self._serve(metrics_app, metrics_port, s.http_idle_timeout_secs)
+        self.metrics_port = _port(self._metrics[1], metrics_port)
         logger.info(
-            "serving HTTP on %d, gRPC on %d, metrics on %d",
+            "serving HTTP on %d, gRPC on %d (%s), metrics on %d",
             self.http_port,
             self.grpc_port,
+            self._grpc.name,
             self.metrics_port,
         )
         if s.mirror_config is not None:
@@ -120,6 +131,11 @@ class Worker:
         self.core.started = True
         if s.model_control_mode == "poll":
             self._spawn(self._poll(), "repository-poll")
+
+    @property
+    def grpc_transport(self) -> str:
+        """What serves the gRPC port (``native`` or ``aio``), once started."""
+        return self._grpc.name if self._grpc is not None else ""
 
     async def _serve(
         self, app: web.Application, port: int, idle_timeout: float
@@ -137,7 +153,9 @@ class Worker:
             shutdown_timeout=self._tail(),
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.host, port, reuse_port=False)
+        # With --workers, the processes share the HTTP port; the kernel spreads connections.
+        shared = self.settings.workers > 1 and port != 0
+        site = web.TCPSite(runner, self.settings.host, port, reuse_port=shared)
         await site.start()
         return runner, site
 
@@ -209,8 +227,8 @@ class Worker:
         if self._http is not None:
             await self._http[1].stop()  # no new connections; the open ones are served
         grpc_stopped = None
-        if self._grpc is not None and self._servicer is not None:
-            grpc_stopped = await self._servicer.quiesce(self._grpc, timeout)
+        if self._grpc is not None:
+            grpc_stopped = await self._grpc.stop(timeout)
         if self.core.started:  # a failed start has no clients to wait for
             await self._drain(deadline - self._tail())
         self.core.stopping.set()

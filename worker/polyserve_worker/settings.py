@@ -194,6 +194,31 @@ class WorkerSettings(BaseSettings):
             "restart. Unset: no mirroring."
         ),
     )
+    grpc_transport: Literal["auto", "native", "aio"] = Field(
+        default="auto",
+        description=(
+            "What serves the gRPC port. native: HTTP/2 in Rust threads outside the GIL "
+            "(PyPI pygrpc-native, in the worker extra), calls handed to Python in batches: "
+            "about half the worker CPU per small inference of aio. aio: grpc.aio, the fallback. "
+            "auto: native where it is installed. ModelStreamInfer is served by grpc.aio "
+            "either way (the native front forwards it in-process). Unlike aio, native reads a "
+            "message over --http-max-input-size whole (gRPC allows up to 4 GiB) before it "
+            "refuses it RESOURCE_EXHAUSTED: choose aio where untrusted clients reach the port."
+        ),
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description=(
+            "Worker processes serving the same ports (SO_REUSEPORT: the kernel spreads "
+            "connections over them), each with its own event loop, batcher and model "
+            "instances; use one per core or two the pod may use. Batches form per process, "
+            "so more processes also mean smaller batches at the same load. The metrics port "
+            "serves the first process's metrics (the others log their own port at start); "
+            "a statistics request describes the process that answered it."
+        ),
+    )
     log_verbose: int = Field(default=0, ge=0, description="1 logs each batch and why it closed.")
 
 

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -515,21 +515,90 @@ def _size_of(request: Any) -> int:
     return size
 
 
-def create_server(
-    core: dataplane.DataPlane, address: str, max_message_size: int, max_stream_in_flight: int = 64
-) -> tuple[grpc.aio.Server, InferenceServicer, int]:
-    """A started-later gRPC server bound to ``address``; returns it, its servicer (which
-    shuts it down: ``quiesce``) and the bound port."""
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_message_size),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
-    servicer = InferenceServicer(core, max_stream_in_flight)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise errors.ServerError(f"cannot bind gRPC to {address}")
-    return server, servicer, port
+class Front(Protocol):
+    """One gRPC port of the worker, whatever serves its HTTP/2 (``aio`` here, ``native`` in
+    ``grpc_native``). ``stop`` begins the shutdown and returns the task that ends it: the
+    worker drains between the two (server.py)."""
+
+    #: ``native`` or ``aio``: what ``--grpc-transport`` resolved to.
+    name: str
+    port: int
+    servicer: InferenceServicer
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float) -> asyncio.Task[None]: ...
+
+
+class AioFront:
+    """The port on grpc.aio: gRPC core's HTTP/2 in C, each completion through Python."""
+
+    name = "aio"
+
+    def __init__(
+        self,
+        core: dataplane.DataPlane,
+        address: str,
+        max_message_size: int,
+        max_stream_in_flight: int = 64,
+        reuse_port: bool = False,
+    ) -> None:
+        # No interceptors and no maximum_concurrent_rpcs: each costs Python per call.
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message_size),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", int(reuse_port)),
+            ]
+        )
+        self.servicer = InferenceServicer(core, max_stream_in_flight)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
+        self.port: int = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise errors.ServerError(f"cannot bind gRPC to {address}")
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace: float) -> asyncio.Task[None]:
+        return await self.servicer.quiesce(self.server, grace)
+
+
+#: What ``--grpc-transport`` may name.
+TRANSPORTS = ("auto", "native", "aio")
+
+
+def native_available() -> bool:
+    """Whether the native front (PyPI pygrpc-native, in the worker extra) is installed."""
+    try:
+        import pygrpc_native  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def create_front(
+    core: dataplane.DataPlane,
+    address: str,
+    max_message_size: int,
+    max_stream_in_flight: int = 64,
+    transport: str = "auto",
+    reuse_port: bool = False,
+) -> Front:
+    """A bound, not yet started gRPC port. ``auto`` is ``native`` where pygrpc-native is
+    installed, else ``aio``; ``native`` without it is a startup error."""
+    if transport == "auto":
+        transport = "native" if native_available() else "aio"
+    if transport == "native":
+        if not native_available():
+            raise errors.ServerError(
+                "--grpc-transport=native needs pygrpc-native (pip install 'polyserve[worker]')"
+            )
+        from polyserve_worker.transport import grpc_native
+
+        return grpc_native.NativeFront(
+            core, address, max_message_size, max_stream_in_flight, reuse_port
+        )
+    if transport != "aio":
+        raise errors.ServerError(f"unknown gRPC transport {transport!r}; one of {TRANSPORTS}")
+    return AioFront(core, address, max_message_size, max_stream_in_flight, reuse_port)

@@ -1,0 +1,171 @@
+"""What serves the gRPC port (--grpc-transport) and several processes on one port (--workers).
+
+test_grpc.py and test_limits.py run every gRPC test on both fronts; this file covers what
+only the choice itself and the scaling out add.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+from tritonclient.utils import InferenceServerException
+
+from polyserve_worker import main, settings
+from polyserve_worker.transport import grpc as grpc_transport
+from tests.worker import models
+from tests.worker.conftest import StartWorker
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_auto_serves_grpc_on_the_native_front_where_it_is_installed(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    assert grpc_transport.native_available()
+    worker = start_worker(models.triton_repository(tmp_path))
+    assert worker.worker.grpc_transport == "native"
+    aio = start_worker(models.triton_repository(tmp_path / "aio"), grpc_transport="aio")
+    assert aio.worker.grpc_transport == "aio"
+
+
+def test_the_operator_renders_the_front_and_process_flags_as_the_worker_parses_them() -> None:
+    args = settings.to_args({"grpc_transport": "native", "workers": 4})
+    assert args == ["--grpc-transport=native", "--workers=4"]
+    parsed = settings.parse(["--model-repository", "/m", *args])
+    assert (parsed.grpc_transport, parsed.workers) == ("native", 4)
+    with pytest.raises(ValueError):
+        settings.to_args({"grpc_transport": "tonic"})
+    with pytest.raises(ValueError):
+        settings.to_args({"workers": 0})
+
+
+@pytest.mark.parametrize("transport", ["native", "aio"])
+def test_a_message_over_the_size_limit_is_refused_and_the_connection_keeps_serving(
+    tmp_path: Path, start_worker: StartWorker, transport: str
+) -> None:
+    worker = start_worker(
+        models.triton_repository(tmp_path),
+        grpc_transport=transport,
+        http_max_input_size=1 << 20,
+    )
+    channel = grpc.insecure_channel(worker.grpc, options=[("grpc.max_send_message_length", -1)])
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    request = pb.ModelInferRequest(model_name="simple")
+    for name in ("INPUT0", "INPUT1"):
+        request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+        request.raw_input_contents.append(np.ones(16, np.int32).tobytes())
+    too_big = pb.ModelInferRequest()
+    too_big.CopyFrom(request)
+    too_big.raw_input_contents[0] = b"\0" * (2 << 20)
+    with pytest.raises(grpc.RpcError) as failure:
+        stub.ModelInfer(too_big, timeout=10)
+    assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    answer = stub.ModelInfer(request, timeout=10)
+    np.testing.assert_array_equal(np.frombuffer(answer.raw_output_contents[0], "<i4"), [2] * 16)
+
+
+def test_garbage_instead_of_a_request_is_invalid_argument_on_the_native_front(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    worker = start_worker(models.triton_repository(tmp_path), grpc_transport="native")
+    channel = grpc.insecure_channel(worker.grpc)
+    call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    with pytest.raises(grpc.RpcError) as failure:
+        call(b"\xff\xff\xff\xff", timeout=10)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert grpcclient.InferenceServerClient(worker.grpc).is_server_ready()
+
+
+def test_workers_above_one_need_fixed_ports(tmp_path: Path) -> None:
+    argv = ["--model-repository", str(tmp_path), "--workers", "2", "--http-port", "0"]
+    assert main.main(argv) == 2
+
+
+def metrics_ports(log: Path) -> list[int]:
+    return [int(port) for port in re.findall(r"metrics on (\d+)", log.read_text())]
+
+
+def inferences(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(r'^nv_inference_count\{[^}]*model="simple"[^}]*\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_two_worker_processes_share_both_ports_and_stop_together(tmp_path: Path) -> None:
+    repo = models.triton_repository(tmp_path / "repo")
+    http, grpc_port, metrics = free_port(), free_port(), free_port()
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "polyserve_worker.main",
+                "--model-repository",
+                str(repo),
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                str(http),
+                "--grpc-port",
+                str(grpc_port),
+                "--metrics-port",
+                str(metrics),
+                "--workers",
+                "2",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: len(metrics_ports(log)) == 2, "both processes to serve")
+        assert metrics in metrics_ports(log)  # the first process keeps the metrics port
+        inputs = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+        for tensor in inputs:
+            tensor.set_data_from_numpy(np.ones((1, 16), np.int32))
+
+        def both_served() -> bool:
+            # Each new connection lands on either process (SO_REUSEPORT).
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            try:
+                client.infer("simple", inputs)
+            except InferenceServerException as exc:
+                assert "not ready (LOADING)" in str(exc)  # that process is still starting
+            finally:
+                client.close()
+            return all(inferences(port) > 0 for port in metrics_ports(log))
+
+        wait_for(both_served, "inferences on both processes")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
