@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # are CPU builds (torch is pinned to its CPU wheel). GPU extras (onnx-gpu, tensorrt) are not.
 EXTRAS := worker,onnx,operator,sandbox,dev,torch,tensorflow,openvino
 
-.PHONY: demo demo-worker test test-all lint crds generate bench models clean venv images observability
+.PHONY: demo demo-worker test test-all lint crds generate bench bench-peers models clean venv images observability
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -57,6 +57,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/extensions.py --out bench/RESULTS.md
 	$(BIN)/python bench/hardening.py --out bench/RESULTS.md
 	$(BIN)/python bench/sandbox_api.py --out bench/RESULTS.md
+
+# Our worker and Triton (tritonserver from the nvidia-pytriton wheel, fetched into
+# ~/.cache/polyserve-peers) side by side on the same models and load; waits for a quiet
+# machine (1-min load < 0.5) first. About 15 minutes; not part of `make test`.
+bench-peers: $(STAMP)
+	$(BIN)/python bench/peers.py --out bench/RESULTS.md
 
 # The operator and CPU worker images, built for real with buildah on a local Debian base
 # (root, and apt-get install -y --no-install-recommends buildah debootstrap), then run: the
