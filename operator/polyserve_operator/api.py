@@ -432,9 +432,9 @@ class Tier(_Model):
     """Node pool, engine and precision on this tier."""
     replicas: ReplicaBounds = Field(default_factory=ReplicaBounds)
     """Pods on this tier."""
-    capacity: float = Field(ge=0.001)
-    """Requests per second one replica serves at the latency SLO (declared; measure it with
-    polyserve tune)."""
+    capacity: float | None = Field(default=None, ge=0.001)
+    """Requests per second one replica serves at the latency SLO. Unset: the one spec.tuning
+    measured on this tier (status.tuning); give one or the other."""
     resources: Resources | None = None
     """Requests and limits on this tier (spec.resources when unset)."""
 
@@ -500,6 +500,72 @@ class TierStatus(_Model):
     """When the move under way started."""
     moves: list[TierMove] | None = None
     """The last moves."""
+    capacities: dict[str, float] | None = None
+    """Tier name -> requests per second one replica serves at the SLO, as the decisions use it:
+    the tier's declared capacity, else the one spec.tuning measured."""
+
+
+class Tuning(_Model):
+    """Measure the best worker config and the capacity of one replica on each hardware
+    profile the model runs on: a Job per tier (or one for spec.hardware) on that pool, with
+    the same worker image and artifact, runs polyserve tune. The result lands in
+    status.tuning; the spec is never rewritten (`polyserve tune --from-status NAME` prints
+    the patch to commit). A new artifact, hardware profile, worker image or tuning spec is
+    measured again."""
+
+    slo_p95_ms: float = Field(ge=0.1)
+    """p95 request latency in milliseconds the tuned config must keep; the capacity is the
+    throughput one replica reaches within it."""
+    budget: Duration = "10m"
+    """How long each tuning run may search (the Job is given 10 minutes more to start)."""
+    protocol: Literal["grpc", "http"] = "grpc"
+    """How the model's clients call it: the load is sent the same way."""
+
+
+class TuningResult(_Model):
+    """What one tuning run measured."""
+
+    key: str
+    """The inputs it measured (artifact, hardware profile, worker image, tuning spec)."""
+    completed_at: str
+    """When it finished (RFC 3339)."""
+    capacity: float | None = None
+    """Requests per second one replica served with the recommended config at p95 <= the SLO;
+    None when no config met the SLO."""
+    p95_ms: float | None = None
+    """Its p95 latency in milliseconds at that rate."""
+    baseline_capacity: float | None = None
+    """The same for the config in the spec, measured first."""
+    slo_p95_ms: float | None = None
+    """The SLO it was measured against."""
+    config: worker_config.ModelConfigSpec | None = None
+    """The recommended config fields (backend, max_batch_size, dynamic_batching,
+    instance_group, parameters), to merge into spec.config."""
+    node: str | None = None
+    """The node the Job ran on."""
+    node_type: str | None = None
+    """The CPU model (and GPUs) the measurement ran on."""
+    trials: int | None = None
+    """Configs measured."""
+
+
+class ProfileTuning(_Model):
+    """The tuning of one hardware profile: a tier's, or the model's one spec.hardware."""
+
+    tier: str = ""
+    """The tier; empty for a model without tiers."""
+    key: str
+    """The inputs the current (or last) run measures."""
+    phase: Literal["Running", "Succeeded", "Failed"]
+    """Running: its Job runs; Succeeded: result is for this key; Failed: see message."""
+    job: str | None = None
+    """The tuning Job."""
+    started_at: str | None = None
+    """When the Job was created (RFC 3339)."""
+    message: str = ""
+    """What happened, for people (a failure's reason)."""
+    result: TuningResult | None = None
+    """The last successful measurement (for an older key while a new run is under way)."""
 
 
 class AutoscalerStatus(_Model):
@@ -586,6 +652,8 @@ class WorkloadStatus(_Model):
     """The canary rollout (strategy Canary, or a move between tiers)."""
     tier: TierStatus | None = None
     """Where a tiered model runs, its load, and its last moves."""
+    tuning: list[ProfileTuning] | None = None
+    """spec.tuning's runs and results, one per hardware profile."""
     autoscaler: AutoscalerStatus | None = None
     """What the autoscaler of spec.scaling says (HPA or KEDA ScaledObject)."""
 
@@ -620,6 +688,9 @@ class InferenceModelSpec(_Model):
     scaling: Scaling | None = None
     """Autoscale replicas between scaling.minReplicas and maxReplicas (replicas is then only
     the starting count)."""
+    tuning: Tuning | None = None
+    """Measure the best config and one replica's capacity on each hardware profile (a tuning
+    Job each); results in status.tuning, the tiers' capacities among them."""
     tiers: list[Tier] | None = Field(default=None, min_length=2)
     """Query tiers, cheapest first: the hardware each level of load needs. The model starts
     on the first and moves between them as its load asks (a move is a canary rollout); with

@@ -1,7 +1,8 @@
 """``polyserve``: the user's command line. ``polyserve render -f FILE.yaml`` prints, without a
 cluster, the objects the operator would create, for GitOps review and for learning;
 ``polyserve rollout ...`` follows and steers canary rollouts; ``polyserve sandbox ...`` runs a
-local fleet.
+local fleet; ``polyserve tune ...`` finds a model's best config on this machine, or prints the
+patch the operator's tuning Jobs measured.
 
 An ensemble's members are looked up among the documents of the same files. Settings come
 from ``POLYSERVE_OPERATOR_*`` exactly as the operator reads them, so the output matches.
@@ -17,7 +18,14 @@ from typing import Any, TextIO
 import pydantic
 import yaml
 
-from polyserve_operator import api, render, rollout_commands, settings, validating
+from polyserve_operator import (
+    api,
+    render,
+    rollout_commands,
+    settings,
+    tuning_commands,
+    validating,
+)
 
 
 class RenderError(Exception):
@@ -113,10 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         "-f", "--filename", action="append", required=True, help="YAML file, or - for stdin"
     )
     rollout_commands.add_commands(commands)
+    tuning_commands.add_commands(commands)
     sandbox = _sandbox()
     if sandbox is not None:
         sandbox.add_commands(commands)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["tune"]:  # the tuner's own parser takes the rest
+        return tuning_commands.run(given[1:])
+    args = parser.parse_args(given)
     if args.command == "sandbox" and sandbox is not None:
         code: int = sandbox.run(args)
         return code

@@ -33,9 +33,11 @@ from polyserve_operator import (
     settings,
     telemetry,
     tiering,
+    tuning,
     validating,
 )
 from polyserve_operator.render import canaries, placement, scaling, workloads
+from polyserve_operator.render import tuning as tuning_render
 
 logger = logging.getLogger(__name__)
 
@@ -331,10 +333,34 @@ class Reconciler:
         if problems:
             self._invalid_spec(body, patch, "; ".join(problems))
             return
+        if im.spec.tuning is not None:
+            self._tune(body, patch, im, world)
         if im.spec.tiers:
             self._converge_tiered(body, patch, im, world, force=force)
             return
         self._converge(body, patch, render.model_workload(im), world, force=force)
+
+    def _tune(
+        self, body: kopf.Body, patch: kopf.Patch, im: api.InferenceModel, world: World
+    ) -> None:
+        """spec.tuning (``tuning``): apply the tuning Jobs it wants, record their results."""
+        namespace = im.metadata.namespace
+        children = observe.children(world.indexes, namespace, im.metadata.name)
+
+        def pods_of(job: str) -> list[workloads.Obj]:
+            return self.client.list("v1", "Pod", namespace, {tuning_render.JOB_NAME_LABEL: job})
+
+        previous = (body.get("status") or {}).get("tuning")
+        try:
+            step = tuning.step(im, previous, children.jobs, pods_of, self.cfg, _now())
+            for job in step.jobs:
+                self.client.apply(job)
+        except k8s.ApiError as exc:
+            raise kopf.TemporaryError(f"tuning: {exc}", delay=10) from exc
+        for kind, reason, message in step.events:
+            (kopf.info if kind == "Normal" else kopf.warn)(body, reason=reason, message=message)
+        if previous != step.status:
+            patch.status["tuning"] = step.status
 
     def _converge_tiered(
         self,

@@ -34,6 +34,7 @@ PLURALS = {
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "ScaledObject": "scaledobjects",
     "PodDisruptionBudget": "poddisruptionbudgets",
+    "Job": "jobs",
     "InferenceModel": "inferencemodels",
     "InferenceEnsemble": "inferenceensembles",
 }

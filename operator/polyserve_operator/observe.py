@@ -41,6 +41,7 @@ CHILDREN: dict[str, tuple[str, str, str]] = {
     "ConfigMap": ("", "v1", "configmaps"),
     "Service": ("", "v1", "services"),
     "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
+    "Job": ("batch", "v1", "jobs"),
 }
 
 #: An index as handlers see it: key -> the objects stored under it.
@@ -64,6 +65,7 @@ class Children:
     config_maps: list[Obj] = field(default_factory=list)
     services: list[Obj] = field(default_factory=list)
     disruption_budgets: list[Obj] = field(default_factory=list)
+    jobs: list[Obj] = field(default_factory=list)
 
     @property
     def deployment(self) -> Obj | None:
@@ -90,6 +92,7 @@ class Children:
             "ConfigMap": self.config_maps,
             "Service": self.services,
             "PodDisruptionBudget": self.disruption_budgets,
+            "Job": self.jobs,
         }.get(kind, [])
         return _named(candidates, name)
 
@@ -153,6 +156,7 @@ def children(indexes: Mapping[str, Index], namespace: str, name: str) -> Childre
         config_maps=of("ConfigMap"),
         services=of("Service"),
         disruption_budgets=of("PodDisruptionBudget"),
+        jobs=of("Job"),
     )
 
 

@@ -94,6 +94,14 @@ NAMESPACED: tuple[Rule, ...] = (
     Rule(("policy",), ("poddisruptionbudgets",), ("list", "watch", "create", "patch", "delete")),
     Rule(("",), ("pods",), ("list", "watch")),
     Rule(
+        ("batch",),
+        ("jobs",),
+        ("list", "watch", "create", "patch"),
+        "spec.tuning: a tuning Job per hardware profile, watched for its end (its pod's "
+        "termination message, read through the pods rule, is the result); finished Jobs go "
+        "by their ttlSecondsAfterFinished, and with their resource by the garbage collector.",
+    ),
+    Rule(
         ("gateway.networking.k8s.io",),
         ("httproutes", "grpcroutes"),
         ("create", "patch"),

@@ -97,10 +97,10 @@ class Tiers:
         now: datetime.datetime,
     ) -> Move:
         assert im.spec.tiers is not None
-        tier_list = im.spec.tiers
+        status = body.get("status") or {}
+        tier_list = tiers.measured(im.spec.tiers, status.get("tuning"))
         tiering = im.spec.tiering or api.Tiering()
         canary = move_canary(im, tiering)
-        status = body.get("status") or {}
         previous: Obj = dict(status.get("tier") or {})
         revisions = [
             workloads.revision(render.model_workload(tier_model(im, t, canary)), self.cfg)

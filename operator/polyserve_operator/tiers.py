@@ -2,7 +2,8 @@
 
 A model lists its tiers cheapest first (Xeon with ONNX Runtime, Xeon with OpenVINO BF16, a
 GPU with TensorRT, ...), each with the queries per second one replica serves at the latency
-SLO (its capacity). ``decide`` reads the previous ``status.tier``, the model's query rate
+SLO (its capacity: declared, else measured by spec.tuning, ``measured``; a tier with neither
+yet moves on latency alone). ``decide`` reads the previous ``status.tier``, the model's query rate
 and p95 latency now, and the time, and returns the tier the model should be on:
 
 - up one tier when the rate stays above ``promoteAbove`` x the current tier's capacity (all
@@ -52,9 +53,29 @@ class Decision:
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def capacity(tier: api.Tier) -> float:
-    """Requests per second a tier serves at the SLO with all its replicas."""
+def capacity(tier: api.Tier) -> float | None:
+    """Requests per second a tier serves at the SLO with all its replicas (None: unknown)."""
+    if tier.capacity is None:
+        return None
     return tier.capacity * max(tier.replicas.max, 1)
+
+
+def measured(
+    tiers: Sequence[api.Tier], tuning: Sequence[Mapping[str, Any]] | None
+) -> list[api.Tier]:
+    """The tiers, each without a declared capacity given the one ``status.tuning`` measured
+    for it (the last successful run's, kept while a new one runs)."""
+    found: dict[str, float] = {}
+    for entry in tuning or []:
+        result = entry.get("result") or {}
+        if result.get("capacity"):
+            found[str(entry.get("tier") or "")] = float(result["capacity"])
+    return [
+        t.model_copy(update={"capacity": found[t.name]})
+        if t.capacity is None and t.name in found
+        else t
+        for t in tiers
+    ]
 
 
 def _since(status: Mapping[str, Any], key: str) -> datetime.datetime | None:
@@ -85,6 +106,11 @@ def decide(
         status["rate"] = round(load.rate, 3)
     if load.p95_ms is not None:
         status["p95Ms"] = round(load.p95_ms, 3)
+    known = {t.name: t.capacity for t in tiers if t.capacity is not None}
+    if known:
+        status["capacities"] = known
+    else:
+        status.pop("capacities", None)
 
     if target != current:  # a move is under way
         if arrived:
@@ -135,11 +161,12 @@ def decide(
 def _wants_up(tiers: Sequence[api.Tier], tiering: api.Tiering, current: int, load: Load) -> bool:
     if current + 1 >= len(tiers):
         return False
-    busy = load.rate is not None and load.rate > tiering.promote_above * capacity(tiers[current])
+    top = capacity(tiers[current])
+    busy = load.rate is not None and top is not None and load.rate > tiering.promote_above * top
     # A slow p95 asks for more hardware only under load: at a trickle (below the share of the
     # tier's capacity that would let it move down) a slow request is a cold start, a big
     # input or a noisy neighbour, which a bigger tier would not fix.
-    loaded = load.rate is not None and load.rate >= tiering.demote_below * capacity(tiers[current])
+    loaded = load.rate is not None and (top is None or load.rate >= tiering.demote_below * top)
     slow = (
         tiering.latency_slo_ms is not None
         and load.p95_ms is not None
@@ -150,9 +177,10 @@ def _wants_up(tiers: Sequence[api.Tier], tiering: api.Tiering, current: int, loa
 
 
 def _wants_down(tiers: Sequence[api.Tier], tiering: api.Tiering, current: int, load: Load) -> bool:
-    if current == 0 or load.rate is None:
+    below = capacity(tiers[current - 1]) if current > 0 else None
+    if below is None or load.rate is None:
         return False
-    return load.rate < tiering.demote_below * capacity(tiers[current - 1])
+    return load.rate < tiering.demote_below * below
 
 
 def _track(status: Obj, key: str, holds: bool, stamp: str) -> Obj:

@@ -120,6 +120,12 @@ def model(im: api.InferenceModel) -> list[str]:
     if len(set(names)) != len(names):
         problems.append(f"tier names must be unique ({', '.join(names)})")
     problems += _tiers_differ(spec)
+    if spec.tuning is None:
+        problems += [
+            f"tier {t.name}: give capacity, or spec.tuning to measure it"
+            for t in spec.tiers or []
+            if t.capacity is None
+        ]
     if spec.scaling is not None:
         problems += rules.broken(
             rules.SCALING, spec.scaling.model_dump(by_alias=True, exclude_none=True)

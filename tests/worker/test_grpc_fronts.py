@@ -15,16 +15,21 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
-from polyserve_worker import main, settings
+from polyserve_worker import main
+from polyserve_worker import settings as worker_settings
 from polyserve_worker.transport import grpc as grpc_transport
 from tests.worker import models
 from tests.worker.conftest import StartWorker
@@ -55,14 +60,14 @@ def test_auto_serves_grpc_on_the_native_front_where_it_is_installed(
 
 
 def test_the_operator_renders_the_front_and_process_flags_as_the_worker_parses_them() -> None:
-    args = settings.to_args({"grpc_transport": "native", "workers": 4})
+    args = worker_settings.to_args({"grpc_transport": "native", "workers": 4})
     assert args == ["--grpc-transport=native", "--workers=4"]
-    parsed = settings.parse(["--model-repository", "/m", *args])
+    parsed = worker_settings.parse(["--model-repository", "/m", *args])
     assert (parsed.grpc_transport, parsed.workers) == ("native", 4)
     with pytest.raises(ValueError):
-        settings.to_args({"grpc_transport": "tonic"})
+        worker_settings.to_args({"grpc_transport": "tonic"})
     with pytest.raises(ValueError):
-        settings.to_args({"workers": 0})
+        worker_settings.to_args({"workers": 0})
 
 
 @pytest.mark.parametrize("transport", ["native", "aio"])
@@ -169,3 +174,77 @@ def test_two_worker_processes_share_both_ports_and_stop_together(tmp_path: Path)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- large tensors: one copy fewer on the way in ---------------------------------------------
+
+settings_profile = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+raw_requests = st.builds(
+    lambda name, request_id, raws, params: _request(name, request_id, raws, params),
+    st.text(max_size=20),
+    st.text(max_size=10),
+    st.lists(st.binary(max_size=300), max_size=4),
+    st.dictionaries(st.text(max_size=8), st.integers(-(2**40), 2**40), max_size=3),
+)
+
+
+def _request(name: str, request_id: str, raws: list[bytes], params: dict[str, int]) -> Any:
+    request = pb.ModelInferRequest(model_name=name, id=request_id)
+    for index, raw in enumerate(raws):
+        request.inputs.add(name=f"INPUT{index}", datatype="UINT8", shape=[1, len(raw)])
+        request.raw_input_contents.append(raw)
+        request.outputs.add(name=f"OUTPUT{index}")
+    for key, value in params.items():
+        request.parameters[key].int64_param = value
+    return request
+
+
+@settings_profile
+@given(request=raw_requests)
+def test_splitting_off_raw_contents_keeps_every_other_field(request: Any) -> None:
+    rest, raw = grpc_transport.split_raw_contents(request.SerializeToString())
+    assert [bytes(part) for part in raw] == list(request.raw_input_contents)
+    expected = pb.ModelInferRequest()
+    expected.CopyFrom(request)
+    del expected.raw_input_contents[:]
+    assert pb.ModelInferRequest.FromString(rest) == expected
+
+
+@settings_profile
+@given(data=st.binary(max_size=200))
+def test_splitting_arbitrary_bytes_ends_in_a_result_or_a_value_error(data: bytes) -> None:
+    try:
+        rest, raw = grpc_transport.split_raw_contents(data)
+    except ValueError:
+        return
+    assert len(rest) + sum(len(part) for part in raw) <= len(data)
+
+
+@pytest.mark.parametrize("transport", ["native", "aio"])
+def test_a_large_tensor_comes_back_intact_through_either_front(
+    tmp_path: Path, start_worker: StartWorker, transport: str
+) -> None:
+    models.identity(tmp_path / "id_fp32" / "1" / "model.onnx", "FP32")
+    worker = start_worker(tmp_path, grpc_transport=transport)
+    data = np.random.default_rng(0).standard_normal((1, 150_528)).astype(np.float32)
+    tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    client = grpcclient.InferenceServerClient(worker.grpc)
+    np.testing.assert_array_equal(client.infer("id_fp32", [tensor]).as_numpy("OUTPUT0"), data)
+
+
+def test_a_large_binary_http_body_is_read_into_place_and_comes_back_intact(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    models.identity(tmp_path / "id_fp32" / "1" / "model.onnx", "FP32")
+    worker = start_worker(tmp_path)
+    data = np.random.default_rng(1).standard_normal((2, 150_528)).astype(np.float32)
+    tensor = httpclient.InferInput("INPUT0", list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data, binary_data=True)
+    output = httpclient.InferRequestedOutput("OUTPUT0", binary_data=True)
+    client = httpclient.InferenceServerClient(worker.http)
+    answer = client.infer("id_fp32", [tensor], outputs=[output]).as_numpy("OUTPUT0")
+    np.testing.assert_array_equal(answer, data)

@@ -63,7 +63,7 @@ def test_the_jobs_command_line_comes_from_the_tuners_own_function() -> None:
     assert (parsed.model, parsed.slo_p95_ms, parsed.budget) == ("mlp", 50, 600)
     assert parsed.config_pbtxt == BUNDLED_LIKE
     assert parsed.result_file == Path("/dev/termination-log")
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="refuse"):
         flags.args(
             model_repository="/models",
             model="mlp",

@@ -33,6 +33,12 @@
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
+# spec.tuning: a tuning Job per hardware profile, watched for its end (its pod's termination
+# message, read through the pods rule, is the result); finished Jobs go by their
+# ttlSecondsAfterFinished, and with their resource by the garbage collector.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [list, watch, create, patch]
 {{- if .Values.gatewayAPI.enabled }}
 # Canary rollouts with Gateway API routing: the route whose backend weights move.
 - apiGroups: [gateway.networking.k8s.io]

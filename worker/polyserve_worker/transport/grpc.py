@@ -94,13 +94,71 @@ def _param_value(param: Any) -> Any:
     return getattr(param, which) if which else None
 
 
+#: ModelInferRequest's field number of ``raw_input_contents``.
+_RAW_INPUT_CONTENTS = 7
+#: Requests at least this large have their raw contents split off unparsed
+#: (``split_raw_contents``); below it the copies cost less than the split.
+SPLIT_BYTES = 64 * 1024
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def split_raw_contents(payload: bytes) -> tuple[bytes, list[memoryview]]:
+    """A serialized ModelInferRequest without its ``raw_input_contents``, and those contents
+    as views of ``payload``: parsing the whole message would copy every tensor twice (into
+    protobuf's arena, then out as ``bytes``), and the tensors are most of a large request.
+    Raises ``ValueError`` on a malformed message."""
+    view = memoryview(payload)
+    rest: list[memoryview] = []
+    raw: list[memoryview] = []
+    pos, end = 0, len(payload)
+    while pos < end:
+        start = pos
+        key, pos = _varint(payload, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 2:
+            length, pos = _varint(payload, pos)
+            if pos + length > end:
+                raise ValueError("a field runs past the end of the message")
+            if field == _RAW_INPUT_CONTENTS:
+                raw.append(view[pos : pos + length])
+                pos += length
+                continue
+            pos += length
+        elif wire == 0:
+            _, pos = _varint(payload, pos)
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+        if pos > end:
+            raise ValueError("a field runs past the end of the message")
+        rest.append(view[start:pos])
+    return b"".join(rest), raw
+
+
 def decode_request(
-    request: Any, lease: shm.Lease, budget: tensors.Budget | None = None
+    request: Any,
+    lease: shm.Lease,
+    budget: tensors.Budget | None = None,
+    raw_contents: list[memoryview] | None = None,
 ) -> tuple[dict[str, tensors.Array], list[str], dict[str, Any], dict[str, shm.Placement]]:
     """Decode a ModelInferRequest; every input is admitted by ``budget`` (the model's shapes,
-    the request's caps) before its data is decoded."""
+    the request's caps) before its data is decoded. ``raw_contents``: the request's raw
+    contents when they were split off (``split_raw_contents``)."""
     budget = budget or tensors.Budget()
-    raw = request.raw_input_contents
+    raw = request.raw_input_contents if raw_contents is None else raw_contents
     if raw and len(raw) != len(request.inputs):
         raise errors.InvalidArgument(
             f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
@@ -298,18 +356,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
         return await self._guard(context, call)
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
+    async def ModelInfer(
+        self, request: Any, context: Any, raw_contents: list[memoryview] | None = None
+    ) -> Any:
+        """``raw_contents``: the request's raw contents, split off by a front that parsed
+        the message itself (``split_raw_contents``)."""
+
         async def call() -> Any:
-            return await self._infer(request)
+            return await self._infer(request, raw_contents)
 
         return await self._guard(context, call)
 
-    async def _infer(self, request: Any) -> Any:
+    async def _infer(self, request: Any, raw_contents: list[memoryview] | None = None) -> Any:
         served = self.core.require(request.model_name, request.model_version)
         lease = self.core.shm.lease()
+        size = _size_of(request) + sum(len(raw) for raw in raw_contents or ())
         try:
             inputs, outputs, params, placements = await self.core.decode(
-                served, _size_of(request), lambda budget: decode_request(request, lease, budget)
+                served,
+                size,
+                lambda budget: decode_request(request, lease, budget, raw_contents),
             )
             result = await self.core.infer(
                 request.model_name,

@@ -32,6 +32,7 @@ from typing import Any
 
 import grpc
 import pygrpc_native
+from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from polyserve_worker import dataplane, errors
@@ -117,7 +118,10 @@ class NativeFront:
         except OSError as exc:
             raise errors.ServerError(f"cannot bind gRPC to {address}: {exc}") from exc
         self.port: int = self._front.bound_port
-        self._handlers: list[Handler] = [self._unary(handler) for _, handler in unary]
+        self._handlers: list[Handler] = [
+            self._model_infer() if path.endswith("/ModelInfer") else self._unary(handler)
+            for path, handler in unary
+        ]
         self._options = [
             ("grpc.max_receive_message_length", max_message_size),
             ("grpc.max_send_message_length", -1),
@@ -209,6 +213,43 @@ class NativeFront:
                 front.fail(call_id, abort.code.value[0], abort.details)
                 return
             front.respond(call_id, serialize(response))
+
+        return call
+
+    def _model_infer(self) -> Handler:
+        """ModelInfer: a large request's tensors stay where the front put them (views of
+        its bytes) instead of being copied through protobuf twice."""
+        front = self._front
+        limit = self._max_message_size
+        context = _Context()
+        servicer = self.servicer
+
+        async def call(call_id: int, payload: bytes) -> None:
+            if len(payload) > limit:
+                front.fail(
+                    call_id,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                    f"received message larger than max ({len(payload)} vs. {limit})",
+                )
+                return
+            raw: list[memoryview] | None = None
+            try:
+                if len(payload) >= grpc_transport.SPLIT_BYTES:
+                    rest, raw = grpc_transport.split_raw_contents(payload)
+                    request = pb.ModelInferRequest.FromString(rest)
+                else:
+                    request = pb.ModelInferRequest.FromString(payload)
+            except Exception:
+                front.fail(
+                    call_id, grpc.StatusCode.INVALID_ARGUMENT.value[0], "cannot parse the request"
+                )
+                return
+            try:
+                response = await servicer.ModelInfer(request, context, raw)
+            except _Abort as abort:
+                front.fail(call_id, abort.code.value[0], abort.details)
+                return
+            front.respond(call_id, response.SerializeToString())
 
         return call
 

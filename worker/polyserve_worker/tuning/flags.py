@@ -111,5 +111,8 @@ def args(
         rendered.append(f"--config-pbtxt={config_pbtxt}")
     if result_file is not None:
         rendered.append(f"--result-file={result_file}")
-    parser().parse_args(rendered[1:])  # what the tuner would refuse fails here
+    try:
+        parser().parse_args(rendered[1:])  # what the tuner would refuse fails here
+    except SystemExit as exc:
+        raise ValueError(f"the tuner would refuse {rendered[1:]}") from exc
     return rendered

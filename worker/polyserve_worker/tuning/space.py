@@ -364,11 +364,12 @@ def _closest_choice(given: str | None, values: tuple[str, ...]) -> str:
 
 
 def model_format(filenames: Sequence[str]) -> str | None:
-    """The model format of a version directory's files (``model.onnx`` -> onnx)."""
+    """The model format of a version directory's files, by their suffixes (``model.onnx``,
+    ``resnet.onnx`` -> onnx)."""
     for name in filenames:
-        for fmt, names in backends.FORMATS.items():
-            if name in names:
-                return fmt
+        found = backends.format_of(name)
+        if found is not None:
+            return found
     return None
 
 
