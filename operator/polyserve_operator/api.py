@@ -538,9 +538,9 @@ class TuningResult(_Model):
     """The same for the config in the spec, measured first."""
     slo_p95_ms: float | None = None
     """The SLO it was measured against."""
-    config: worker_config.ModelConfigSpec | None = None
+    config: dict[str, Any] | None = None
     """The recommended config fields (backend, max_batch_size, dynamic_batching,
-    instance_group, parameters), to merge into spec.config."""
+    instance_group, parameters, in Triton's names), to merge into spec.config."""
     node: str | None = None
     """The node the Job ran on."""
     node_type: str | None = None

@@ -32,6 +32,7 @@ import pydantic
 
 from polyserve_operator import api, rollout, settings
 from polyserve_operator.render import tuning as tuning_render
+from polyserve_worker import config as worker_config
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,9 @@ def result(message: str, run: str, node: str, now: datetime.datetime) -> api.Tun
     if gpus:
         node_type = f"{node_type}, {gpus}" if node_type else gpus
     try:
+        config = summary.get("config")
+        if config is not None:  # the worker's schema checks it, status keeps it as given
+            worker_config.ModelConfigSpec.model_validate(config)
         return api.TuningResult(
             key=run,
             completed_at=rollout.stamp(now),
@@ -92,7 +96,7 @@ def result(message: str, run: str, node: str, now: datetime.datetime) -> api.Tun
             p95_ms=summary.get("p95Ms"),
             baseline_capacity=summary.get("baselineCapacity"),
             slo_p95_ms=summary.get("sloP95Ms"),
-            config=summary.get("config"),
+            config=config,
             node=node or None,
             node_type=node_type,
             trials=summary.get("trials"),
