@@ -95,14 +95,18 @@ def test_a_message_over_the_size_limit_is_refused_and_the_connection_keeps_servi
     np.testing.assert_array_equal(np.frombuffer(answer.raw_output_contents[0], "<i4"), [2] * 16)
 
 
-def test_garbage_instead_of_a_request_is_invalid_argument_on_the_native_front(
-    tmp_path: Path, start_worker: StartWorker
+@pytest.mark.parametrize("transport", ["native", "aio"])
+@pytest.mark.parametrize("garbage", [b"\xff\xff\xff\xff", b"\x3a\xff\xff" + b"\0" * (80 << 10)])
+def test_garbage_instead_of_a_request_is_invalid_argument_and_the_port_keeps_serving(
+    tmp_path: Path, start_worker: StartWorker, transport: str, garbage: bytes
 ) -> None:
-    worker = start_worker(models.triton_repository(tmp_path), grpc_transport="native")
+    """Our own parsing (identity serializers, raw contents split off): a small and a large
+    malformed message."""
+    worker = start_worker(models.triton_repository(tmp_path), grpc_transport=transport)
     channel = grpc.insecure_channel(worker.grpc)
     call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
     with pytest.raises(grpc.RpcError) as failure:
-        call(b"\xff\xff\xff\xff", timeout=10)
+        call(garbage, timeout=10)
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert grpcclient.InferenceServerClient(worker.grpc).is_server_ready()
 

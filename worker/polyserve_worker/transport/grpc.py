@@ -596,6 +596,50 @@ class Front(Protocol):
     async def stop(self, grace: float) -> asyncio.Task[None]: ...
 
 
+SERVICE = "inference.GRPCInferenceService"
+
+
+class _Methods:
+    """Collects the generated code's method handlers, as a grpc server would."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the generated code registers every method below as well
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.handlers.update(handlers)
+
+
+def method_handlers(servicer: InferenceServicer) -> dict[str, Any]:
+    """Method name -> grpc handler: the generated ones, except ``ModelInfer``, which takes and
+    answers bytes (identity serializers) so that its parsing is ours (``parse_infer``)."""
+    methods = _Methods()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, methods)
+
+    async def model_infer(payload: bytes, context: Any) -> bytes:
+        try:
+            request, raw = parse_infer(payload)
+        except Exception as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cannot parse the request")
+            raise AssertionError("unreachable") from exc  # context.abort always raises
+        response = await servicer.ModelInfer(request, context, raw)
+        serialized: bytes = response.SerializeToString()
+        return serialized
+
+    methods.handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(model_infer)
+    return methods.handlers
+
+
+def parse_infer(payload: bytes) -> tuple[Any, list[memoryview] | None]:
+    """A serialized ModelInferRequest; a large one's raw contents stay in ``payload``."""
+    if len(payload) >= SPLIT_BYTES:
+        rest, raw = split_raw_contents(payload)
+        return pb.ModelInferRequest.FromString(rest), raw
+    return pb.ModelInferRequest.FromString(payload), None
+
+
 class AioFront:
     """The port on grpc.aio: gRPC core's HTTP/2 in C, each completion through Python."""
 
@@ -618,7 +662,11 @@ class AioFront:
             ]
         )
         self.servicer = InferenceServicer(core, max_stream_in_flight)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
+        handlers = method_handlers(self.servicer)
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, handlers),)
+        )
+        self.server.add_registered_method_handlers(SERVICE, handlers)
         self.port: int = self.server.add_insecure_port(address)
         if self.port == 0:
             raise errors.ServerError(f"cannot bind gRPC to {address}")

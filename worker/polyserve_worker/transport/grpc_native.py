@@ -32,7 +32,6 @@ from typing import Any
 
 import grpc
 import pygrpc_native
-from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from polyserve_worker import dataplane, errors
@@ -64,20 +63,6 @@ class _Context:
         raise _Abort(code, details)
 
 
-class _Methods:
-    """Collects the generated code's method handlers, as a grpc server would."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[str, Any] = {}
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        pass  # the generated code registers every method below as well
-
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
-        for name, handler in handlers.items():
-            self.handlers[f"/{service}/{name}"] = handler
-
-
 Handler = Callable[[int, bytes], Awaitable[None]]
 
 
@@ -98,11 +83,9 @@ class NativeFront:
         self.servicer = grpc_transport.InferenceServicer(core, max_stream_in_flight)
         self._core = core
         self._max_message_size = max_message_size
-        methods = _Methods()
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, methods)
         unary = [
-            (path, handler)
-            for path, handler in methods.handlers.items()
+            (f"/{grpc_transport.SERVICE}/{name}", handler)
+            for name, handler in grpc_transport.method_handlers(self.servicer).items()
             # the rest (ModelStreamInfer) goes to the grpc.aio server behind the front
             if not (handler.request_streaming or handler.response_streaming)
         ]
@@ -118,10 +101,7 @@ class NativeFront:
         except OSError as exc:
             raise errors.ServerError(f"cannot bind gRPC to {address}: {exc}") from exc
         self.port: int = self._front.bound_port
-        self._handlers: list[Handler] = [
-            self._model_infer() if path.endswith("/ModelInfer") else self._unary(handler)
-            for path, handler in unary
-        ]
+        self._handlers: list[Handler] = [self._unary(handler) for _, handler in unary]
         self._options = [
             ("grpc.max_receive_message_length", max_message_size),
             ("grpc.max_send_message_length", -1),
@@ -201,7 +181,7 @@ class NativeFront:
                 )
                 return
             try:
-                request = parse(payload)
+                request = parse(payload) if parse is not None else payload
             except Exception:
                 front.fail(
                     call_id, grpc.StatusCode.INVALID_ARGUMENT.value[0], "cannot parse the request"
@@ -212,44 +192,7 @@ class NativeFront:
             except _Abort as abort:
                 front.fail(call_id, abort.code.value[0], abort.details)
                 return
-            front.respond(call_id, serialize(response))
-
-        return call
-
-    def _model_infer(self) -> Handler:
-        """ModelInfer: a large request's tensors stay where the front put them (views of
-        its bytes) instead of being copied through protobuf twice."""
-        front = self._front
-        limit = self._max_message_size
-        context = _Context()
-        servicer = self.servicer
-
-        async def call(call_id: int, payload: bytes) -> None:
-            if len(payload) > limit:
-                front.fail(
-                    call_id,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
-                    f"received message larger than max ({len(payload)} vs. {limit})",
-                )
-                return
-            raw: list[memoryview] | None = None
-            try:
-                if len(payload) >= grpc_transport.SPLIT_BYTES:
-                    rest, raw = grpc_transport.split_raw_contents(payload)
-                    request = pb.ModelInferRequest.FromString(rest)
-                else:
-                    request = pb.ModelInferRequest.FromString(payload)
-            except Exception:
-                front.fail(
-                    call_id, grpc.StatusCode.INVALID_ARGUMENT.value[0], "cannot parse the request"
-                )
-                return
-            try:
-                response = await servicer.ModelInfer(request, context, raw)
-            except _Abort as abort:
-                front.fail(call_id, abort.code.value[0], abort.details)
-                return
-            front.respond(call_id, response.SerializeToString())
+            front.respond(call_id, serialize(response) if serialize is not None else response)
 
         return call
 
