@@ -29,7 +29,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from polyserve_worker import dataplane, errors, shm, tensors
+from polyserve_worker import dataplane, errors, shm, tensors, transport
 
 logger = logging.getLogger(__name__)
 
@@ -370,7 +370,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def _infer(self, request: Any, raw_contents: list[memoryview] | None = None) -> Any:
         served = self.core.require(request.model_name, request.model_version)
         lease = self.core.shm.lease()
-        size = _size_of(request) + sum(len(raw) for raw in raw_contents or ())
+        raw = request.raw_input_contents if raw_contents is None else raw_contents
+        size = transport.decode_cost(served.config, _typed_size(request), sum(map(len, raw)))
         try:
             inputs, outputs, params, placements = await self.core.decode(
                 served,
@@ -560,9 +561,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return await self._unimplemented(context, "the logging extension")
 
 
-def _size_of(request: Any) -> int:
-    """Roughly how many bytes a request carries, to decide whether to decode it off the loop."""
-    size = sum(len(raw) for raw in request.raw_input_contents)
+def _typed_size(request: Any) -> int:
+    """Roughly how many bytes of typed contents a request carries (decoded value by value)."""
+    size = 0
     for tensor in request.inputs:
         if tensor.HasField("contents"):
             contents = tensor.contents

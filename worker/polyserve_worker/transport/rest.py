@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 
 from polyserve_worker import config as model_config
-from polyserve_worker import dataplane, errors, shm, tensors
+from polyserve_worker import dataplane, errors, shm, tensors, transport
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +292,9 @@ class RestServer:
         header_length = request.headers.get("Inference-Header-Content-Length")
         if header_length is not None and header_length.strip() == "0":
             inputs = await self.core.decode(
-                served, len(body), lambda budget: raw_binary_input(served.config, body, budget)
+                served,
+                transport.decode_cost(served.config, 0, len(body)),
+                lambda budget: raw_binary_input(served.config, body, budget),
             )
             result = await self.core.infer(name, version, inputs)
             payload, header_size = await self.core.encode(
@@ -305,9 +307,12 @@ class RestServer:
             )
         lease = self.core.shm.lease()
         try:
+            json_size = len(body)
+            if header_length is not None and header_length.strip().isdigit():
+                json_size = min(int(header_length), len(body))
             decoded = await self.core.decode(
                 served,
-                len(body),
+                transport.decode_cost(served.config, json_size, len(body) - json_size),
                 lambda budget: decode_request(body, header_length, lease, budget),
             )
             inputs, outputs, binary_outputs, params, request_id, placements = decoded
