@@ -196,8 +196,8 @@ class Worker:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise MeasureError(
-                    f"the worker exited with {self.process.returncode} at start; "
-                    f"see {self._log_path}"
+                    f"the worker exited with {self.process.returncode} at start: "
+                    f"{self._last_words()} (all of it in {self._log_path})"
                 )
             try:
                 with urllib.request.urlopen(f"http://{self.http}/v2/health/ready", timeout=1):
@@ -209,6 +209,13 @@ class Worker:
         import tritonclient.grpc as grpcclient
 
         self._client = grpcclient.InferenceServerClient(self.grpc)
+
+    def _last_words(self) -> str:
+        try:
+            lines = self._log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no log"
+        return " | ".join(lines[-3:]) or "no log"
 
     @property
     def pid(self) -> int:
