@@ -350,3 +350,21 @@ def test_from_status_says_what_is_missing_when_there_is_no_result_yet() -> None:
     doc["status"] = {"tuning": [{"tier": "xeon", "key": "k", "phase": "Running", "message": "m"}]}
     with pytest.raises(tuning_commands.NoResult, match="xeon: Running"):
         tuning_commands.patch(doc)
+
+
+def test_polyserve_tune_hands_its_arguments_to_the_tuner(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from polyserve_operator import cli
+
+    code = cli.main(
+        [
+            "tune",
+            f"--model-repository={tmp_path}",
+            "--model=missing",
+            "--slo-p95-ms=50",
+            f"--output={tmp_path / 'out'}",
+        ]
+    )
+    assert code == 2
+    assert "no model folder" in capsys.readouterr().err

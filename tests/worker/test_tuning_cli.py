@@ -205,7 +205,7 @@ def test_tune_finds_a_config_at_least_as_good_as_the_bundled_one_within_30_secon
     )
     elapsed = time.monotonic() - began
     assert done.returncode == 0, done.stderr[-2000:]
-    assert elapsed < 30 + 6, f"took {elapsed:.1f} s for a 30 s budget"
+    assert elapsed < 30 + 10, f"took {elapsed:.1f} s for a 30 s budget"
     result = json.loads((out / "result.json").read_text())
     assert result["capacity"] >= result["baselineCapacity"] > 0
     assert result["trials"] >= 2
