@@ -658,6 +658,61 @@ class WorkloadStatus(_Model):
     """What the autoscaler of spec.scaling says (HPA or KEDA ScaledObject)."""
 
 
+class LabelSelectorRequirement(_Model):
+    """One term of a label selector."""
+
+    key: str = Field(min_length=1)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] | None = None
+    """For In and NotIn."""
+
+
+class LabelSelector(_Model):
+    """A Kubernetes label selector; {} selects everything."""
+
+    match_labels: dict[str, str] | None = None
+    match_expressions: list[LabelSelectorRequirement] | None = None
+
+
+class IpBlock(_Model):
+    """Addresses outside the cluster (a load balancer's, a VPN's)."""
+
+    cidr: str = Field(min_length=1)
+    except_: list[str] | None = Field(default=None, alias="except")
+    """Ranges inside cidr that stay refused."""
+
+
+class NetworkPeer(_Model):
+    """Clients allowed to connect, as a NetworkPolicy peer: podSelector alone selects pods of
+    this namespace, namespaceSelector alone every pod of the namespaces it selects, both
+    together those pods in those namespaces; ipBlock, addresses outside the cluster."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    namespace_selector: LabelSelector | None = None
+    pod_selector: LabelSelector | None = None
+    ip_block: IpBlock | None = None
+
+    @model_validator(mode="after")
+    def _says_who(self) -> NetworkPeer:
+        if self.namespace_selector is None and self.pod_selector is None and not self.ip_block:
+            raise ValueError("give namespaceSelector, podSelector or ipBlock")
+        if self.ip_block is not None and (self.namespace_selector or self.pod_selector):
+            raise ValueError("ipBlock stands alone: no selector with it")
+        return self
+
+
+class Network(_Model):
+    """Who may connect to the worker pods: the NetworkPolicy the operator renders for them
+    (unless the operator's networkPolicy.enabled setting is false)."""
+
+    allow_from: list[NetworkPeer] | None = None
+    """Clients allowed on the HTTP (8000) and gRPC (8001) ports. Unset: every pod of this
+    namespace. Always allowed as well: the workload's own pods (a canary's request mirror)
+    and the namespaces of the Gateways its canary routes through. Metrics (8002) are open to
+    the operator and the monitoring namespaces the operator's settings name."""
+
+
 class InferenceModelSpec(_Model):
     """One model served by polyserve-worker pods on one node pool."""
 
@@ -697,6 +752,8 @@ class InferenceModelSpec(_Model):
     tiers, hardware, replicas and resources come from the current tier."""
     tiering: Tiering | None = None
     """When the model moves between its tiers (defaults when unset)."""
+    network: Network | None = None
+    """Who may connect (a NetworkPolicy); every pod of this namespace when unset."""
 
     @model_validator(mode="before")
     @classmethod
@@ -745,6 +802,8 @@ class InferenceEnsembleSpec(_Model):
     """Requests and limits of the worker container."""
     shm_size: Quantity | None = None
     """Size of the memory-backed /dev/shm; the operator's default when unset."""
+    network: Network | None = None
+    """Who may connect (a NetworkPolicy); every pod of this namespace when unset."""
 
 
 class Metadata(BaseModel):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polyserve_operator import analysis, api, conditions, observe, rollout, settings
-from polyserve_operator.render import canaries, scaling, workloads
+from polyserve_operator.render import canaries, networking, scaling, workloads
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,8 @@ class Canaries:
         gateway: api.GatewayRouting | None,
         warm: Mapping[str, int],
     ) -> Step:
-        desired: list[Obj] = []
+        policy = networking.network_policy(w, self.cfg)  # both revisions' pods
+        desired: list[Obj] = [policy] if policy is not None else []
         scale: dict[str, int] = {}
         running = {plan.stable_revision, plan.canary_revision} - {None}
         autoscaled = w.scaling is not None

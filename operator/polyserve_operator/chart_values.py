@@ -6,11 +6,11 @@ fails ``helm install`` (every object is closed: ``additionalProperties: false``)
 free-form Kubernetes fields (``resources``, ``affinity``, ...), which the API server checks.
 
 ``settings`` is not restated here: it is the operator's own ``Settings`` (camelCase), minus
-what the chart derives from its other values (the watched namespaces, the webhook, the
-kubeconfig), so a setting the operator gains is a value of the chart at the next
-``make generate``. ``_settings.tpl`` (also generated) turns each one into its
-``POLYSERVE_OPERATOR_*`` variable; unset settings keep the operator's defaults, which
-``values.yaml`` shows as comments.
+what the chart derives from its other values or its pod (the watched namespaces, the
+webhook, the operator's own namespace, the kubeconfig), so a setting the operator gains is a
+value of the chart at the next ``make generate``. ``_settings.tpl`` (also generated) turns
+each one into its ``POLYSERVE_OPERATOR_*`` variable; unset settings keep the operator's
+defaults, which ``values.yaml`` shows as comments.
 
 The schema keeps to JSON Schema draft-07 (no ``$ref``, no ``$defs``), which Helm 3 and
 Helm 4 both read. Pure: no I/O.
@@ -31,7 +31,7 @@ from polyserve_operator import settings
 Obj = dict[str, Any]
 
 #: Settings the chart sets from its other values, so they are not values of their own.
-DERIVED_SETTINGS = ("webhook", "namespaces", "kubeconfig")
+DERIVED_SETTINGS = ("webhook", "namespaces", "operator_namespace", "kubeconfig")
 #: The settings ``values.yaml`` sets (pinned to the chart's release); the rest stay comments.
 PINNED_SETTINGS: Obj = {
     "images": {

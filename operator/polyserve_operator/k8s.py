@@ -5,16 +5,28 @@ Objects are plain dicts, written with server-side apply under our field manager 
 with GET and LIST. Label selectors are sent to the server *and* applied again here, so a
 server that ignores them (an emulator) gives the same answer. Synchronous on purpose: kopf
 runs synchronous handlers in its thread pool, off the event loop.
+
+Every call is idempotent (apply with force, merge patches without a resourceVersion, GET,
+LIST, DELETE by name), so a call the server refused for a passing reason (409, 429, 5xx, a
+lost connection) is tried again a few times with jittered exponential back-off, a 429
+waiting at least its ``Retry-After``; what still fails reaches the handler as ``ApiError``
+(kopf retries the handler later). A write whose reply was lost and that did happen meets
+itself when tried again: apply and patch change nothing more, DELETE finds it gone.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import kubernetes
+import urllib3
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +47,7 @@ PLURALS = {
     "ScaledObject": "scaledobjects",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Job": "jobs",
+    "NetworkPolicy": "networkpolicies",
     "InferenceModel": "inferencemodels",
     "InferenceEnsemble": "inferenceensembles",
 }
@@ -43,14 +56,39 @@ PLURALS = {
 class ApiError(Exception):
     """The API server refused or could not be reached; ``status`` is the HTTP status or 0."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
         """Conflicts, throttling, server faults and lost connections pass by themselves."""
         return self.status in (0, 409, 429) or self.status >= 500
+
+
+@dataclass(frozen=True)
+class Retries:
+    """How a call refused for a passing reason is tried again: ``attempts`` in all, the
+    first wait ``first`` seconds, doubling up to ``longest``, each drawn from its upper half
+    (jitter, so clients refused together do not return together); a 429's ``Retry-After``
+    is waited at least, up to ``longest``. The defaults give up after about 6 s: a handler
+    blocks one of kopf's threads while it waits, and kopf retries the handler itself."""
+
+    attempts: int = 5
+    first: float = 0.25
+    longest: float = 4.0
+
+    def delay(self, attempt: int, retry_after: float | None, draw: float) -> float:
+        """The wait after the ``attempt``-th failed try (1-based); ``draw`` in [0, 1)."""
+        ceiling = min(self.longest, self.first * 2.0 ** (attempt - 1))
+        wait = ceiling * (0.5 + draw / 2)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.longest))
+        return wait
+
+
+NO_RETRIES = Retries(attempts=1)
 
 
 def path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
@@ -80,15 +118,52 @@ def configuration(kubeconfig: Path | None) -> Any:
 class Client:
     """A thin dict-in, dict-out client over ``kubernetes.client.ApiClient``."""
 
-    def __init__(self, config: Any, field_manager: str) -> None:
+    def __init__(
+        self,
+        config: Any,
+        field_manager: str,
+        *,
+        retries: Retries = Retries(),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        # One retry policy, this client's: urllib3's own (3 tries, sleeping any Retry-After
+        # in full) would multiply ours and hide the refusals from it.
+        config.retries = urllib3.util.Retry(total=0, redirect=0, raise_on_status=False)
         self.configuration = config
         self.field_manager = field_manager
+        self.retries = retries
+        self._sleep = sleep
+        self._random = random.Random()
         self._api = kubernetes.client.ApiClient(config)
 
     def close(self) -> None:
         self._api.close()  # type: ignore[no-untyped-call]  # unannotated upstream
 
     def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str | None = None,
+    ) -> Obj | None:
+        """One call, tried again while the server refuses it for a passing reason."""
+        attempt = 1
+        while True:
+            try:
+                return self._once(method, url, body=body, query=query, content_type=content_type)
+            except ApiError as exc:
+                if not exc.retryable or attempt >= self.retries.attempts:
+                    raise
+                wait = self.retries.delay(attempt, exc.retry_after, self._random.random())
+                logger.debug(
+                    "%s %s: %s (%d); trying again in %.2f s", method, url, exc, exc.status, wait
+                )
+                self._sleep(wait)
+                attempt += 1
+
+    def _once(
         self,
         method: str,
         url: str,
@@ -112,15 +187,23 @@ class Client:
             response = self._api.call_api(*request)
             response.read()  # type: ignore[no-untyped-call]  # unannotated upstream
         except kubernetes.client.exceptions.ApiException as exc:
-            raise ApiError(int(exc.status or 0), _reason(exc.body) or str(exc.reason)) from exc
-        except OSError as exc:  # urllib3's connection errors derive from it
+            raise ApiError(
+                int(exc.status or 0),
+                _reason(exc.body) or str(exc.reason),
+                _retry_after(exc.headers),
+            ) from exc
+        except (OSError, urllib3.exceptions.HTTPError) as exc:  # connection refused, reset
             raise ApiError(0, f"cannot reach the API server: {exc}") from exc
         status = int(response.status)
         text = response.data.decode() if response.data else ""
         if status == 404 and method == "GET":
             return None
         if status >= 400:
-            raise ApiError(status, _reason(text) or f"HTTP {status} on {method} {url}")
+            raise ApiError(
+                status,
+                _reason(text) or f"HTTP {status} on {method} {url}",
+                _retry_after(response.headers),
+            )
         result: Obj | None = json.loads(text) if text else None
         return result
 
@@ -184,6 +267,15 @@ class Client:
                 return False
             raise
         return True
+
+
+def _retry_after(headers: Any) -> float | None:
+    """A 429's ``Retry-After`` in seconds (the delta-seconds form the API server sends)."""
+    value = (headers or {}).get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _reason(text: Any) -> str | None:

@@ -10,6 +10,7 @@ turns the index contents into plain data; it does no I/O itself.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -42,6 +43,7 @@ CHILDREN: dict[str, tuple[str, str, str]] = {
     "Service": ("", "v1", "services"),
     "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
     "Job": ("batch", "v1", "jobs"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
 }
 
 #: An index as handlers see it: key -> the objects stored under it.
@@ -66,6 +68,7 @@ class Children:
     services: list[Obj] = field(default_factory=list)
     disruption_budgets: list[Obj] = field(default_factory=list)
     jobs: list[Obj] = field(default_factory=list)
+    network_policies: list[Obj] = field(default_factory=list)
 
     @property
     def deployment(self) -> Obj | None:
@@ -93,6 +96,7 @@ class Children:
             "Service": self.services,
             "PodDisruptionBudget": self.disruption_budgets,
             "Job": self.jobs,
+            "NetworkPolicy": self.network_policies,
         }.get(kind, [])
         return _named(candidates, name)
 
@@ -157,6 +161,7 @@ def children(indexes: Mapping[str, Index], namespace: str, name: str) -> Childre
         services=of("Service"),
         disruption_budgets=of("PodDisruptionBudget"),
         jobs=of("Job"),
+        network_policies=of("NetworkPolicy"),
     )
 
 
@@ -185,6 +190,37 @@ def members(
 def exists(resources: Index, namespace: str, name: str) -> bool:
     """Whether the index of a kind of resource holds ``namespace/name``."""
     return (namespace, name) in resources and bool(list(resources[(namespace, name)]))
+
+
+def fingerprint(
+    indexes: Mapping[str, Index],
+    body: Mapping[str, Any],
+    related: Iterable[tuple[str, str]] = (),
+) -> str:
+    """What a reconcile of ``body`` reads from the indexes, in one digest: the resource's
+    own resourceVersion (its spec, annotations and status all move it), the kind, name and
+    resourceVersion of every object it owns, and those of ``related`` resources, given as
+    (index kind, name) in its namespace (an ensemble's members). The same digest twice: the
+    same inputs, so the same result. Reads the indexes in place (no copies)."""
+    meta = body.get("metadata") or {}
+    namespace, name = meta.get("namespace") or "", meta.get("name") or ""
+    parts = [str(meta.get("resourceVersion"))]
+
+    def versions(kind: str, key: Key) -> None:
+        index = indexes.get(kind) or {}
+        if key not in index:
+            return
+        found = []
+        for obj in index[key]:
+            child = obj.get("metadata") or {}
+            found.append(f"{kind}/{child.get('name')}@{child.get('resourceVersion')}")
+        parts.extend(sorted(found))
+
+    for kind in sorted(CHILDREN):
+        versions(kind, (namespace, name))
+    for kind, other in sorted(related):
+        versions(kind, (namespace, other))
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=16).hexdigest()
 
 
 METRICS_TIMEOUT_SECONDS = 2.0

@@ -102,6 +102,13 @@ NAMESPACED: tuple[Rule, ...] = (
         "by their ttlSecondsAfterFinished, and with their resource by the garbage collector.",
     ),
     Rule(
+        ("networking.k8s.io",),
+        ("networkpolicies",),
+        ("list", "watch", "create", "patch"),
+        "Each workload's NetworkPolicy (settings.networkPolicy): applied, and watched for drift "
+        "repair; deleted with its resource by the garbage collector.",
+    ),
+    Rule(
         ("gateway.networking.k8s.io",),
         ("httproutes", "grpcroutes"),
         ("create", "patch"),

@@ -121,6 +121,29 @@ class Webhook(BaseModel):
     )
 
 
+class NetworkPolicy(BaseModel):
+    """The NetworkPolicy the operator renders for each workload's pods."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Render one NetworkPolicy per workload (ingress only: egress stays open for "
+            "artifact fetches). On by default: a cluster whose CNI enforces no NetworkPolicy "
+            "ignores them, and one that does gets pods open only to what spec.network allows. "
+            "false where another layer (a service mesh's authorization) owns pod ingress."
+        ),
+    )
+    metrics_namespaces: list[str] = Field(
+        default_factory=lambda: ["monitoring"],
+        description=(
+            "Namespaces whose pods may scrape the workers' metrics port 8002 (Prometheus); "
+            "the operator's own namespace (operator_namespace) is always allowed."
+        ),
+    )
+
+
 class Prometheus(BaseModel):
     """Where canary analysis reads the workers' metrics."""
 
@@ -152,6 +175,7 @@ class Settings(BaseSettings):
     images: Images = Field(default_factory=Images)
     webhook: Webhook = Field(default_factory=Webhook)
     prometheus: Prometheus = Field(default_factory=Prometheus)
+    network_policy: NetworkPolicy = Field(default_factory=NetworkPolicy)
     field_manager: str = Field(
         default="polyserve-operator",
         description="Server-side apply field manager: what `managedFields` shows as ours.",
@@ -187,6 +211,15 @@ class Settings(BaseSettings):
         description=(
             "Port of the operator's own metrics at /metrics (reconciles, errors, rollouts, "
             "tiers); 0 picks a free one. Not 8080: kopf's liveness endpoint has that one."
+        ),
+    )
+    operator_namespace: str | None = Field(
+        default=None,
+        description=(
+            "The namespace the operator runs in, allowed on the workers' metrics port by their "
+            "NetworkPolicies: canary analysis and tiers read the pods' /metrics when no "
+            "Prometheus is configured. Both installs set it from the pod's own namespace "
+            "(the downward API); unset outside a cluster."
         ),
     )
     kubeconfig: Path | None = Field(

@@ -138,7 +138,7 @@ def _container(objects: list[Obj]) -> Obj:
 
 
 def _env(objects: list[Obj]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in _container(objects).get("env") or []}
+    return {e["name"]: e["value"] for e in _container(objects).get("env") or [] if "value" in e}
 
 
 def test_helm_lint_strict_passes_with_the_defaults_and_every_combination(tmp_path: Any) -> None:

@@ -110,7 +110,8 @@ def test_the_webhook_overlay_configures_the_operators_webhook_from_cert_managers
             kubernetes_validate.validate(doc, "1.30", strict=True)
     (dep,) = [d for d in docs if d["kind"] == "Deployment"]
     for env in dep["spec"]["template"]["spec"]["containers"][0]["env"]:
-        monkeypatch.setenv(env["name"], env["value"])
+        if "value" in env:  # not the downward API's (the pod's namespace)
+            monkeypatch.setenv(env["name"], env["value"])
     cfg = settings.Settings()
     assert cfg.webhook.enabled is True
     assert cfg.webhook.host == "polyserve-operator.polyserve-system.svc"

@@ -294,7 +294,7 @@ def test_polyserve_render_prints_yaml_that_kubectl_can_apply(tmp_path: Path) -> 
         code = cli.main(["render", "-f", str(ROOT / "manifests" / "examples" / "bert-gpu.yaml")])
     assert code == 0
     kinds = [d["kind"] for d in yaml.safe_load_all(out.getvalue())]
-    assert kinds == ["ConfigMap", "Deployment", "Service"]
+    assert kinds == ["NetworkPolicy", "ConfigMap", "Deployment", "Service"]
     assert "bert-trt.pbtxt: |" in out.getvalue()
 
 

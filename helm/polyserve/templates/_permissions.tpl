@@ -39,6 +39,11 @@
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [list, watch, create, patch]
+# Each workload's NetworkPolicy (settings.networkPolicy): applied, and watched for drift repair;
+# deleted with its resource by the garbage collector.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [list, watch, create, patch]
 {{- if .Values.gatewayAPI.enabled }}
 # Canary rollouts with Gateway API routing: the route whose backend weights move.
 - apiGroups: [gateway.networking.k8s.io]

@@ -21,6 +21,9 @@
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_PROMETHEUS__NAMESPACE_LABEL" $prometheus "namespaceLabel") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_PROMETHEUS__POD_LABEL" $prometheus "podLabel") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_PROMETHEUS__TIMEOUT_SECONDS" $prometheus "timeoutSeconds") }}
+{{- $networkPolicy := get $settings "networkPolicy" | default dict }}
+{{- include "polyserve.env" (list "POLYSERVE_OPERATOR_NETWORK_POLICY__ENABLED" $networkPolicy "enabled") }}
+{{- include "polyserve.env" (list "POLYSERVE_OPERATOR_NETWORK_POLICY__METRICS_NAMESPACES" $networkPolicy "metricsNamespaces") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_FIELD_MANAGER" $settings "fieldManager") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_ANNOTATION_PREFIX" $settings "annotationPrefix") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_STATUS_INTERVAL_SECONDS" $settings "statusIntervalSeconds") }}

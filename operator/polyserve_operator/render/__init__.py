@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from polyserve_operator import api, settings
-from polyserve_operator.render import canaries, modelconfigs, scaling, workloads
+from polyserve_operator.render import canaries, modelconfigs, networking, scaling, workloads
 
 Obj = dict[str, Any]
 
@@ -38,6 +38,7 @@ def model_workload(im: api.InferenceModel) -> workloads.Workload:
         rollout=spec.rollout,
         scaling=spec.scaling,
         backend=modelconfigs.chosen_backend(spec),
+        network=spec.network,
     )
 
 
@@ -73,15 +74,19 @@ def ensemble_workload(
         resources=ie.spec.resources,
         shm_size=ie.spec.shm_size,
         backend=None if ie.spec.hardware.backend == "auto" else ie.spec.hardware.backend,
+        network=ie.spec.network,
     )
 
 
 def objects(workload: workloads.Workload, cfg: settings.Settings) -> list[Obj]:
-    """The workload's objects in apply order; for the Canary strategy, its steady state
-    (no rollout under way: every weight on the stable revision)."""
+    """The workload's objects in apply order (its NetworkPolicy before the pods it guards);
+    for the Canary strategy, its steady state (no rollout under way: every weight on the
+    stable revision)."""
     if canaries.canary_of(workload) is not None:
-        return canaries.steady(workload, cfg)
-    found = workloads.objects(workload, cfg)
-    if workload.scaling is not None:
-        found += scaling.objects(workload, workload.scaling, workload.name, cfg.prometheus.url)
-    return found
+        found = canaries.steady(workload, cfg)
+    else:
+        found = workloads.objects(workload, cfg)
+        if workload.scaling is not None:
+            found += scaling.objects(workload, workload.scaling, workload.name, cfg.prometheus.url)
+    policy = networking.network_policy(workload, cfg)
+    return [policy, *found] if policy is not None else found

@@ -85,6 +85,7 @@ class Workload:
     backend: str | None = None
     """The backend that serves (what ``auto`` picked): status.backend; None when the
     members of an ensemble each pick their own."""
+    network: api.Network | None = None
 
     @property
     def name(self) -> str:

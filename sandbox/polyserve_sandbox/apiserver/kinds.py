@@ -4,11 +4,12 @@ Kubernetes 1.3x server (what ``kubectl api-resources`` shows there).
 Served with behaviour: Namespace, Pod (+status, log, binding), Service (+status), Deployment
 and ReplicaSet (+status, scale), Job (+status), ConfigMap and Secret (immutable, stringData),
 Node, CustomResourceDefinition. Stored only (no controller acts on them here): Endpoints,
-EndpointSlice, ServiceAccount, Events, PodDisruptionBudget, Lease, RBAC, webhook
-configurations, HorizontalPodAutoscaler, ReferenceGrants. The Gateway API's GatewayClass,
-Gateway, HTTPRoute and GRPCRoute are served as their CRDs serve them (names, categories,
-printer columns, ``status``) and acted on by ``polyserve_sandbox.gateways``; they are stored
-as written, without the CRDs' schema defaults or validation.
+EndpointSlice, ServiceAccount, Events, PodDisruptionBudget, NetworkPolicy (not enforced),
+Lease, RBAC, webhook configurations, HorizontalPodAutoscaler, ReferenceGrants. The Gateway
+API's GatewayClass, Gateway, HTTPRoute and GRPCRoute are served as their CRDs serve them
+(names, categories, printer columns, ``status``) and acted on by
+``polyserve_sandbox.gateways``; they are stored as written, without the CRDs' schema
+defaults or validation.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ RESOURCES: tuple[Resource, ...] = (
         short_names=("pdb",),
         subresources=STATUS,
     ),
+    # Stored, never enforced: the sandbox's pods share this machine's loopback network.
+    _of("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", short_names=("netpol",)),
     _of("coordination.k8s.io", "v1", "Lease", "leases"),
     _of(
         "autoscaling",
