@@ -155,6 +155,112 @@ def prepare_triton(cache: Path) -> Path:
     return server
 
 
+def prepare_perf_analyzer(cache: Path) -> list[str]:
+    """perf_analyzer from its PyPI wheel (glibc 2.38) through Debian 13's loader and
+    libraries in a sysroot (shared/design/testing-k8s.md); the command to start it."""
+    root = cache / "perf_analyzer"
+    sysroot = root / "sysroot"
+    libs = sysroot / "usr" / "lib" / "x86_64-linux-gnu"
+    binary = root / "wheel" / "perf_analyzer" / "bin" / "perf_analyzer"
+    if not binary.exists():
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--platform",
+                "manylinux_2_38_x86_64",
+                "perf-analyzer",
+                "-d",
+                str(root),
+            ],
+            check=True,
+        )
+        with zipfile.ZipFile(next(root.glob("perf_analyzer-*.whl"))) as archive:
+            archive.extractall(root / "wheel")
+        binary.chmod(0o755)
+    if not (libs / "ld-linux-x86-64.so.2").exists():
+        apt = root / "apt"
+        for folder in ("sources", "lists/partial", "cache/archives/partial"):
+            (apt / folder).mkdir(parents=True, exist_ok=True)
+        sources = "".join(
+            path.read_text() for path in Path("/etc/apt/sources.list.d").glob("*.sources")
+        )
+        trixie = re.sub(r"(?m)^Suites: bookworm bookworm-updates$", "Suites: trixie", sources)
+        (apt / "sources" / "trixie.sources").write_text(trixie)
+        options = [
+            "-o",
+            f"Dir::Etc::SourceParts={apt / 'sources'}",
+            "-o",
+            "Dir::Etc::SourceList=/dev/null",
+            "-o",
+            f"Dir::State::Lists={apt / 'lists'}",
+            "-o",
+            f"Dir::Cache={apt / 'cache'}",
+        ]
+        subprocess.run(["apt-get", *options, "update"], check=True, capture_output=True)
+        debs = root / "debs"
+        debs.mkdir(exist_ok=True)
+        subprocess.run(
+            [
+                "apt-get",
+                *options,
+                "download",
+                "libc6",
+                "libstdc++6",
+                "libgcc-s1",
+                "libssl3t64",
+                "zlib1g",
+            ],
+            check=True,
+            cwd=debs,
+            capture_output=True,
+        )
+        for deb in debs.glob("*.deb"):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(sysroot)], check=True)
+    library_path = f"{libs}:{binary.parent.parent / 'lib'}"
+    return [str(libs / "ld-linux-x86-64.so.2"), "--library-path", library_path, str(binary)]
+
+
+def perf_analyzer(
+    command: list[str], server: Server, model: Model, c: int, streaming: bool, scratch: Path
+) -> dict[str, Any]:
+    """One perf_analyzer point (its own windows until stable): infer/s and p95 ms."""
+    out = scratch / "pa.csv"
+    args = [
+        *command,
+        "-m",
+        model.name,
+        "-u",
+        f"127.0.0.1:{server.grpc}",
+        "-i",
+        "grpc",
+        "--concurrency-range",
+        str(c),
+        "--measurement-interval",
+        "3000",
+        "--stability-percentage",
+        "25",
+        "--max-trials",
+        "6",
+        "-f",
+        str(out),
+    ]
+    if streaming:
+        args.append("--streaming")
+    subprocess.run(args, check=True, capture_output=True, timeout=180)
+    header, row = out.read_text().splitlines()[:2]
+    values = dict(zip(header.split(","), row.split(","), strict=True))
+    return {
+        "infer_per_s": float(values["Inferences/Second"]),
+        "p95_ms": float(values["p95 latency"]) / 1000.0,
+    }
+
+
 def repositories(scratch: Path, site: Path) -> tuple[Path, Path]:
     """The same ONNX files as an onnxruntime repository (ours) and a python-backend one."""
     base = scratch / "base"
@@ -247,8 +353,14 @@ class Server:
 
 
 def servers(
-    ours: Path, theirs: Path, triton: Path | None, cache: Path
+    ours: Path,
+    theirs: Path,
+    triton: Path | None,
+    cache: Path,
+    refs: tuple[tuple[str, Path], ...] = (),
 ) -> list[tuple[str, list[str], dict[str, str]]]:
+    """(label, command, environment) of every server to compare; ``refs``: the worker
+    package as of other commits (label suffix ``@REF``)."""
     worker = [
         str(BIN / "polyserve-worker"),
         "--model-repository",
@@ -271,6 +383,9 @@ def servers(
             {},
         ),
     ]
+    for ref, tree in refs:
+        command = [sys.executable, "-m", "polyserve_worker.main", *worker[1:]]
+        out.append((f"polyserve native @{ref}", command, {"PYTHONPATH": str(tree)}))
     if triton is not None:
         out.append(
             (
@@ -342,6 +457,74 @@ def wait_quiet(limit: float, seconds: float) -> float:
     return os.getloadavg()[0]
 
 
+def _median(
+    rows: list[dict[str, Any]], server: str, model: str, mode: str
+) -> dict[str, Any] | None:
+    """The median run (by infer/s) of one server at one point."""
+    runs = sorted(
+        (r for r in rows if (r["server"], r["model"], r["mode"]) == (server, model, mode)),
+        key=lambda r: r["infer_per_s"],
+    )
+    return runs[len(runs) // 2] if runs else None
+
+
+def targets(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for issue 12; met is None where a row is missing."""
+    out: list[tuple[str, str, bool | None]] = []
+
+    def get(server: str, model: str, mode: str) -> dict[str, Any] | None:
+        return _median(rows, server, model, mode)
+
+    native, triton, two = "polyserve native", "triton", "polyserve native, 2 processes"
+    grpc, http = get(native, "mlp", "grpc"), get(native, "mlp", "http-binary")
+    if grpc and http:
+        ratio = grpc["us_per_inf"] / http["us_per_inf"]
+        out.append(
+            (
+                "mlp: gRPC worker CPU per inference within 1.3x of binary HTTP's",
+                f"{ratio:.2f}x ({grpc['us_per_inf']:.0f} vs {http['us_per_inf']:.0f} us/inf)",
+                ratio <= 1.3,
+            )
+        )
+    for model, mode, floor, name in (
+        ("mlp", "grpc", 0.9, "mlp gRPC c=32 >= 0.9x Triton, p95 no worse"),
+        ("cnn", "grpc", 1.0, "cnn gRPC c=8 >= 1.0x Triton"),
+        ("mlp", "http-binary", 1.0, "mlp binary HTTP c=32 >= 1.0x Triton"),
+        ("cnn", "http-binary", 1.0, "cnn binary HTTP c=8 >= 1.0x Triton"),
+    ):
+        ours, theirs = get(native, model, mode), get(triton, model, mode)
+        if ours and theirs:
+            ratio = ours["infer_per_s"] / theirs["infer_per_s"]
+            met = ratio >= floor
+            measured = f"{ratio:.2f}x ({ours['infer_per_s']:.0f} vs {theirs['infer_per_s']:.0f})"
+            if "p95" in name:
+                met = met and ours["p95_ms"] <= theirs["p95_ms"]
+                measured += f", p95 {ours['p95_ms']:.1f} vs {theirs['p95_ms']:.1f} ms"
+            out.append((name, measured, met))
+    stream = get(native, "mlp", "grpc-stream")
+    if stream and grpc:
+        ratio = stream["infer_per_s"] / grpc["infer_per_s"]
+        out.append(
+            (
+                "ModelStreamInfer at least as fast as unary (mlp, c=32)",
+                f"{ratio:.2f}x ({stream['infer_per_s']:.0f} vs {grpc['infer_per_s']:.0f} infer/s)",
+                ratio >= 1.0,
+            )
+        )
+    scaled = get(two, "mlp", "grpc")
+    if scaled and grpc:
+        ratio = scaled["us_per_inf"] / grpc["us_per_inf"]
+        out.append(
+            (
+                "2 processes: worker CPU per inference does not grow, batches form (mlp gRPC)",
+                f"{scaled['us_per_inf']:.0f} vs {grpc['us_per_inf']:.0f} us/inf ({ratio:.2f}x), "
+                f"batch {scaled['batch']:.1f} vs {grpc['batch']:.1f}",
+                ratio <= 1.05 and scaled["batch"] > 1.5,
+            )
+        )
+    return out
+
+
 def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     labels = list(dict.fromkeys(r["server"] for r in rows))
     lines = [
@@ -387,6 +570,31 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
                 + ", ".join(f"{r['infer_per_s']:.0f}" for r in runs)
                 + " |"
             )
+    analyzed = [r for r in rows if r["mode"].startswith("pa-")]
+    if analyzed:
+        lines += [
+            "",
+            "perf_analyzer 2.60 (its own windows until stable), mlp at concurrency 32, the "
+            "same servers in the same rounds: a cross-check of the load generator.",
+            "",
+            "| server | perf_analyzer mode | infer/s | p95 ms | vs Triton |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for mode, label in (("pa-grpc", "gRPC"), ("pa-grpc-stream", "gRPC --streaming")):
+            base = _median(rows, "triton", "mlp", mode)
+            for server in labels:
+                mid = _median(rows, server, "mlp", mode)
+                if mid is None:
+                    continue
+                ratio = f"{mid['infer_per_s'] / base['infer_per_s']:.2f}" if base else "-"
+                lines.append(
+                    f"| {server} | {label} | {mid['infer_per_s']:.0f} | {mid['p95_ms']:.2f} "
+                    f"| {ratio} |"
+                )
+    lines += ["", "| target (issue 12) | measured | |", "|---|---|---|"]
+    for name, measured, met in targets(rows):
+        verdict = "-" if met is None else ("met" if met else "**missed**")
+        lines.append(f"| {name} | {measured} | {verdict} |")
     return lines
 
 
@@ -400,7 +608,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", type=float, default=0.5, help="1-min load to wait for")
     parser.add_argument("--quiet-wait", type=float, default=1800, help="seconds to wait at most")
     parser.add_argument("--no-triton", action="store_true")
+    parser.add_argument("--no-perf-analyzer", action="store_true")
     parser.add_argument("--only", action="append", default=[], help="server labels to run")
+    parser.add_argument(
+        "--ref", action="append", default=[], help="also run the worker as of this git commit"
+    )
     args = parser.parse_args(argv)
     triton = None
     if not args.no_triton:
@@ -408,11 +620,27 @@ def main(argv: list[str] | None = None) -> int:
             triton = prepare_triton(args.cache)
         except (subprocess.CalledProcessError, OSError, StopIteration) as exc:
             print(f"   Triton not available here ({exc}); our worker alone", flush=True)
+    analyzer = None
+    if not args.no_perf_analyzer:
+        try:
+            analyzer = prepare_perf_analyzer(args.cache)
+        except (subprocess.CalledProcessError, OSError, StopIteration) as exc:
+            print(f"   perf_analyzer not available here ({exc})", flush=True)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="polyserve-peers-") as tmp:
         scratch = Path(tmp)
         ours, theirs = repositories(scratch, args.cache / "site")
-        plan = servers(ours, theirs, triton, args.cache)
+        refs = []
+        for ref in args.ref:
+            # The worker package as it was at a commit, next to today's: an A/B of a change.
+            tree = scratch / "refs" / ref
+            tree.mkdir(parents=True)
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", ref, "worker"], check=True, capture_output=True
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+            refs.append((ref, tree / "worker"))
+        plan = servers(ours, theirs, triton, args.cache, tuple(refs))
         if args.only:
             plan = [p for p in plan if p[0] in args.only]
         load_start = wait_quiet(args.quiet, args.quiet_wait)
@@ -440,6 +668,30 @@ def main(argv: list[str] | None = None) -> int:
                             f" {result['infer_per_s']:6.0f} infer/s p95 {result['p95_ms']:6.2f}"
                             f" batch {result['batch']:4.1f} {result['us_per_inf']:4.0f} us/inf"
                             f" errors {result['errors']} load {load:.2f}",
+                            flush=True,
+                        )
+                    for streaming in (False, True) if analyzer else ():
+                        assert analyzer is not None
+                        mode = "pa-grpc-stream" if streaming else "pa-grpc"
+                        try:
+                            result = perf_analyzer(analyzer, server, MLP, 32, streaming, scratch)
+                        except (subprocess.SubprocessError, OSError, ValueError) as exc:
+                            print(f"   perf_analyzer failed against {label}: {exc}", flush=True)
+                            continue
+                        rows.append(
+                            {
+                                **result,
+                                "server": label,
+                                "model": "mlp",
+                                "mode": mode,
+                                "c": 32,
+                                "round": round_number,
+                                "load": os.getloadavg()[0],
+                            }
+                        )
+                        print(
+                            f"   [{round_number}] {label:30s} mlp {mode:14s} c=32 "
+                            f"{result['infer_per_s']:6.0f} infer/s p95 {result['p95_ms']:6.2f}",
                             flush=True,
                         )
                 finally:
