@@ -226,14 +226,17 @@ def fingerprint(
 METRICS_TIMEOUT_SECONDS = 2.0
 
 
-def scrape(pods: Iterable[Obj], model: str, port: int) -> dict[str, analysis.Sample]:
-    """The metrics of ``model`` on each ready pod (pod name -> sample), read from the
-    worker's own ``/metrics`` at the pod's IP. A pod that does not answer is left out (its
-    traffic is counted again when it answers next time)."""
+def scrape(
+    pods: Iterable[Obj], model: str, port: int, *, ready_only: bool = True
+) -> dict[str, analysis.Sample]:
+    """The metrics of ``model`` on each ready pod (each pod with an IP when not
+    ``ready_only``) (pod name -> sample), read from the worker's own ``/metrics`` at the pod's
+    IP. A pod that does not answer is left out (its traffic is counted again when it answers
+    next time)."""
     found: dict[str, analysis.Sample] = {}
     for pod in pods:
         ip = (pod.get("status") or {}).get("podIP")
-        if not ip or not pod_ready(pod):
+        if not ip or (ready_only and not pod_ready(pod)):
             continue
         url = f"http://{ip}:{port}/metrics"
         try:

@@ -87,6 +87,7 @@ class Tiers:
         self.cfg = cfg
         self._readings: dict[tuple[str, str], _Reading] = {}
         self._last: dict[tuple[str, str], tiers.Load] = {}
+        self._parked: dict[tuple[str, str], dict[str, analysis.Sample]] = {}
         self.prometheus = observe.PromQL(cfg.prometheus) if cfg.prometheus.url else None
 
     def plan(
@@ -126,6 +127,7 @@ class Tiers:
     def forget(self, namespace: str, name: str) -> None:
         self._readings.pop((namespace, name), None)
         self._last.pop((namespace, name), None)
+        self._parked.pop((namespace, name), None)
 
     def _load(
         self, im: api.InferenceModel, children: observe.Children, now: datetime.datetime
@@ -158,7 +160,25 @@ class Tiers:
         seconds = (now - before.at).total_seconds()
         if seconds < RATE_WINDOW_SECONDS:
             return self._last.get(key, tiers.Load(None))
-        load = _load_of(analysis.window(before.pods, pods), seconds)
+        existing = {p["metadata"]["name"] for p in children.pods}
+        parked = {p: s for p, s in self._parked.get(key, {}).items() if p in existing}
+        departed = set(before.pods) - set(pods)
+        # A pod that stopped being ready keeps its counts as they are now (read if it still
+        # answers, else the last seen): when it serves again, only what it serves from then
+        # on is new, not its whole counter (a spike).
+        gone = [p for p in children.pods if p["metadata"]["name"] in departed]
+        still = observe.scrape(gone, im.metadata.name, workloads.METRICS_PORT, ready_only=False)
+        parked.update({p: still.get(p, before.pods[p]) for p in departed if p in existing})
+        self._parked[key] = parked
+        if departed:
+            # What a pod served between the last reading and its going (scaled down after a
+            # move, deleted, unready) is unknown: a rate without it reads as the load falling.
+            # Start a new window instead.
+            self._readings[key] = _Reading(now, pods)
+            return self._last.get(key, tiers.Load(None))
+        load = _load_of(analysis.window({**parked, **before.pods}, pods), seconds)
+        for pod in pods:
+            parked.pop(pod, None)
         self._readings[key] = _Reading(now, pods)
         self._last[key] = load
         return load

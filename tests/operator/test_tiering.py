@@ -114,3 +114,37 @@ def test_a_pod_that_does_not_answer_keeps_the_last_rate_and_counts_right_when_ba
     pods[1].success = 100 + 300
     pods[0].success += 90
     assert reader._load(im, children, at(30)).rate == pytest.approx((100 + 300) / 20)
+
+
+def test_a_pod_that_goes_starts_a_new_window_instead_of_a_dip_and_a_returning_one_no_spike(
+    pods: list[FakeWorker],
+) -> None:
+    reader = tiering.Tiers(settings.Settings())
+    im = _model()
+    both = [_pod(f"m-{i}", w.address) for i, w in enumerate(pods)]
+    unready = {**both[1], "status": {**both[1]["status"], "conditions": []}}
+
+    def load(seconds: float, listed: list[dict[str, Any]]) -> float | None:
+        at = T0 + datetime.timedelta(seconds=seconds)
+        return reader._load(im, observe.Children(name="m", pods=listed), at).rate
+
+    load(0, both)
+    for w in pods:
+        w.success += 100
+    assert load(10, both) == pytest.approx(20.0)
+    # m-1 served 100 more, then went unready (as the old tier's pods do after a move): the
+    # window it leaves is not measured (read without it, it would dip to 10 req/s).
+    pods[0].success += 100
+    pods[1].success += 100
+    assert load(20, [both[0], unready]) == pytest.approx(20.0)
+    pods[0].success += 200
+    assert load(30, [both[0], unready]) == pytest.approx(20.0)
+    # Ready again: only what it serves from now on is new, not the 100 it served unseen.
+    pods[0].success += 100
+    pods[1].success += 100
+    assert load(40, both) == pytest.approx(20.0), "no spike from its old counter"
+    # Deleted for good: the window it leaves is skipped once, then only m-0 counts.
+    pods[0].success += 50
+    assert load(50, [both[0]]) == pytest.approx(20.0)
+    pods[0].success += 50
+    assert load(60, [both[0]]) == pytest.approx(5.0)
