@@ -7,10 +7,10 @@ free-form Kubernetes fields (``resources``, ``affinity``, ...), which the API se
 
 ``settings`` is not restated here: it is the operator's own ``Settings`` (camelCase), minus
 what the chart derives from its other values or its pod (the watched namespaces, the
-webhook, the operator's own namespace, the kubeconfig), so a setting the operator gains is a
-value of the chart at the next ``make generate``. ``_settings.tpl`` (also generated) turns
-each one into its ``POLYSERVE_OPERATOR_*`` variable; unset settings keep the operator's
-defaults, which ``values.yaml`` shows as comments.
+webhook and its readiness port, the operator's own namespace, the kubeconfig), so a setting
+the operator gains is a value of the chart at the next ``make generate``. ``_settings.tpl``
+(also generated) turns each one into its ``POLYSERVE_OPERATOR_*`` variable; unset settings
+keep the operator's defaults, which ``values.yaml`` shows as comments.
 
 The schema keeps to JSON Schema draft-07 (no ``$ref``, no ``$defs``), which Helm 3 and
 Helm 4 both read. Pure: no I/O.
@@ -31,7 +31,14 @@ from polyserve_operator import settings
 Obj = dict[str, Any]
 
 #: Settings the chart sets from its other values, so they are not values of their own.
-DERIVED_SETTINGS = ("webhook", "namespaces", "operator_namespace", "kubeconfig")
+DERIVED_SETTINGS = (
+    "webhook",
+    "namespaces",
+    "operator_namespace",
+    "readiness_addr",
+    "readiness_port",
+    "kubeconfig",
+)
 #: The settings ``values.yaml`` sets (pinned to the chart's release); the rest stay comments.
 PINNED_SETTINGS: Obj = {
     "images": {
@@ -140,6 +147,10 @@ class Webhook(_Values):
     """cert-manager's issuer of the serving certificate."""
     self_signed_days: int = Field(default=3650, ge=1)
     """Validity of the self-signed CA and certificate, in days."""
+    failure_policy: Literal["Ignore", "Fail"] = "Ignore"
+    """When the operator cannot answer (a restart): Ignore lets writes through (the CRDs' CEL
+    rules still hold and status reports InvalidSpec), Fail blocks every write of our
+    resources until it answers again."""
 
 
 class TestImage(_Values):

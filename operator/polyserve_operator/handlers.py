@@ -24,6 +24,7 @@ import kopf
 import pydantic
 
 from polyserve_operator import (
+    admission,
     api,
     canarying,
     conditions,
@@ -623,17 +624,9 @@ def build(cfg: settings.Settings, client: k8s.Client) -> kopf.OperatorRegistry:
                 f"{observe.MANAGED_BY}={workloads.MANAGER}"
             )
         if cfg.webhook.enabled:
-            hook = cfg.webhook
-            settings.admission.server = kopf.WebhookServer(
-                addr=hook.addr,
-                port=hook.port,
-                host=hook.host,
-                certfile=str(hook.certfile) if hook.certfile else None,
-                pkeyfile=str(hook.pkeyfile) if hook.pkeyfile else None,
-                cafile=str(hook.cafile) if hook.cafile else None,
-                insecure=hook.insecure,
-            )
-            settings.admission.managed = hook.managed_configuration
+            # TLS from the files, re-read every reload_seconds (cert-manager's renewals).
+            settings.admission.server = admission.server(cfg.webhook)
+            settings.admission.managed = cfg.webhook.managed_configuration
 
     if cfg.kubeconfig is not None:
 
@@ -696,9 +689,14 @@ def build(cfg: settings.Settings, client: k8s.Client) -> kopf.OperatorRegistry:
         # has become invalid, or it would hang in Terminating (an ensemble whose member is
         # gone). The managed webhook configuration registers CREATE and UPDATE only.
         admitted: list[kopf.Operation] = ["CREATE", "UPDATE"]
+        ignore = admission.ignore_failures(cfg.webhook)  # failurePolicy: see admission
 
         @kopf.on.validate(
-            *MODELS, id="validate-inferencemodel", operations=admitted, registry=registry
+            *MODELS,
+            id="validate-inferencemodel",
+            operations=admitted,
+            ignore_failures=ignore,
+            registry=registry,
         )
         def admit_model(body: kopf.Body, **kwargs: Any) -> None:
             # Validation has no side effects, so dry-run requests are answered the same way.
@@ -706,7 +704,11 @@ def build(cfg: settings.Settings, client: k8s.Client) -> kopf.OperatorRegistry:
                 reconciler.admit_model(body, World.from_kwargs(kwargs))
 
         @kopf.on.validate(
-            *ENSEMBLES, id="validate-inferenceensemble", operations=admitted, registry=registry
+            *ENSEMBLES,
+            id="validate-inferenceensemble",
+            operations=admitted,
+            ignore_failures=ignore,
+            registry=registry,
         )
         def admit_ensemble(body: kopf.Body, **kwargs: Any) -> None:
             if _spec_changed(kwargs.get("operation"), kwargs.get("old"), body):

@@ -3,7 +3,8 @@
 Watches every namespace (``--all-namespaces``), or only ``settings.namespaces`` when a
 namespace-scoped install names them (its Roles cover nothing else). Standalone: one replica
 with a Recreate strategy, because kopf's peering pauses equal-priority replicas instead of
-electing a leader; every handler is idempotent all the same.
+electing a leader; every handler is idempotent all the same. Serves kopf's liveness
+endpoint, its own metrics and, with the webhook, ``/readyz`` (``readiness``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from polyserve_operator import handlers, k8s, settings, telemetry
+from polyserve_operator import handlers, k8s, readiness, settings, telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     registry = handlers.build(cfg, client)
     metrics = telemetry.current.serve(cfg.metrics_addr, cfg.metrics_port)
     logger.info("metrics on %s:%d/metrics", cfg.metrics_addr, metrics.port)
+    # With the webhook, the pod is Ready only while it answers (readiness), so its Service
+    # never sends the API server to an operator that cannot; without it, nothing follows
+    # readiness and nothing is served.
+    ready = None
+    if cfg.webhook.enabled:
+        check = readiness.Readiness(cfg.webhook)
+        ready = readiness.serve(cfg.readiness_addr, cfg.readiness_port, check)
+        logger.info("readiness on %s:%d%s", cfg.readiness_addr, ready.port, readiness.PATH)
     try:
         asyncio.run(
             kopf.operator(
@@ -56,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     finally:
+        if ready is not None:
+            ready.close()
         metrics.close()
         client.close()
     return 0

@@ -8,6 +8,7 @@ nodes carry other labels or taints changes these, not the operator.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -115,8 +116,29 @@ class Webhook(BaseModel):
     managed_configuration: str | None = Field(
         default="polyserve.io",
         description=(
-            "Name of the ValidatingWebhookConfiguration the operator keeps up to date; "
-            "None leaves it to the installer."
+            "Name of the ValidatingWebhookConfiguration the operator keeps up to date (kopf "
+            "also keeps a MutatingWebhookConfiguration of that name, with no webhooks); None "
+            "leaves them to the installer. The RBAC rules name it (resourceNames)."
+        ),
+    )
+    failure_policy: Literal["Ignore", "Fail"] = Field(
+        default="Ignore",
+        description=(
+            "What the API server does when the webhook cannot answer (an operator restart, "
+            "a node drain). Ignore: the write goes through, the CRD's CEL rules still hold, "
+            "and the reconciler reports what only the webhook would have refused as "
+            "InvalidSpec in status: the checks are about validity, not security, so an "
+            "operator outage never blocks writes. Fail: nothing is written without them."
+        ),
+    )
+    reload_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "How often the certificate files are re-read, in seconds (kopf's "
+            "file_check_interval): a change (cert-manager's renewal) restarts the webhook "
+            "server with the new certificate and updates the configuration's caBundle; no "
+            "operator restart."
         ),
     )
 
@@ -198,6 +220,19 @@ class Settings(BaseSettings):
             "Namespaces to watch (kopf's --namespace; globs such as 'team-*' allowed). Empty: "
             "every namespace, which needs ClusterRoles; a namespace-scoped install lists the "
             'namespaces its Roles cover, e.g. POLYSERVE_OPERATOR_NAMESPACES=\'["a", "b"]\'.'
+        ),
+    )
+    readiness_addr: str = Field(
+        default="0.0.0.0", description="Listen address of the operator's /readyz endpoint."
+    )
+    readiness_port: int = Field(
+        default=8081,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of /readyz, served with the webhook only: ready while the webhook answers "
+            "over TLS with a certificate its CA bundle verifies, so the webhook Service never "
+            "sends the API server to an operator that cannot answer; 0 picks a free one."
         ),
     )
     metrics_addr: str = Field(
