@@ -11,6 +11,7 @@ images:                         # more images, tried before the built-in worker 
 - {pattern: "registry.example/tool:*", path: [/opt/tool/bin], entrypoint: [tool]}
 backoff: {initialSeconds: 10, maxSeconds: 300}
 pods: run                       # run: pods are processes; hollow: reported ready, none started
+audit: false                    # true: every API request in logs/audit.log (who, verb, object)
 faults:                         # refused requests and broken watches (apiserver/faults.py)
   seed: 7
   rules: [{verbs: [PATCH, APPLY], conflict: 0.05, throttle: 0.05, error: 0.05}]
@@ -92,6 +93,9 @@ class SandboxConfig(_Model):
     at a scale this machine could not run."""
     faults: apifaults.FaultPlan | None = None
     """Faults the API server injects (``apiserver.faults``); none by default."""
+    audit: bool = False
+    """Write every API request to ``logs/audit.log`` (``apiserver.auditing``): who asked for
+    what, as a real API server's audit log says it."""
 
     def claim(self, namespace: str, claim: str) -> Path | None:
         """The folder that plays a PersistentVolumeClaim, if the config names one."""

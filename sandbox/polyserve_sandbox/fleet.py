@@ -108,7 +108,11 @@ class Fleet:
         self.jobs = jobs.JobController(self.store)
         self.pod_addresses = services.Addresses(pod_range)
         self.api = apihttp.ApiServer(
-            self.store, host="127.0.0.1", port=cfg.api_port, faults=cfg.faults
+            self.store,
+            host="127.0.0.1",
+            port=cfg.api_port,
+            faults=cfg.faults,
+            audit_log=layout.logs / "audit.log" if cfg.audit else None,
         )
         self.kubelets: list[kubelet_node.Kubelet | hollow.HollowKubelet] = []
         self.run_operator = operator and cfg.operator.enabled

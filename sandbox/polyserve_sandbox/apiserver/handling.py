@@ -15,9 +15,10 @@ Bodies are JSON or YAML, and protobuf only as ``kubectl create <kind>`` sends it
 is allowed), admission webhooks, aggregated API servers,
 ``exec``/``attach``/``port-forward``, and ``logs -f`` follows nothing (the log as it is).
 
-Every request is counted (``metrics``, served at ``/metrics``), and a fault plan
-(``faults``, off by default; ``GET/PUT/DELETE /sandbox/faults``) may refuse it, lose its
-reply, or break its watch before it is served.
+Every request is counted (``metrics``, served at ``/metrics``), written to the audit log
+when there is one (``auditing``), and a fault plan (``faults``, off by default;
+``GET/PUT/DELETE /sandbox/faults``) may refuse it, lose its reply, or break its watch before
+it is served.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from polyserve_sandbox.apiserver import (
+    auditing,
     discovery,
     errors,
     faults,
@@ -59,6 +61,7 @@ FAULTS_PATH = "/sandbox/faults"
 #: Where a request keeps what it asked for (``metrics.Request``), once its path is read.
 _ASKED = web.RequestKey("polyserve.asked", metrics.Request)
 _COUNTED = web.RequestKey("polyserve.counted", bool)
+_TARGET = web.RequestKey("polyserve.target", Target)
 
 
 def _json(obj: Any, status: int = 200, content_type: str = "application/json") -> web.Response:
@@ -90,8 +93,10 @@ class Handler:
         *,
         bookmark_interval: float = 30.0,
         fault_plan: faults.FaultPlan | None = None,
+        audit: auditing.AuditLog | None = None,
     ) -> None:
         self.store = store
+        self.audit = audit
         self.bookmark_interval = bookmark_interval
         self.faults = faults.Faults(fault_plan)
         self.requests = metrics.Requests()
@@ -118,7 +123,34 @@ class Handler:
             response = _error(ApiError(500, "InternalError", f"Internal error occurred: {exc}"))
         if not request.get(_COUNTED):
             self.requests.count(request.get(_ASKED) or metrics.Request("GET"), response.status)
+            self._audit(request, response.status)
         return response
+
+    def _audit(self, request: web.Request, code: int) -> None:
+        """One line of the audit log, when there is one (``auditing``)."""
+        if self.audit is None:
+            return
+        asked, target = request.get(_ASKED), request.get(_TARGET)
+        where: dict[str, Any] = {}
+        if asked is not None and target is not None:
+            where = {
+                "verb": asked.verb,
+                "group": asked.group,
+                "version": asked.version,
+                "resource": asked.resource,
+                "subresource": asked.subresource,
+                "namespace": target.namespace,
+                "name": target.name,
+            }
+        self.audit.write(
+            auditing.event(
+                username=auditing.user(request.headers.get("Authorization")),
+                method=request.method,
+                uri=request.path_qs,
+                code=code,
+                **where,
+            )
+        )
 
     async def _fault_plan(self, request: web.Request) -> web.Response:
         """``GET``: the plan and what it injected; ``PUT``: a new plan (its generator
@@ -185,6 +217,7 @@ class Handler:
             watch=target.watch or queries.flag(query.get("watch")),
             apply=request.headers.get("Content-Type", "").startswith("application/apply-patch"),
         )
+        request[_TARGET] = target
         request[_ASKED] = metrics.Request(
             verb,
             resource.group,
@@ -341,6 +374,7 @@ class Handler:
         await response.prepare(request)
         # Counted as it starts (it may end only when the client goes, cancelled).
         self.requests.count(request[_ASKED], 200)
+        self._audit(request, 200)
         request[_COUNTED] = True
         resuming = (
             bool(version) and version != "0" and not queries.flag(query.get("sendInitialEvents"))

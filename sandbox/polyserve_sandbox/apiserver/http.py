@@ -9,8 +9,9 @@ does is ``handling``'s.
     ...
     await server.stop()
 
-``faults`` sets or replaces the fault plan (``faults.FaultPlan``; None: no faults) and
-``requests`` holds the request counts that ``/metrics`` serves.
+``faults`` sets or replaces the fault plan (``faults.FaultPlan``; None: no faults),
+``requests`` holds the request counts that ``/metrics`` serves, and ``audit_log`` (a path;
+None: none) writes every request to an audit log (``auditing``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pathlib import Path
 import yaml
 from aiohttp import web
 
+from polyserve_sandbox.apiserver import auditing, handling, metrics
 from polyserve_sandbox.apiserver import faults as apifaults
-from polyserve_sandbox.apiserver import handling, metrics
 from polyserve_sandbox.apiserver.store import Store
 
 CONTEXT = "polyserve-sandbox"
@@ -40,13 +41,15 @@ class ApiServer:
         *,
         bookmark_interval: float = 30.0,
         faults: apifaults.FaultPlan | None = None,
+        audit_log: Path | None = None,
     ) -> None:
         self.store = store
         self.host = host
         self.port = port
         self.url = ""
+        self.audit = auditing.AuditLog(audit_log) if audit_log is not None else None
         self._handler = handling.Handler(
-            store, bookmark_interval=bookmark_interval, fault_plan=faults
+            store, bookmark_interval=bookmark_interval, fault_plan=faults, audit=self.audit
         )
         self._runner: web.AppRunner | None = None
 
@@ -93,14 +96,20 @@ class ApiServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.audit is not None:
+            self.audit.close()
 
 
-def kubeconfig(url: str, *, namespace: str = "default") -> dict[str, object]:
+def kubeconfig(
+    url: str, *, namespace: str = "default", token: str = "sandbox"
+) -> dict[str, object]:
+    """A kubeconfig for ``url``. Any token is accepted, and taken as the user's name (what
+    the audit log says): ``system:serviceaccount:NS:NAME`` acts as that account would."""
     return {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": CONTEXT, "cluster": {"server": url}}],
-        "users": [{"name": CONTEXT, "user": {"token": "sandbox"}}],
+        "users": [{"name": CONTEXT, "user": {"token": token}}],
         "contexts": [
             {
                 "name": CONTEXT,
@@ -111,8 +120,11 @@ def kubeconfig(url: str, *, namespace: str = "default") -> dict[str, object]:
     }
 
 
-def write_kubeconfig(url: str, path: Path, *, namespace: str = "default") -> Path:
+def write_kubeconfig(
+    url: str, path: Path, *, namespace: str = "default", token: str = "sandbox"
+) -> Path:
     """Write a kubeconfig for ``url`` at ``path`` (its folder is created); returns it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(kubeconfig(url, namespace=namespace), sort_keys=False))
+    document = kubeconfig(url, namespace=namespace, token=token)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
