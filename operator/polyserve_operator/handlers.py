@@ -9,6 +9,13 @@ deleted Service or ConfigMap is noticed and put back at the next tick. Running i
 changes nothing, so a restarted operator converges without duplicates. Handlers are
 registered on an explicit registry built from settings, so importing this module registers
 nothing.
+
+At rest the timer costs neither API requests nor rendering: a tick whose inputs (the
+resource's resourceVersion and those of everything it owns, ``observe.fingerprint``) are
+those of the last tick that found nothing to do is skipped, unless the result follows the
+clock (a canary step, a tier's load, an autoscaler's status) or the resync count is reached.
+Each resource's timer starts at its own offset within the interval (``spread``), so
+resources created together do not tick together.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ import contextlib
 import copy
 import datetime
 import logging
-from collections.abc import Iterator, Mapping
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import kopf
@@ -80,6 +89,12 @@ class World:
         return self.indexes["InferenceEnsemble"]
 
 
+#: A periodic observation whose inputs have not changed is skipped this many times in a
+#: row, then runs in full anyway: a resync (what an informer's resync period is to
+#: client-go), in case an input was missed (5 minutes at the default 15 s interval).
+RESYNC_AFTER = 20
+
+
 class Reconciler:
     """The reconciliation of both kinds, over one API client and one set of settings."""
 
@@ -88,6 +103,57 @@ class Reconciler:
         self.client = client
         self.canaries = canarying.Canaries(cfg)
         self.tiers = tiering.Tiers(cfg)
+        # (kind, namespace, name) -> (the fingerprint of an observation that found nothing
+        # to do, how many observations were skipped since). Handlers run in kopf's threads.
+        self._settled: dict[tuple[str, str, str], tuple[str, int]] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self, kind: str, body: kopf.Body, patch: kopf.Patch, world: World) -> bool:
+        """A periodic observation (the timer; resuming after a restart): a reconcile that
+        applies only what is missing or drifted, skipped when nothing it reads changed since
+        the last one that found nothing to do. Returns whether it ran."""
+        meta = body.get("metadata") or {}
+        key = (kind, meta.get("namespace") or "", meta.get("name") or "")
+        mark = observe.fingerprint(world.indexes, body, _related(kind, body))
+        steady = _steady(body)
+        with self._lock:
+            seen = self._settled.get(key)
+            if steady and seen is not None and seen[0] == mark and seen[1] < RESYNC_AFTER:
+                self._settled[key] = (mark, seen[1] + 1)
+                return False
+            self._settled.pop(key, None)
+        try:
+            with _counted(kind, body, patch):
+                if kind == "InferenceModel":
+                    self.model(body, patch, world, force=False)
+                else:
+                    self.ensemble(body, patch, world, force=False)
+        finally:
+            status = patch.pop("status", None)
+            self._write_status(kind, key[1], key[2], status)
+        if steady and not status:  # nothing written: the same inputs will find nothing again
+            with self._lock:
+                self._settled[key] = (mark, 0)
+        return True
+
+    def _write_status(
+        self, kind: str, namespace: str, name: str, status: Mapping[str, Any] | None
+    ) -> None:
+        """Write a periodic observation's status ourselves (a merge patch of the ``status``
+        subresource, tried again by the client when refused for a passing reason), leaving
+        kopf's patch empty: kopf ends a timer for good when the timer's own patch fails, and
+        the resource would never be observed again. What still fails is retried by kopf as
+        the handler's temporary error, and the status recomputed then."""
+        if not status:
+            return
+        try:
+            self.client.patch(
+                api.API_VERSION, kind, namespace, name, {"status": status}, subresource="status"
+            )
+        except k8s.ApiError as exc:
+            if exc.status == 404:
+                return  # deleted meanwhile
+            raise kopf.TemporaryError(f"writing the status failed: {exc}", delay=5) from exc
 
     def _fail(
         self,
@@ -164,6 +230,8 @@ class Reconciler:
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """Drop what is kept in memory for a deleted resource."""
+        with self._lock:
+            self._settled.pop((kind, namespace, name), None)
         if kind == "InferenceModel":
             self.canaries.forget(namespace, name)
             self.tiers.forget(namespace, name)
@@ -553,6 +621,40 @@ def _counted(kind: str, body: kopf.Body, patch: kopf.Patch) -> Iterator[None]:
     telemetry.status(kind, meta.get("namespace", ""), meta.get("name", ""), status)
 
 
+def _steady(body: Mapping[str, Any]) -> bool:
+    """Whether a reconcile's result follows from what it reads alone: not while a canary
+    rollout is under way (steps and analyses follow the clock and the pods' metrics), nor
+    for tiered models (their load is read from the pods) or autoscaled ones (the
+    autoscaler's status is read from the API)."""
+    spec = body.get("spec") or {}
+    if spec.get("tiers") or spec.get("scaling"):
+        return False
+    if (spec.get("rollout") or {}).get("strategy") == "Canary":
+        rollout = (body.get("status") or {}).get("rollout") or {}
+        return rollout.get("phase") == "Healthy" and not rollout.get("canaryRevision")
+    return True
+
+
+def _related(kind: str, body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Other resources a reconcile reads: an ensemble's members."""
+    if kind != "InferenceEnsemble":
+        return []
+    steps = (body.get("spec") or {}).get("steps") or []
+    return [("InferenceModel", str(s.get("modelRef"))) for s in steps if s.get("modelRef")]
+
+
+def spread(interval: float) -> Callable[..., float]:
+    """kopf's initial delay of a resource's timer: an offset within the interval, fixed
+    per resource (from its uid), so timers of resources created together do not tick
+    together."""
+
+    def delay(uid: str | None = None, name: str | None = None, **_: Any) -> float:
+        seed = (uid or name or "").encode()
+        return interval * (zlib.crc32(seed) / 2**32)
+
+    return delay
+
+
 def _spec_changed(operation: str | None, old: kopf.Body | None, new: kopf.Body) -> bool:
     """Whether an admission request creates a resource or changes its spec."""
     if operation != "UPDATE" or old is None:
@@ -653,12 +755,13 @@ def build(cfg: settings.Settings, client: k8s.Client) -> kopf.OperatorRegistry:
         with _counted("InferenceModel", body, patch):
             reconciler.model(body, patch, World.from_kwargs(kwargs), force=True)
 
+    offset = spread(interval)
+
     @kopf.on.resume(*MODELS, registry=registry)
-    @kopf.timer(*MODELS, interval=interval, idle=interval, registry=registry)
+    @kopf.timer(*MODELS, interval=interval, idle=interval, initial_delay=offset, registry=registry)
     def observe_model(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         # After a restart nothing is re-applied unless it is missing or drifted.
-        with _counted("InferenceModel", body, patch):
-            reconciler.model(body, patch, World.from_kwargs(kwargs), force=False)
+        reconciler.refresh("InferenceModel", body, patch, World.from_kwargs(kwargs))
 
     @kopf.on.create(*ENSEMBLES, registry=registry)
     @kopf.on.update(*ENSEMBLES, registry=registry)
@@ -667,11 +770,12 @@ def build(cfg: settings.Settings, client: k8s.Client) -> kopf.OperatorRegistry:
             reconciler.ensemble(body, patch, World.from_kwargs(kwargs), force=True)
 
     @kopf.on.resume(*ENSEMBLES, registry=registry)
-    @kopf.timer(*ENSEMBLES, interval=interval, idle=interval, registry=registry)
+    @kopf.timer(
+        *ENSEMBLES, interval=interval, idle=interval, initial_delay=offset, registry=registry
+    )
     def observe_ensemble(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         # Also how an ensemble follows its members: their configs are in the revision.
-        with _counted("InferenceEnsemble", body, patch):
-            reconciler.ensemble(body, patch, World.from_kwargs(kwargs), force=False)
+        reconciler.refresh("InferenceEnsemble", body, patch, World.from_kwargs(kwargs))
 
     # Bookkeeping only (optional: no finalizer, deletion never waits on it): the deleted
     # resource's in-memory state and metric series go with it.
