@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -45,6 +46,38 @@ MAX_EVENTS = 256
 #: At the end of a stop, how long calls still running get to send the answer they have
 #: (the worker has already answered its queues UNAVAILABLE) before they are cancelled.
 CLOSE_WAIT_SECS = 0.5
+
+
+SOCKET_NAME = "stream.sock"
+#: The longest path a Unix socket address holds (``sun_path`` less its NUL).
+SOCKET_PATH_MAX = 107
+
+
+@dataclass
+class SocketFolder:
+    """A private folder for the stream socket, named by a path short enough to bind in."""
+
+    path: str
+    """Where the socket goes: the folder itself, or ``/proc/self/fd/N`` when its own path is
+    too long for a socket's (the local fleet gives each pod's /tmp a deep folder, and its
+    root is read-only): the process's handle on the folder names it in a few bytes."""
+    folder: str
+    handle: int | None = None
+
+    def close(self) -> None:
+        if self.handle is not None:
+            os.close(self.handle)
+            self.handle = None
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def socket_folder() -> SocketFolder:
+    """A new private folder in TMPDIR for the stream socket."""
+    folder = tempfile.mkdtemp(prefix="polyserve-grpc-")
+    if len(os.path.join(folder, SOCKET_NAME).encode()) <= SOCKET_PATH_MAX:
+        return SocketFolder(folder, folder)
+    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    return SocketFolder(f"/proc/self/fd/{handle}", folder, handle)
 
 
 class _Abort(grpc.aio.AbortError):  # type: ignore[misc]  # grpc has no type stubs
@@ -107,7 +140,7 @@ class NativeFront:
             ("grpc.max_send_message_length", -1),
         ]
         self._fallback: grpc.aio.Server | None = None
-        self._socket_dir: str | None = None
+        self._socket: SocketFolder | None = None
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._ids: dict[asyncio.Task[None], int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -116,8 +149,8 @@ class NativeFront:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._socket_dir = tempfile.mkdtemp(prefix="polyserve-grpc-")
-        path = os.path.join(self._socket_dir, "stream.sock")
+        self._socket = socket_folder()
+        path = os.path.join(self._socket.path, SOCKET_NAME)
         fallback = grpc.aio.server(options=self._options)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, fallback)
         fallback.add_insecure_port(f"unix:{path}")
@@ -218,5 +251,5 @@ class NativeFront:
         await asyncio.to_thread(self._front.close)
         if self._pump is not None:
             await asyncio.to_thread(self._pump.join, 5)
-        if self._socket_dir is not None:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
+        if self._socket is not None:
+            self._socket.close()
