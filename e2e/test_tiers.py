@@ -64,6 +64,16 @@ def _rollout(cluster: Cluster, namespace: str) -> dict[str, Any]:
     return dict((body.get("status") or {}).get("rollout") or {})
 
 
+def _reasons(cluster: Cluster, namespace: str) -> list[str]:
+    """The reasons of the model's events, oldest first."""
+    events = cluster.client.list("v1", "Event", namespace, {})
+    return [
+        str(e.get("reason"))
+        for e in sorted(events, key=lambda e: str(e.get("lastTimestamp") or ""))
+        if (e.get("involvedObject") or {}).get("name") == "ranked"
+    ]
+
+
 def _serving(cluster: Cluster, namespace: str) -> bool:
     body = cluster.client.get(api.API_VERSION, "InferenceModel", namespace, "ranked") or {}
     conds = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
@@ -171,3 +181,9 @@ def test_a_gpu_tier_without_a_gpu_is_tier_blocked_and_traffic_keeps_flowing(
         describe=lambda: (_tier(cluster, namespace), _rollout(cluster, namespace)),
     )
     assert "given up: the load fell" in _tier(cluster, namespace)["moves"][-1]["reason"]
+    wait_for(
+        "the TierBlocked and TierMoveGivenUp events",
+        lambda: {"TierBlocked", "TierMoveGivenUp"} <= set(_reasons(cluster, namespace)),
+        describe=lambda: _reasons(cluster, namespace),
+    )
+    assert _reasons(cluster, namespace).count("TierBlocked") == 1, "said once per move"

@@ -180,8 +180,11 @@ class Reconciler:
         w: workloads.Workload,
         desired: int,
         observation: conditions.Observation,
+        *,
+        serving: workloads.Workload | None = None,
     ) -> None:
         previous = dict(body.get("status") or {})
+        shown = serving or w
         status = conditions.compute(
             generation=body.meta.get("generation"),
             desired_replicas=desired,
@@ -193,8 +196,8 @@ class Reconciler:
         rev = workloads.revision(w, self.cfg)
         status.update(
             revision=rev,
-            pool=w.hardware.pool,
-            backend=w.backend,
+            pool=shown.hardware.pool,
+            backend=shown.backend,
             endpoints=workloads.endpoints(w).model_dump(exclude_none=True),
         )
         if w.scaling is not None:
@@ -297,9 +300,11 @@ class Reconciler:
         force: bool,
         stable_size: int | None = None,
         warm: Mapping[str, int] | None = None,
+        serving: workloads.Workload | None = None,
     ) -> None:
         """One step of a canary rollout (see ``canarying``): apply what the plan runs, scale
-        the older stable revision, delete what it no longer needs, report."""
+        the older stable revision, delete what it no longer needs, report (the pool and
+        backend of ``serving``, when given, instead of ``w``'s)."""
         step = self.canaries.step(
             w, dict(body), children, _now(), stable_size=stable_size, warm=warm
         )
@@ -332,7 +337,7 @@ class Reconciler:
         if previous != step.plan.status:
             patch.status["rollout"] = replacing(previous, step.plan.status)
         observation = children.observation(step.stable_deployment)
-        self._report(body, patch, w, step.plan.stable_replicas, observation)
+        self._report(body, patch, w, step.plan.stable_replicas, observation, serving=serving)
 
     def _apply(
         self,
@@ -457,6 +462,7 @@ class Reconciler:
             force=force,
             stable_size=move.stable_size,
             warm=move.warm,
+            serving=move.serving,
         )
 
     def ensemble(self, body: kopf.Body, patch: kopf.Patch, world: World, *, force: bool) -> None:

@@ -44,6 +44,9 @@ class Move:
     decision: tiers.Decision
     stable_size: int | None
     warm: dict[str, int]
+    serving: workloads.Workload
+    """The workload of the tier that serves now (``status.tier.current``): status shows its
+    pool and backend until a move has arrived."""
 
 
 def tier_model(im: api.InferenceModel, tier: api.Tier, canary: api.Canary) -> api.InferenceModel:
@@ -122,7 +125,12 @@ class Tiers:
             for i, t in enumerate(tier_list)
             if i not in (current, decision.target) and t.replicas.min > 0
         }
-        return Move(w, decision, stable_size, warm)
+        serving = (
+            w
+            if current == decision.target
+            else render.model_workload(tier_model(im, tier_list[current], canary))
+        )
+        return Move(w, decision, stable_size, warm, serving)
 
     def forget(self, namespace: str, name: str) -> None:
         self._readings.pop((namespace, name), None)

@@ -120,6 +120,16 @@ def decide(
             events.append(("Normal", "TierMoved", f"now on tier {names[target]}"))
             return Decision(target, _settled(status), events)
         if blocked:
+            if not status.get("blocked"):  # said once, when the move first finds no pods
+                events.append(
+                    (
+                        "Warning",
+                        "TierBlocked",
+                        f"tier {names[target]} gets no pods ({blocked}); serving on "
+                        f"{names[current]} until it does, the load falls or "
+                        f"provisioningDeadline ({tiering.provisioning_deadline}) passes",
+                    )
+                )
             status["blocked"] = blocked
             deadline = rollout.seconds(tiering.provisioning_deadline)
             started = _since(status, "moveStartedAt") or now
@@ -132,7 +142,7 @@ def decide(
                 events.append(
                     (
                         "Warning",
-                        "TierBlocked",
+                        "TierMoveGivenUp",
                         f"tier {names[target]} got no pods ({blocked}); {why}",
                     )
                 )

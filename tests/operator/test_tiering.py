@@ -148,3 +148,17 @@ def test_a_pod_that_goes_starts_a_new_window_instead_of_a_dip_and_a_returning_on
     assert load(50, [both[0]]) == pytest.approx(20.0)
     pods[0].success += 50
     assert load(60, [both[0]]) == pytest.approx(5.0)
+
+
+def test_while_a_move_is_under_way_status_shows_the_tier_that_serves_and_then_the_new_one() -> None:
+    reader = tiering.Tiers(settings.Settings())
+    im = _model()
+    under_way = {"current": "xeon", "target": "bf16", "since": "2026-12-01T11:00:00Z"}
+    body = {"status": {"tier": {**under_way, "moveStartedAt": "2026-12-01T11:59:00Z"}}}
+    move = reader.plan(im, body, observe.Children(name="m"), T0)
+    assert move.decision.target == 1, "the move goes on"
+    assert (move.workload.hardware.pool, move.workload.backend) == ("xeon", "openvino")
+    assert move.serving.backend == "onnxruntime", "the pods that answer are still xeon's"
+    settled = {"status": {"tier": {"current": "bf16", "since": "2026-12-01T11:00:00Z"}}}
+    move = reader.plan(im, settled, observe.Children(name="m"), T0)
+    assert move.serving is move.workload and move.serving.backend == "openvino"

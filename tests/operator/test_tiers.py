@@ -149,10 +149,14 @@ def test_a_blocked_tier_is_given_up_when_the_load_falls_and_traffic_stays() -> N
     why = "Unschedulable: 0/1 nodes are available: 1 node(s) didn't match Pod's node selector"
     d = step(d.status, 700, 1370, blocked=why)
     assert d.target == 2 and d.status["blocked"] == why, "it waits for a node"
+    assert [(kind, reason) for kind, reason, _ in d.events] == [("Warning", "TierBlocked")]
+    assert why in d.events[0][2] and "serving on bf16" in d.events[0][2]
+    d = step(d.status, 700, 1375, blocked=why)
+    assert d.target == 2 and d.events == [], "said once, not at every refresh"
     d = step(d.status, 100, 1380, blocked=why)
     assert d.target == 1, "the load fell: the move is given up"
     assert "given up: the load fell" in d.status["moves"][-1]["reason"]
-    assert d.events[-1][1] == "TierBlocked"
+    assert d.events[-1][:2] == ("Warning", "TierMoveGivenUp")
 
 
 def test_a_blocked_tier_is_given_up_after_the_provisioning_deadline() -> None:
