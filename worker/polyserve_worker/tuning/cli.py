@@ -125,7 +125,10 @@ def tune(a: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             prune_ratio=0.0 if a.grid else 0.5,  # a grid measures every candidate whole
         )
         search = searching.Search(a.model, the_space, worker, load, plan, watch)
-        trials = search.run()
+        try:
+            trials = search.run()
+        except KeyboardInterrupt:  # stopped by hand: report the best so far
+            trials = search.trials
     finally:
         watch.close()
         worker.stop()

@@ -172,6 +172,7 @@ class Worker:
         self.repository = repository
         self.http = f"127.0.0.1:{free_port()}"
         self.grpc = f"127.0.0.1:{free_port()}"
+        self.metrics = f"127.0.0.1:{free_port()}"
         self._log_path = log
         self.process: subprocess.Popen[bytes] | None = None
         self._client: Any = None
@@ -183,7 +184,7 @@ class Worker:
                 "host": "127.0.0.1",
                 "http_port": int(self.http.rsplit(":", 1)[1]),
                 "grpc_port": int(self.grpc.rsplit(":", 1)[1]),
-                "metrics_port": free_port(),
+                "metrics_port": int(self.metrics.rsplit(":", 1)[1]),
                 "model_control_mode": "explicit",
                 "exit_timeout_secs": 5.0,
                 "exit_idle_secs": 0.05,
