@@ -205,6 +205,54 @@ class Tests(_Values):
     """How long the Pod waits for the model to serve (fetch, load), in seconds."""
 
 
+class PodMonitors(_Values):
+    """PodMonitors for the workers and the operator (deploy/observability/podmonitors.yaml)."""
+
+    enabled: bool = False
+    """Install them (needs the Prometheus Operator's CRDs). The workers' looks in
+    watchNamespaces (every namespace when empty), the operator's in the release's namespace.
+    The workers' NetworkPolicies let only settings.networkPolicy.metricsNamespaces scrape them:
+    put Prometheus' namespace there."""
+
+
+class PrometheusRule(_Values):
+    """Polyserve's alerts (deploy/observability/alerts.yaml) as a PrometheusRule."""
+
+    enabled: bool = False
+    """Install it (needs the Prometheus Operator's CRDs; its expressions read the labels the
+    PodMonitors give, so enable those too or scrape the same way)."""
+
+
+class Dashboard(_Values):
+    """The Grafana dashboard (deploy/observability/dashboard.json) as a ConfigMap that Grafana's
+    dashboard sidecar loads (kube-prometheus-stack's does)."""
+
+    enabled: bool = False
+    """Install the ConfigMap."""
+    label_key: str = Field(default="grafana_dashboard", min_length=1)
+    """The label the sidecar looks for (its sidecar.dashboards.label)."""
+    label_value: str = "1"
+    """That label's value (its sidecar.dashboards.labelValue)."""
+    namespace: str = Field(default="", pattern=f"^$|{DNS_LABEL}")
+    """Where the ConfigMap goes. Empty: the release's namespace; the sidecar reads only
+    Grafana's namespace unless its searchNamespace says otherwise."""
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """E.g. {grafana_folder: Polyserve} where the sidecar's folderAnnotation is grafana_folder."""
+
+
+class Monitoring(_Values):
+    """Prometheus Operator objects and the Grafana dashboard of deploy/observability, each off by
+    default: the chart renders the files themselves (copied into files/observability/ by `make
+    generate`), with its names, namespace and labels."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Labels added to each of them, e.g. {release: prometheus}: what a kube-prometheus-stack's
+    Prometheus selects PodMonitors and PrometheusRules by (its release name) by default."""
+    pod_monitors: PodMonitors = Field(default_factory=PodMonitors)
+    prometheus_rule: PrometheusRule = Field(default_factory=PrometheusRule)
+    dashboard: Dashboard = Field(default_factory=Dashboard)
+
+
 class Values(_Values):
     """The chart's values."""
 
@@ -266,6 +314,7 @@ class Values(_Values):
     """Extra annotations of the operator's pod."""
     pod_labels: dict[str, str] = Field(default_factory=dict)
     """Extra labels of the operator's pod (never in its selector)."""
+    monitoring: Monitoring = Field(default_factory=Monitoring)
     tests: Tests = Field(default_factory=Tests)
 
 
