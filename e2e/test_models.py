@@ -348,5 +348,6 @@ def test_a_spec_only_the_workers_rules_refuse_reports_invalid_spec_in_status(
             and r
         ),
     )
-    assert "cannot run precision bf16" in ready["message"] and "use openvino" in ready["message"]
+    assert "cannot run precision bf16" in ready["message"]
+    assert "bf16 runs on openvino" in ready["message"], "the message names the fix"
     assert cluster.client.get("apps/v1", "Deployment", namespace, "bf16") is None

@@ -96,7 +96,8 @@ def add_commands(commands: Any) -> None:
     verbs.add_parser("retry", parents=[common], help="try a rolled-back revision again")
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = sys.stdout if out is None else out
     kind = "InferenceModel"
     try:
         client = k8s.connect(args.kubeconfig, "polyserve-cli")

@@ -163,7 +163,8 @@ def add_commands(commands: Any) -> None:
     )
 
 
-def run(argv: list[str], out: TextIO = sys.stdout) -> int:
+def run(argv: list[str], out: TextIO | None = None) -> int:
+    out = sys.stdout if out is None else out
     if any(a == "--from-status" or a.startswith("--from-status=") for a in argv):
         return _from_status(argv, out)
     try:

@@ -153,8 +153,12 @@ def tune(a: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def main(
-    argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
+    # sys.stdout and sys.stderr as they are now (a default argument would keep the streams
+    # of the moment this module was imported).
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     a = flags.parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return tune(a, out, err)
