@@ -3,6 +3,7 @@ by canary, with real traffic the whole time and no failed request."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -66,7 +67,8 @@ def _rollout(cluster: Cluster, namespace: str) -> dict[str, Any]:
 
 def _reasons(cluster: Cluster, namespace: str) -> list[str]:
     """The reasons of the model's events, oldest first."""
-    events = cluster.client.list("v1", "Event", namespace, {})
+    done = cluster.kubectl("get", "events", "-n", namespace, "-o", "json")
+    events = json.loads(done.stdout)["items"]
     return [
         str(e.get("reason"))
         for e in sorted(events, key=lambda e: str(e.get("lastTimestamp") or ""))
