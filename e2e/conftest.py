@@ -39,6 +39,12 @@ from polyserve_sandbox import cli as sandbox_cli
 T = TypeVar("T")
 
 REAL_CLUSTER_ENV = "POLYSERVE_E2E_KUBECONFIG"
+#: Set (to anything): the sandbox writes its API audit log (logs/audit.log), as
+#: e2e/test_permissions.py asks for to record what the operator calls.
+AUDIT_ENV = "POLYSERVE_E2E_AUDIT"
+#: Who the operator is in the sandbox (its bearer token there, which the sandbox takes as the
+#: user), as its ServiceAccount would be in a cluster: the audit log tells its requests apart.
+OPERATOR_USER = "system:serviceaccount:polyserve-system:polyserve-operator"
 FIELD_MANAGER = "polyserve-e2e"
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "manifests" / "examples"
@@ -110,6 +116,7 @@ def sandbox(folder: Path, built: dict[str, Path]) -> Iterator[Path]:
                 "claims": {"models": str(built["claims"])},
                 # The kubelet's 10 s doubling to 5 min, shortened so crash loops show fast.
                 "backoff": {"initialSeconds": 1, "maxSeconds": 5},
+                "audit": bool(os.environ.get(AUDIT_ENV)),
             }
         )
     )
@@ -187,9 +194,24 @@ class Operator:
     webhook_url: str
 
 
+def as_operator(kubeconfig: Path) -> Path:
+    """The sandbox's kubeconfig with the operator's own user (``OPERATOR_USER``); any other
+    kubeconfig (a real cluster's) as it is."""
+    document = yaml.safe_load(kubeconfig.read_text())
+    users = document.get("users") or []
+    if [(u.get("user") or {}).get("token") for u in users] != ["sandbox"]:
+        return kubeconfig
+    users[0]["user"]["token"] = OPERATOR_USER
+    path = kubeconfig.with_name(kubeconfig.name + "-operator")
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
 @contextlib.contextmanager
 def running_operator(kubeconfig: Path) -> Iterator[Operator]:
-    """The real operator in this process, for as long as the context lasts."""
+    """The real operator in this process, for as long as the context lasts, as its own
+    user (``as_operator``)."""
+    kubeconfig = as_operator(kubeconfig)
     port = free_port()
     cfg = operator_settings(kubeconfig, port)
     client = k8s.connect(kubeconfig, cfg.field_manager)

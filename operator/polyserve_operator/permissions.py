@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from polyserve_operator import api
+from polyserve_operator import api, settings
 
 Obj = dict[str, Any]
 
@@ -49,13 +49,18 @@ class Rule:
     why: str = ""
     feature: str | None = None
     """The Helm value (a path under ``.Values``) that grants this rule; None: always."""
+    names: tuple[str, ...] = ()
+    """``resourceNames``: only these objects (empty: any)."""
 
     def policy(self) -> Obj:
-        return {
+        found: Obj = {
             "apiGroups": list(self.groups),
             "resources": list(self.resources),
             "verbs": list(self.verbs),
         }
+        if self.names:
+            found["resourceNames"] = list(self.names)
+        return found
 
 
 _PLURALS = ("inferencemodels", "inferenceensembles")
@@ -142,12 +147,27 @@ CLUSTER: tuple[Rule, ...] = (
     Rule(("",), ("namespaces",), ("get", "list", "watch")),
 )
 
+#: The webhook configurations kopf manages (``settings.webhook.managed_configuration``): it
+#: creates a Validating and a Mutating one of that name, the latter with no webhooks.
+MANAGED = str(settings.Webhook().managed_configuration)
+_CONFIGURATIONS = ("validatingwebhookconfigurations", "mutatingwebhookconfigurations")
+
 WEBHOOK: tuple[Rule, ...] = (
     Rule(
         ("admissionregistration.k8s.io",),
-        ("validatingwebhookconfigurations",),
-        ("get", "list", "watch", "create", "patch"),
-        "The operator writes its own ValidatingWebhookConfiguration (kopf's managed admission).",
+        _CONFIGURATIONS,
+        ("create",),
+        "kopf's managed admission creates its two configurations when they are missing. "
+        "Kubernetes cannot limit create by resourceNames (the name is not part of the request "
+        "it authorizes), so this is any name: it can add a webhook configuration, not touch "
+        "one it did not create.",
+    ),
+    Rule(
+        ("admissionregistration.k8s.io",),
+        _CONFIGURATIONS,
+        ("patch",),
+        f"Then keeps them up to date (URL, CA bundle, rules): these two, by name ({MANAGED}).",
+        names=(MANAGED,),
     ),
 )
 
@@ -175,12 +195,14 @@ def _comment(text: str, indent: str = "") -> list[str]:
 
 
 def _rule_lines(rule: Rule) -> list[str]:
-    return [
+    lines = [
         *_comment(rule.why),
         f"- apiGroups: {_flow(rule.groups)}",
         f"  resources: {_flow(rule.resources)}",
-        f"  verbs: {_flow(rule.verbs)}",
     ]
+    if rule.names:
+        lines.append(f"  resourceNames: {_flow(rule.names)}")
+    return [*lines, f"  verbs: {_flow(rule.verbs)}"]
 
 
 def _rules_yaml(rules: Iterable[Rule]) -> list[str]:

@@ -79,8 +79,15 @@
 
 {{/* The validating webhook's own configuration (cluster-scoped). */}}
 {{- define "polyserve.rules.webhook" -}}
-# The operator writes its own ValidatingWebhookConfiguration (kopf's managed admission).
+# kopf's managed admission creates its two configurations when they are missing. Kubernetes cannot
+# limit create by resourceNames (the name is not part of the request it authorizes), so this is
+# any name: it can add a webhook configuration, not touch one it did not create.
 - apiGroups: [admissionregistration.k8s.io]
-  resources: [validatingwebhookconfigurations]
-  verbs: [get, list, watch, create, patch]
+  resources: [validatingwebhookconfigurations, mutatingwebhookconfigurations]
+  verbs: [create]
+# Then keeps them up to date (URL, CA bundle, rules): these two, by name (polyserve.io).
+- apiGroups: [admissionregistration.k8s.io]
+  resources: [validatingwebhookconfigurations, mutatingwebhookconfigurations]
+  resourceNames: [polyserve.io]
+  verbs: [patch]
 {{- end }}
