@@ -5,7 +5,9 @@ kustomize base (``manifests/base/rbac.yaml``: ClusterRoles, the whole cluster), 
 overlay (``manifests/webhook/rbac.yaml``), and the Helm chart's rule blocks
 (``helm/polyserve/templates/_permissions.tpl``), which the chart puts in ClusterRoles or,
 for a namespace-scoped install, in a Role per watched namespace. Tests fail when a rendered
-copy drifts from this table, and when a verb the operator uses is missing from it.
+copy drifts from this table; ``tests/install/test_rbac_evidence.py`` fails when the operator
+was seen to call what it does not grant, or when it grants what the operator was never seen
+to call (the evidence is recorded by ``e2e/test_permissions.py``).
 
 The rules fall in three groups by where they must be granted:
 
@@ -70,10 +72,11 @@ NAMESPACED: tuple[Rule, ...] = (
         (api.GROUP,),
         _PLURALS,
         ("get", "list", "watch", "patch"),
-        "The operator's own resources: watched, and patched for kopf's bookkeeping "
-        "annotations and finalizer (never their spec).",
+        "The operator's own resources: watched, read at admission (an ensemble's members, a "
+        "model's namesake), and patched for kopf's bookkeeping annotations and finalizer "
+        "(never their spec).",
     ),
-    Rule((api.GROUP,), tuple(f"{p}/status" for p in _PLURALS), ("get", "patch")),
+    Rule((api.GROUP,), tuple(f"{p}/status" for p in _PLURALS), ("patch",)),
     Rule(
         ("",),
         ("configmaps",),
@@ -134,17 +137,23 @@ NAMESPACED: tuple[Rule, ...] = (
         "spec.scaling with engine KEDA: the same for a ScaledObject.",
         feature="keda.enabled",
     ),
-    Rule(("", "events.k8s.io"), ("events",), ("create", "patch")),
+    Rule(
+        ("",),
+        ("events",),
+        ("create",),
+        "kopf posts core v1 Events (never patches or aggregates them).",
+    ),
 )
 
 CLUSTER: tuple[Rule, ...] = (
     Rule(
         ("apiextensions.k8s.io",),
         ("customresourcedefinitions",),
-        ("get", "list", "watch"),
-        "kopf's own discovery: the CRDs it serves and the namespaces it may watch.",
+        ("list", "watch"),
+        "kopf's own discovery: the CRDs it serves, and (a namespace-scoped install) the "
+        "namespaces it may watch; listed and watched, never read one by one.",
     ),
-    Rule(("",), ("namespaces",), ("get", "list", "watch")),
+    Rule(("",), ("namespaces",), ("list", "watch")),
 )
 
 #: The webhook configurations kopf manages (``settings.webhook.managed_configuration``): it

@@ -32,39 +32,6 @@ def test_the_kustomize_roles_hold_exactly_the_tables_rules() -> None:
     assert role["rules"] == [r.policy() for r in permissions.WEBHOOK]
 
 
-def test_the_table_grants_what_the_operator_does_and_no_wildcards() -> None:
-    granted = permissions.granted((*permissions.NAMESPACED, *permissions.CLUSTER))
-    assert not any("*" in part for item in granted for part in item)
-    needed = [
-        ("polyserve.io", "inferencemodels", "watch"),
-        ("polyserve.io", "inferenceensembles", "patch"),  # kopf's annotations and finalizer
-        ("polyserve.io", "inferencemodels/status", "patch"),
-        ("apps", "deployments", "create"),  # server-side apply of a missing object
-        ("apps", "deployments", "patch"),
-        ("apps", "deployments", "delete"),  # a canary's or an old tier's revision
-        ("", "services", "delete"),  # a canary's Service after the rollout
-        ("autoscaling", "horizontalpodautoscalers", "get"),  # its status into the model's
-        ("autoscaling", "horizontalpodautoscalers", "delete"),
-        ("keda.sh", "scaledobjects", "patch"),
-        ("apps", "replicasets", "watch"),  # revisions' pods for status
-        ("", "configmaps", "delete"),
-        ("policy", "poddisruptionbudgets", "delete"),
-        ("gateway.networking.k8s.io", "httproutes", "patch"),
-        ("gateway.networking.k8s.io", "grpcroutes", "create"),
-        ("", "events", "create"),
-        ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
-    ]
-    for item in needed:
-        assert item in granted, item
-    assert ("", "secrets", "get") not in granted  # the pods read the artifact secret, not us
-    # what a namespace-scoped install still grants cluster-wide is read-only
-    assert {verb for *_, verb in permissions.granted(permissions.CLUSTER)} <= {
-        "get",
-        "list",
-        "watch",
-    }
-
-
 def test_every_operator_setting_is_a_chart_value_except_those_the_chart_derives() -> None:
     properties = chart_values.schema()["properties"]["settings"]["properties"]
     fields = [f for f in settings.Settings.model_fields if f not in chart_values.DERIVED_SETTINGS]

@@ -2,14 +2,14 @@
 
 {{/* What the operator needs in every namespace it watches. */}}
 {{- define "polyserve.rules.namespaced" -}}
-# The operator's own resources: watched, and patched for kopf's bookkeeping annotations and
-# finalizer (never their spec).
+# The operator's own resources: watched, read at admission (an ensemble's members, a model's
+# namesake), and patched for kopf's bookkeeping annotations and finalizer (never their spec).
 - apiGroups: [polyserve.io]
   resources: [inferencemodels, inferenceensembles]
   verbs: [get, list, watch, patch]
 - apiGroups: [polyserve.io]
   resources: [inferencemodels/status, inferenceensembles/status]
-  verbs: [get, patch]
+  verbs: [patch]
 # Owned objects: watched (selected by app.kubernetes.io/managed-by on the server) for status and
 # drift repair; ConfigMaps of old revisions are handed to their ReplicaSets or deleted.
 - apiGroups: [""]
@@ -61,20 +61,22 @@
   resources: [scaledobjects]
   verbs: [get, create, patch, delete]
 {{- end }}
-- apiGroups: ["", events.k8s.io]
+# kopf posts core v1 Events (never patches or aggregates them).
+- apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}
 
 {{/* kopf's discovery: cluster-scoped, granted by a ClusterRole in every install. */}}
 {{- define "polyserve.rules.cluster" -}}
-# kopf's own discovery: the CRDs it serves and the namespaces it may watch.
+# kopf's own discovery: the CRDs it serves, and (a namespace-scoped install) the namespaces it may
+# watch; listed and watched, never read one by one.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [namespaces]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 {{- end }}
 
 {{/* The validating webhook's own configuration (cluster-scoped). */}}
