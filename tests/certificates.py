@@ -65,9 +65,12 @@ def authority(folder: Path, name: str = "polyserve-test-ca") -> Authority:
     return Authority(folder / "ca.crt", folder / "ca.key")
 
 
-def issue(ca: Authority, folder: Path, names: list[str], name: str = "server") -> Issued:
-    """A server certificate for ``names`` (DNS names or IP addresses) signed by ``ca``,
-    written to ``folder`` with the CA's certificate beside it."""
+def issue(
+    ca: Authority, folder: Path, names: list[str], name: str = "server", usage: str = "serverAuth"
+) -> Issued:
+    """A certificate for ``names`` (DNS names or IP addresses) signed by ``ca``, written to
+    ``folder`` with the CA's certificate beside it: a server's, or a client's with
+    ``usage="clientAuth"``."""
     folder.mkdir(parents=True, exist_ok=True)
     sans = []
     for entry in names:
@@ -82,7 +85,7 @@ def issue(ca: Authority, folder: Path, names: list[str], name: str = "server") -
     (work / "ext.cnf").write_text(
         "basicConstraints=CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\n"
+        f"extendedKeyUsage={usage}\n"
         "subjectKeyIdentifier=hash\n"
         "authorityKeyIdentifier=keyid,issuer\n"
         f"subjectAltName={','.join(sans)}\n"

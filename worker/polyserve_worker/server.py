@@ -24,6 +24,7 @@ import array
 import asyncio
 import fcntl
 import logging
+import ssl
 import termios
 from collections.abc import Mapping
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from polyserve_worker import clock as clocks
-from polyserve_worker import dataplane, errors, metrics, mirroring, repository, shm, tensors
+from polyserve_worker import dataplane, errors, metrics, mirroring, repository, shm, tensors, tls
 from polyserve_worker.backends import base
 from polyserve_worker.settings import WorkerSettings
 from polyserve_worker.transport import grpc as grpc_transport
@@ -92,8 +93,16 @@ class Worker:
     async def start(self) -> None:
         """Bind every port, then load the models (live while loading, ready after)."""
         s = self.settings
+        certificates = None
+        if s.tls_cert_file is not None and s.tls_key_file is not None:
+            certificates = tls.Certificates(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
         http = rest.RestServer(self.core, s.http_max_input_size, s.http_body_timeout_secs)
-        self._http = await self._serve(http.app, s.http_port, s.http_idle_timeout_secs)
+        self._http = await self._serve(
+            http.app,
+            s.http_port,
+            s.http_idle_timeout_secs,
+            certificates.ssl_context() if certificates is not None else None,
+        )
         self.http_port = _port(self._http[1], s.http_port)
         self._grpc = grpc_transport.create_front(
             self.core,
@@ -102,6 +111,7 @@ class Worker:
             s.max_stream_in_flight,
             s.grpc_transport,
             reuse_port=s.workers > 1,
+            certificates=certificates,
         )
         self.grpc_port = self._grpc.port
         await self._grpc.start()
@@ -119,10 +129,12 @@ class Worker:
         self._metrics = await self._serve(metrics_app, metrics_port, s.http_idle_timeout_secs)
         self.metrics_port = _port(self._metrics[1], metrics_port)
         logger.info(
-            "serving HTTP on %d, gRPC on %d (%s), metrics on %d",
+            "serving HTTP%s on %d, gRPC on %d (%s%s), metrics on %d",
+            "S" if certificates is not None else "",
             self.http_port,
             self.grpc_port,
             self._grpc.name,
+            ", TLS" if certificates is not None else "",
             self.metrics_port,
         )
         if s.mirror_config is not None:
@@ -138,7 +150,11 @@ class Worker:
         return self._grpc.name if self._grpc is not None else ""
 
     async def _serve(
-        self, app: web.Application, port: int, idle_timeout: float
+        self,
+        app: web.Application,
+        port: int,
+        idle_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> tuple[web.AppRunner, web.TCPSite]:
         # aiohttp's keep-alive timeout also bounds the wait for a complete request header.
         # After an early answer (413, 408) the unread rest of a body is read and dropped for
@@ -155,7 +171,9 @@ class Worker:
         await runner.setup()
         # With --workers, the processes share the HTTP port; the kernel spreads connections.
         shared = self.settings.workers > 1 and port != 0
-        site = web.TCPSite(runner, self.settings.host, port, reuse_port=shared)
+        site = web.TCPSite(
+            runner, self.settings.host, port, reuse_port=shared, ssl_context=ssl_context
+        )
         await site.start()
         return runner, site
 

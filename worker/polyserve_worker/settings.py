@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "POLYSERVE_"
@@ -206,6 +206,28 @@ class WorkerSettings(BaseSettings):
             "refuses it RESOURCE_EXHAUSTED: choose aio where untrusted clients reach the port."
         ),
     )
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description=(
+            "PEM certificate (chain) that the HTTP and gRPC ports serve over TLS, with "
+            "--tls-key-file. Unset: plain HTTP and gRPC. The files are checked at most once a "
+            "second as connections arrive, and a renewed pair (a cert-manager Secret the "
+            "kubelet updates) is served to new connections without a restart. The metrics "
+            "port stays plain HTTP. gRPC over TLS is served by grpc.aio: auto picks it, and "
+            "native (no TLS in pygrpc-native) is refused."
+        ),
+    )
+    tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of --tls-cert-file."
+    )
+    tls_client_ca_file: Path | None = Field(
+        default=None,
+        description=(
+            "PEM CA certificates: with TLS on, clients of the HTTP and gRPC ports must present "
+            "a certificate one of them signed (mutual TLS). Unset: any client. A kubelet's "
+            "HTTPS probe presents none, so a pod probed over HTTPS cannot require one."
+        ),
+    )
     workers: int = Field(
         default=1,
         ge=1,
@@ -220,6 +242,24 @@ class WorkerSettings(BaseSettings):
         ),
     )
     log_verbose: int = Field(default=0, ge=0, description="1 logs each batch and why it closed.")
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> WorkerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("--tls-cert-file and --tls-key-file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
+        if self.tls and self.grpc_transport == "native":
+            raise ValueError(
+                "the native gRPC front (pygrpc-native) cannot serve TLS: use "
+                "--grpc-transport=auto or aio with --tls-cert-file"
+            )
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether the HTTP and gRPC ports serve TLS."""
+        return self.tls_cert_file is not None
 
 
 def flag(field: str) -> str:

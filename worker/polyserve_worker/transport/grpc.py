@@ -29,7 +29,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from polyserve_worker import dataplane, errors, shm, tensors, transport
+from polyserve_worker import dataplane, errors, shm, tensors, tls, transport
 
 logger = logging.getLogger(__name__)
 
@@ -653,6 +653,7 @@ class AioFront:
         max_message_size: int,
         max_stream_in_flight: int = 64,
         reuse_port: bool = False,
+        certificates: tls.Certificates | None = None,
     ) -> None:
         # No interceptors and no maximum_concurrent_rpcs: each costs Python per call.
         self.server = grpc.aio.server(
@@ -668,7 +669,10 @@ class AioFront:
             (grpc.method_handlers_generic_handler(SERVICE, handlers),)
         )
         self.server.add_registered_method_handlers(SERVICE, handlers)
-        self.port: int = self.server.add_insecure_port(address)
+        if certificates is not None:
+            self.port: int = self.server.add_secure_port(address, certificates.grpc_credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise errors.ServerError(f"cannot bind gRPC to {address}")
 
@@ -699,11 +703,17 @@ def create_front(
     max_stream_in_flight: int = 64,
     transport: str = "auto",
     reuse_port: bool = False,
+    certificates: tls.Certificates | None = None,
 ) -> Front:
-    """A bound, not yet started gRPC port. ``auto`` is ``native`` where pygrpc-native is
-    installed, else ``aio``; ``native`` without it is a startup error."""
+    """A bound, not yet started gRPC port, over TLS with ``certificates``. ``auto`` is
+    ``native`` where pygrpc-native is installed and TLS is off, else ``aio``; ``native``
+    without it, or with TLS (which the native front cannot serve), is a startup error."""
     if transport == "auto":
-        transport = "native" if native_available() else "aio"
+        transport = "native" if native_available() and certificates is None else "aio"
+    if transport == "native" and certificates is not None:
+        raise errors.ServerError(
+            "the native gRPC front (pygrpc-native) cannot serve TLS: use --grpc-transport=aio"
+        )
     if transport == "native":
         if not native_available():
             raise errors.ServerError(
@@ -716,4 +726,4 @@ def create_front(
         )
     if transport != "aio":
         raise errors.ServerError(f"unknown gRPC transport {transport!r}; one of {TRANSPORTS}")
-    return AioFront(core, address, max_message_size, max_stream_in_flight, reuse_port)
+    return AioFront(core, address, max_message_size, max_stream_in_flight, reuse_port, certificates)
