@@ -713,6 +713,16 @@ class Network(_Model):
     the operator and the monitoring namespaces the operator's settings name."""
 
 
+class Tls(_Model):
+    """TLS on the worker's HTTP and gRPC ports, with a certificate from a Secret."""
+
+    secret_name: str = Field(min_length=1)
+    """A kubernetes.io/tls Secret in this namespace (tls.crt, tls.key), as a cert-manager
+    Certificate writes one: its names must cover the Service's (NAME.NAMESPACE.svc) for
+    clients that verify them. A renewed Secret is served without restarting the pods.
+    Metrics stay plain HTTP."""
+
+
 class InferenceModelSpec(_Model):
     """One model served by polyserve-worker pods on one node pool."""
 
@@ -754,6 +764,9 @@ class InferenceModelSpec(_Model):
     """When the model moves between its tiers (defaults when unset)."""
     network: Network | None = None
     """Who may connect (a NetworkPolicy); every pod of this namespace when unset."""
+    tls: Tls | None = None
+    """Serve HTTP and gRPC over TLS (probes use HTTPS); plain text when unset. Not with
+    rollout.canary.mirror or Gateway API routing, which reach the pods in plain text."""
 
     @model_validator(mode="before")
     @classmethod
@@ -804,6 +817,8 @@ class InferenceEnsembleSpec(_Model):
     """Size of the memory-backed /dev/shm; the operator's default when unset."""
     network: Network | None = None
     """Who may connect (a NetworkPolicy); every pod of this namespace when unset."""
+    tls: Tls | None = None
+    """Serve HTTP and gRPC over TLS (probes use HTTPS); plain text when unset."""
 
 
 class Metadata(BaseModel):

@@ -130,6 +130,7 @@ def model(im: api.InferenceModel) -> list[str]:
         problems += rules.broken(
             rules.SCALING, spec.scaling.model_dump(by_alias=True, exclude_none=True)
         )
+    problems += _tls(spec)
     cfg = spec.config
     if cfg is not None:
         problems += _gpus(cfg, spec.hardware)
@@ -138,6 +139,23 @@ def model(im: api.InferenceModel) -> list[str]:
         else:
             config = modelconfigs.for_model(_THIS, spec).to_proto()
             problems += _worker_says(lambda: worker_config.validate(config), f"model '{_THIS}'")
+    return problems
+
+
+def _tls(spec: api.InferenceModelSpec) -> list[str]:
+    """What reaches the pods in plain text cannot reach pods that serve TLS."""
+    canary = spec.rollout.canary if spec.rollout is not None else None
+    if spec.tls is None or canary is None:
+        return []
+    problems = []
+    if canary.mirror is not None:
+        problems.append("spec.tls: the canary's request mirror speaks plain gRPC; drop one")
+    routing = canary.traffic_routing
+    if routing is not None and routing.gateway_api is not None:
+        problems.append(
+            "spec.tls: Gateway API routes reach the pods in plain text; drop one, or route "
+            "through the Services"
+        )
     return problems
 
 

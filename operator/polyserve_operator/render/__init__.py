@@ -39,6 +39,7 @@ def model_workload(im: api.InferenceModel) -> workloads.Workload:
         scaling=spec.scaling,
         backend=modelconfigs.chosen_backend(spec),
         network=spec.network,
+        tls=spec.tls,
     )
 
 
@@ -75,6 +76,7 @@ def ensemble_workload(
         shm_size=ie.spec.shm_size,
         backend=None if ie.spec.hardware.backend == "auto" else ie.spec.hardware.backend,
         network=ie.spec.network,
+        tls=ie.spec.tls,
     )
 
 

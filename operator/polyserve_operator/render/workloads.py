@@ -44,6 +44,8 @@ MANAGER = "polyserve-operator"
 #: writes: polyserve-worker --mirror-config).
 MIRROR_DIR = "/etc/polyserve/mirror"
 MIRROR_KEY = "mirror.yaml"
+#: Where spec.tls's Secret is mounted (whole, so the kubelet's updates reach the pod).
+TLS_DIR = "/etc/polyserve/tls"
 #: The longest name Kubernetes takes for containers, volumes and label values.
 DNS_LABEL_MAX = 63
 
@@ -86,6 +88,7 @@ class Workload:
     """The backend that serves (what ``auto`` picked): status.backend; None when the
     members of an ensemble each pick their own."""
     network: api.Network | None = None
+    tls: api.Tls | None = None
 
     @property
     def name(self) -> str:
@@ -249,9 +252,12 @@ def _container_security() -> Obj:
     }
 
 
-def _probe(path: str, period: int, failures: int) -> Obj:
+def _probe(path: str, period: int, failures: int, tls: bool = False) -> Obj:
+    action: Obj = {"path": path, "port": "http"}
+    if tls:
+        action["scheme"] = "HTTPS"  # the kubelet does not verify the certificate
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": action,
         "periodSeconds": period,
         "failureThreshold": failures,
         "timeoutSeconds": 3,
@@ -343,6 +349,15 @@ def deployment(
         )
         mounts.append({"name": "mirror", "mountPath": MIRROR_DIR, "readOnly": True})
         flags["mirror_config"] = f"{MIRROR_DIR}/{MIRROR_KEY}"
+    if w.tls is not None:
+        # Readable by the pod's group (fsGroup) only; the worker re-reads a renewal.
+        volumes.append(
+            {"name": "tls", "secret": {"secretName": w.tls.secret_name, "defaultMode": 0o440}}
+        )
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        flags["tls_cert_file"] = f"{TLS_DIR}/tls.crt"
+        flags["tls_key_file"] = f"{TLS_DIR}/tls.key"
+    tls = w.tls is not None
     worker: Obj = {
         "name": "worker",
         "image": image(w, cfg),
@@ -356,9 +371,9 @@ def deployment(
         # Loading a large model (or building a TensorRT engine) takes minutes: the startup
         # probe allows 10 of them before liveness may restart the pod, and asks every 2 s so
         # a pod is Ready within 2 s of its models.
-        "startupProbe": _probe("/v2/health/ready", period=2, failures=300),
-        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
-        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+        "startupProbe": _probe("/v2/health/ready", period=2, failures=300, tls=tls),
+        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3, tls=tls),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=3, tls=tls),
         # Endpoints are removed while the pod still serves; only then does SIGTERM start the
         # worker's drain, so no client is sent to a pod that has stopped taking work.
         "lifecycle": {"preStop": {"sleep": {"seconds": cfg.pre_stop_seconds}}},
@@ -437,6 +452,9 @@ def service(w: Workload, *, name: str | None = None, revision_: str | None = Non
     """The Service clients use: OIP over HTTP and gRPC, and metrics. ``revision_`` narrows it
     to one revision's pods (a canary's stable and canary Services)."""
     selector = {**labels(w), REVISION_LABEL: revision_} if revision_ else labels(w)
+    grpc: Obj = {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}
+    if w.tls is None:
+        grpc["appProtocol"] = "kubernetes.io/h2c"  # HTTP/2 in clear text
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -446,13 +464,7 @@ def service(w: Workload, *, name: str | None = None, revision_: str | None = Non
             "selector": selector,
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
-                {
-                    "name": "grpc",
-                    "port": GRPC_PORT,
-                    "targetPort": "grpc",
-                    "protocol": "TCP",
-                    "appProtocol": "kubernetes.io/h2c",
-                },
+                grpc,
                 {
                     "name": "metrics",
                     "port": METRICS_PORT,
@@ -480,7 +492,7 @@ def disruption_budget(w: Workload) -> Obj | None:
 def endpoints(w: Workload) -> api.Endpoints:
     host = f"{w.name}.{w.owner.namespace}.svc"
     return api.Endpoints(
-        http=f"http://{host}:{HTTP_PORT}",
+        http=f"{'https' if w.tls is not None else 'http'}://{host}:{HTTP_PORT}",
         grpc=f"{host}:{GRPC_PORT}",
         metrics=f"http://{host}:{METRICS_PORT}/metrics",
     )

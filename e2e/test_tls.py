@@ -1,0 +1,83 @@
+"""spec.tls on the local fleet: the worker pods mount the Secret, pass the kubelet's HTTPS
+probes, and serve tritonclient over HTTPS and gRPC with TLS through their Service, with a
+certificate a client verifies against the CA made here."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from gevent import ssl as gevent_ssl
+
+from e2e.conftest import Cluster, Operator, wait_ready
+from polyserve_operator import api
+from tests import certificates
+
+
+def test_a_model_with_spec_tls_is_probed_over_https_and_serves_tls_through_its_service(
+    cluster: Cluster, operator: Operator, namespace: str, tmp_path: Path
+) -> None:
+    name = "secure"
+    host = f"{name}.{namespace}.svc"
+    issued = certificates.issue(certificates.authority(tmp_path / "ca"), tmp_path / "tls", [host])
+    data = {
+        f: base64.b64encode((issued.folder / f).read_bytes()).decode()
+        for f in ("tls.crt", "tls.key")
+    }
+    cluster.client.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": f"{name}-tls", "namespace": namespace},
+            "type": "kubernetes.io/tls",
+            "data": data,
+        }
+    )
+    cluster.client.apply(
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": "InferenceModel",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "modelFormat": {"name": "onnx"},
+                "artifact": {"uri": cluster.artifacts["double"].as_uri()},
+                "hardware": {"pool": "xeon", "backend": "onnxruntime"},
+                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+                "config": {
+                    "max_batch_size": 8,
+                    "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+                    "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+                },
+                "tls": {"secretName": f"{name}-tls"},
+            },
+        }
+    )
+    wait_ready(cluster, "InferenceModel", namespace, name, timeout=120)  # HTTPS probes passed
+    body = cluster.client.get(api.API_VERSION, "InferenceModel", namespace, name) or {}
+    assert body["status"]["endpoints"]["http"] == f"https://{host}:8000"
+    data_in = np.arange(4, dtype=np.float32).reshape(1, 4)
+
+    http = httpclient.InferenceServerClient(
+        cluster.service_address(namespace, name, "http"),
+        ssl=True,
+        ssl_options={"ca_certs": str(issued.ca), "server_hostname": host},
+        ssl_context_factory=gevent_ssl.create_default_context,
+    )
+    tensor = httpclient.InferInput("INPUT0", [1, 4], "FP32")
+    tensor.set_data_from_numpy(data_in)
+    np.testing.assert_allclose(http.infer(name, [tensor]).as_numpy("OUTPUT0"), data_in * 2)
+    http.close()
+
+    grpc = grpcclient.InferenceServerClient(
+        cluster.service_address(namespace, name, "grpc"),
+        ssl=True,
+        root_certificates=str(issued.ca),
+        channel_args=[("grpc.ssl_target_name_override", host)],
+    )
+    tensor = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+    tensor.set_data_from_numpy(data_in)
+    np.testing.assert_allclose(grpc.infer(name, [tensor]).as_numpy("OUTPUT0"), data_in * 2)
+    grpc.close()
