@@ -12,6 +12,7 @@ import yaml
 from polyserve_operator import api, render, settings, validating
 from polyserve_operator.render import workloads
 from polyserve_worker import settings as worker_settings
+from tests.install import pod_security
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = settings.Settings()
@@ -53,6 +54,7 @@ def test_the_secret_is_mounted_and_the_worker_parses_its_files_from_the_rendered
     assert "items" not in volumes["tls"]["secret"], "whole, so renewals reach the pod"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert worker[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert pod_security.violations(pod) == [], "a Secret volume is allowed by restricted"
 
 
 def test_status_and_the_service_say_tls_and_plain_models_are_unchanged() -> None:
