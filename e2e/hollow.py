@@ -17,15 +17,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from e2e.conftest import wait_for
 from polyserve_operator import api, k8s
 from polyserve_sandbox import cli as sandbox_cli
 
@@ -161,23 +161,6 @@ def _answers(url: str) -> bool:
             return True
     except OSError:
         return False
-
-
-def wait_for(
-    what: str,
-    probe: Callable[[], Any],
-    timeout: float = 30.0,
-    describe: Callable[[], Any] | None = None,
-) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.1)
-    seen = describe() if describe is not None else last
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last seen: {seen!r}")
 
 
 # -- the inputs ------------------------------------------------------------------------
