@@ -134,6 +134,9 @@ class Controllers:
         self.store = store
         self._dirty: set[tuple[str, str, str]] = set()
         self._wake = asyncio.Event()
+        # Set by stop(): Python 3.11's wait_for can swallow a cancellation that
+        # arrives as the event fires, and the loop must end all the same.
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -146,6 +149,8 @@ class Controllers:
         if self._unsubscribe is not None:
             self._unsubscribe()
         if self._task is not None:
+            self._stopping = True
+            self._wake.set()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -166,7 +171,7 @@ class Controllers:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), RESYNC_SECONDS)
             self._wake.clear()

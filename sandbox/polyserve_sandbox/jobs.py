@@ -82,6 +82,9 @@ class JobController:
         self.store = store
         self._dirty: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
+        # Set by stop(): Python 3.11's wait_for can swallow a cancellation that
+        # arrives as the event fires, and the loop must end all the same.
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -94,6 +97,8 @@ class JobController:
         if self._unsubscribe is not None:
             self._unsubscribe()
         if self._task is not None:
+            self._stopping = True
+            self._wake.set()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -110,7 +115,7 @@ class JobController:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), RESYNC_SECONDS)
             self._wake.clear()

@@ -132,6 +132,9 @@ class Scheduler:
         self.store = store
         self.claim_exists = claim_exists or (lambda namespace, claim: True)
         self._wake = asyncio.Event()
+        # Set by stop(): Python 3.11's wait_for can swallow a cancellation that
+        # arrives as the event fires, and the loop must end all the same.
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._reported: dict[str, str] = {}  # pod uid -> the last Unschedulable message
@@ -145,6 +148,8 @@ class Scheduler:
         if self._unsubscribe is not None:
             self._unsubscribe()
         if self._task is not None:
+            self._stopping = True
+            self._wake.set()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -153,7 +158,7 @@ class Scheduler:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), RETRY_SECONDS)
             self._wake.clear()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from polyserve_sandbox import defaults, deployments, nodes, quantities, scheduling, services
+from polyserve_sandbox import defaults, deployments, jobs, nodes, quantities, scheduling, services
 from polyserve_sandbox.apiserver import store as apistore
 
 Obj = dict[str, Any]
@@ -422,3 +422,22 @@ async def test_a_service_gets_a_cluster_ip_and_proxies_connections_round_robin(
         await fleet.stop()
         for server in backends:
             server.close()
+
+
+async def test_stop_ends_each_controller_even_when_a_change_arrives_with_the_cancellation(
+    store: apistore.Store,
+) -> None:
+    # Python 3.11's wait_for returns the event's result instead of raising when the
+    # cancellation and the wake-up land in the same tick: the loop must end all the same.
+    for controller in (
+        deployments.Controllers(store),
+        jobs.JobController(store),
+        scheduling.Scheduler(store),
+    ):
+        controller.start()
+        await asyncio.sleep(0.05)  # waiting on its event
+        controller._wake.set()  # a change comes in as it stops
+        began = asyncio.get_running_loop().time()
+        await asyncio.wait_for(controller.stop(), 30)
+        took = asyncio.get_running_loop().time() - began
+        assert took < 1.0, f"{type(controller).__name__} took {took:.1f} s to stop"
