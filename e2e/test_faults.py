@@ -146,9 +146,11 @@ def test_through_injected_faults_the_end_state_equals_a_quiet_run(tmp_path: Path
             assert hollow.orphans(client, "stormy") == []
             injected = hollow.injected(kubeconfig)
             hollow.set_faults(kubeconfig, None)
-            # The faults did happen, of every kind.
+            # The faults did happen, of every kind (how many depends on the run's length: a
+            # watch expires only when it is restarted, a few times in 20 s).
             for fault in ("409", "429", "500", "lost", "410", "closed"):
-                assert injected.get(fault, 0) >= 3, injected
+                assert injected.get(fault, 0) >= 1, injected
+            assert sum(injected.values()) >= 30, injected
         finally:
             operator.stop()
             client.close()
