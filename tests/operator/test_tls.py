@@ -45,7 +45,7 @@ def test_the_secret_is_mounted_and_the_worker_parses_its_files_from_the_rendered
     (worker,) = pod["containers"]
     parsed = worker_settings.parse(worker["args"])
     assert parsed.tls and parsed.tls_client_ca_file is None
-    assert parsed.grpc_transport == "auto", "auto: grpc.aio, the front that serves TLS"
+    assert parsed.grpc_transport in ("auto", "aio"), "auto picks grpc.aio, which serves TLS"
     mounts = {m["name"]: m for m in worker["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     folder = Path(mounts["tls"]["mountPath"])

@@ -49,14 +49,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_auto_serves_grpc_on_the_native_front_where_it_is_installed(
+def test_auto_serves_grpc_on_the_native_front_where_it_is_installed_and_aio_is_the_default(
     tmp_path: Path, start_worker: StartWorker
 ) -> None:
     assert grpc_transport.native_available()
-    worker = start_worker(models.triton_repository(tmp_path))
+    worker = start_worker(models.triton_repository(tmp_path), grpc_transport="auto")
     assert worker.worker.grpc_transport == "native"
-    aio = start_worker(models.triton_repository(tmp_path / "aio"), grpc_transport="aio")
-    assert aio.worker.grpc_transport == "aio"
+    aio = start_worker(models.triton_repository(tmp_path / "aio"))
+    assert aio.worker.grpc_transport == "aio", "the default drains with GOAWAY"
 
 
 def test_the_operator_renders_the_front_and_process_flags_as_the_worker_parses_them() -> None:

@@ -80,7 +80,7 @@ def _wait_for(what: str, probe: Callable[[], bool], timeout: float = 15.0) -> No
 def test_tritonclient_infers_over_https_and_grpc_with_tls_verifying_the_certificate(
     tmp_path: Path, start_worker: StartWorker, secret: certificates.Issued
 ) -> None:
-    worker = _tls_worker(start_worker, tmp_path, secret)
+    worker = _tls_worker(start_worker, tmp_path, secret, grpc_transport="auto")
     assert worker.worker.grpc_transport == "aio", "auto: the native front has no TLS"
     http = httpclient.InferenceServerClient(
         worker.http,

@@ -195,11 +195,14 @@ class WorkerSettings(BaseSettings):
         ),
     )
     grpc_transport: Literal["auto", "native", "aio"] = Field(
-        default="auto",
+        default="aio",
         description=(
             "What serves the gRPC port. native: HTTP/2 in Rust threads outside the GIL "
             "(PyPI pygrpc-native, in the worker extra), calls handed to Python in batches: "
-            "about half the worker CPU per small inference of aio. aio: grpc.aio, the fallback. "
+            "about half the worker CPU per small inference of aio. aio: grpc.aio, the "
+            "default: native cannot send GOAWAY when a drain starts (only when it closes), so "
+            "a client that keeps its connection through a rollout gets one UNAVAILABLE at "
+            "the end of the old pod's drain; choose native where clients retry UNAVAILABLE. "
             "auto: native where it is installed. ModelStreamInfer is served by grpc.aio "
             "either way (the native front forwards it in-process). Unlike aio, native reads a "
             "message over --http-max-input-size whole (gRPC allows up to 4 GiB) before it "
