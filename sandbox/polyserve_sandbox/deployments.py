@@ -23,9 +23,9 @@ import json
 import logging
 import math
 import random
-from collections.abc import Callable
 from typing import Any
 
+from polyserve_sandbox import woken
 from polyserve_sandbox.apiserver import store as apistore
 
 logger = logging.getLogger(__name__)
@@ -127,33 +127,17 @@ def resolve(value: int | str | None, replicas: int, *, round_up: bool, default: 
     return int(text)
 
 
-class Controllers:
+class Controllers(woken.WokenLoop):
     """The Deployment and ReplicaSet controllers over one store."""
 
     def __init__(self, store: apistore.Store) -> None:
+        super().__init__()
         self.store = store
         self._dirty: set[tuple[str, str, str]] = set()
-        self._wake = asyncio.Event()
-        # Set by stop(): Python 3.11's wait_for can swallow a cancellation that
-        # arrives as the event fires, and the loop must end all the same.
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
-        self._unsubscribe: Callable[[], None] | None = None
 
     def start(self) -> None:
         kinds = [("apps/v1", "Deployment"), ("apps/v1", "ReplicaSet"), ("v1", "Pod")]
-        self._unsubscribe = self.store.listen(self._changed, kinds=kinds)
-        self._task = asyncio.create_task(self._run(), name="sandbox-deployment-controller")
-
-    async def stop(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-        if self._task is not None:
-            self._stopping = True
-            self._wake.set()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self.begin(self.store, kinds, self._changed, self._run(), "sandbox-deployment-controller")
 
     def _changed(self, event: apistore.Event) -> None:
         obj = event.object
@@ -171,10 +155,7 @@ class Controllers:
         self._wake.set()
 
     async def _run(self) -> None:
-        while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RESYNC_SECONDS)
-            self._wake.clear()
+        while await self.woken(RESYNC_SECONDS):
             if not self._dirty:
                 # Time-based changes (minReadySeconds, progress deadlines) need a resync.
                 for d in self.store.list("apps/v1", "Deployment"):

@@ -23,10 +23,9 @@ import copy
 import datetime
 import logging
 import random
-from collections.abc import Callable
 from typing import Any
 
-from polyserve_sandbox import deployments
+from polyserve_sandbox import deployments, woken
 from polyserve_sandbox.apiserver import store as apistore
 
 logger = logging.getLogger(__name__)
@@ -75,33 +74,17 @@ def _phase(pod: Obj) -> str:
     return str((pod.get("status") or {}).get("phase") or "Pending")
 
 
-class JobController:
+class JobController(woken.WokenLoop):
     """The Job controller over one store."""
 
     def __init__(self, store: apistore.Store) -> None:
+        super().__init__()
         self.store = store
         self._dirty: set[tuple[str, str]] = set()
-        self._wake = asyncio.Event()
-        # Set by stop(): Python 3.11's wait_for can swallow a cancellation that
-        # arrives as the event fires, and the loop must end all the same.
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
-        self._unsubscribe: Callable[[], None] | None = None
 
     def start(self) -> None:
         kinds = [("batch/v1", "Job"), ("v1", "Pod")]
-        self._unsubscribe = self.store.listen(self._changed, kinds=kinds)
-        self._task = asyncio.create_task(self._run(), name="sandbox-job-controller")
-
-    async def stop(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-        if self._task is not None:
-            self._stopping = True
-            self._wake.set()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self.begin(self.store, kinds, self._changed, self._run(), "sandbox-job-controller")
 
     def _changed(self, event: apistore.Event) -> None:
         meta = event.object["metadata"]
@@ -115,10 +98,7 @@ class JobController:
         self._wake.set()
 
     async def _run(self) -> None:
-        while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RESYNC_SECONDS)
-            self._wake.clear()
+        while await self.woken(RESYNC_SECONDS):
             if not self._dirty:  # deadlines pass without an event
                 for job in self.store.list("batch/v1", "Job"):
                     if not finished(job):

@@ -13,15 +13,13 @@ no pod (anti-)affinity, no topology spread: say so where it matters.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from polyserve_sandbox import quantities
+from polyserve_sandbox import quantities, woken
 from polyserve_sandbox.apiserver import store as apistore
 
 logger = logging.getLogger(__name__)
@@ -123,45 +121,27 @@ def _matches_node(pod: Obj, node: Obj) -> bool:
     return False
 
 
-class Scheduler:
+class Scheduler(woken.WokenLoop):
     """Binds pending pods to nodes (see the module docstring)."""
 
     def __init__(
         self, store: apistore.Store, claim_exists: Callable[[str, str], bool] | None = None
     ) -> None:
+        super().__init__()
         self.store = store
         self.claim_exists = claim_exists or (lambda namespace, claim: True)
-        self._wake = asyncio.Event()
-        # Set by stop(): Python 3.11's wait_for can swallow a cancellation that
-        # arrives as the event fires, and the loop must end all the same.
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
-        self._unsubscribe: Callable[[], None] | None = None
         self._reported: dict[str, str] = {}  # pod uid -> the last Unschedulable message
 
     def start(self) -> None:
-        self._unsubscribe = self.store.listen(self._changed, kinds=[("v1", "Pod"), ("v1", "Node")])
-        self._task = asyncio.create_task(self._run(), name="sandbox-scheduler")
+        kinds = [("v1", "Pod"), ("v1", "Node")]
+        self.begin(self.store, kinds, self._changed, self._run(), "sandbox-scheduler")
         self._wake.set()
-
-    async def stop(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-        if self._task is not None:
-            self._stopping = True
-            self._wake.set()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     def _changed(self, event: apistore.Event) -> None:
         self._wake.set()
 
     async def _run(self) -> None:
-        while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RETRY_SECONDS)
-            self._wake.clear()
+        while await self.woken(RETRY_SECONDS):
             try:
                 self.schedule_pending()
             except Exception:
