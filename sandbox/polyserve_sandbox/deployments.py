@@ -186,13 +186,15 @@ class Controllers(woken.WokenLoop):
     # ReplicaSets ---------------------------------------------------------------------------
 
     def _pods_of(self, rs: Obj) -> list[Obj]:
+        # Through the owner index, never a list of every pod: a sync costs what the
+        # ReplicaSet owns, not what the cluster holds.
         uid = rs["metadata"]["uid"]
-        namespace = rs["metadata"]["namespace"]
         selector = (rs.get("spec") or {}).get("selector", {}).get("matchLabels") or {}
         return [
             p
-            for p in self.store.list("v1", "Pod", namespace, label_selector=selector)
+            for p in self.store.owned("v1", "Pod", uid)
             if _controller_uid(p) == uid
+            and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
         ]
 
     def sync_replica_set(self, namespace: str, name: str) -> None:
@@ -254,11 +256,10 @@ class Controllers(woken.WokenLoop):
 
     def _replica_sets_of(self, deployment: Obj) -> list[Obj]:
         uid = deployment["metadata"]["uid"]
-        namespace = deployment["metadata"]["namespace"]
         return sorted(
             (
                 rs
-                for rs in self.store.list("apps/v1", "ReplicaSet", namespace)
+                for rs in self.store.owned("apps/v1", "ReplicaSet", uid)
                 if _controller_uid(rs) == uid and not rs["metadata"].get("deletionTimestamp")
             ),
             key=lambda rs: (rs["metadata"].get("creationTimestamp", ""), rs["metadata"]["name"]),

@@ -114,6 +114,33 @@ def test_list_filters_by_namespace_and_selectors_in_name_order(store: apistore.S
     assert [p["metadata"]["namespace"] for p in found] == ["other"]
 
 
+def test_owned_finds_the_objects_of_a_kind_that_name_an_owner_and_copies_them(
+    store: apistore.Store,
+) -> None:
+    owner = store.create(configmap("owner"))
+    ref = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "owner",
+        "uid": owner["metadata"]["uid"],
+    }
+    for name in ("b", "a"):
+        store.create({**pod(name), "metadata": {**pod(name)["metadata"], "ownerReferences": [ref]}})
+    store.create(pod("stranger"))
+    store.create(
+        {**configmap("c"), "metadata": {**configmap("c")["metadata"], "ownerReferences": [ref]}}
+    )
+    found = store.owned("v1", "Pod", owner["metadata"]["uid"])
+    assert [p["metadata"]["name"] for p in found] == ["a", "b"]
+    found[0]["metadata"]["labels"]["app"] = "changed by the caller"
+    assert store.get("v1", "Pod", "default", "a")["metadata"]["labels"] == {"app": "a"}
+    store.delete("v1", "Pod", "default", "a", grace_period_seconds=0)
+    assert [p["metadata"]["name"] for p in store.owned("v1", "Pod", owner["metadata"]["uid"])] == [
+        "b"
+    ]
+    assert store.owned("v1", "Pod", "no-such-uid") == []
+
+
 def test_a_stale_resource_version_on_replace_is_a_conflict(store: apistore.Store) -> None:
     created = store.create(configmap("cfg", data={"a": "1"}))
     store.patch("v1", "ConfigMap", "default", "cfg", {"data": {"a": "2"}}, patch_type="merge")

@@ -131,6 +131,20 @@ class Store:
         )
         return [self._out(resource, obj, share=False) for obj in found]
 
+    def owned(self, api_version: str, kind: str, owner_uid: str) -> builtins.list[Obj]:
+        """Copies of the objects of a kind whose ``ownerReferences`` name ``owner_uid``, in
+        (namespace, name) order: read from the garbage collector's index of dependents, so a
+        controller finds what its object owns without listing the kind."""
+        resource = self.registry.lookup(api_version, kind)
+        found = []
+        for key in self._index.dependents(owner_uid):
+            if key[0] != resource.storage:
+                continue
+            obj = self._index.by_key(key)
+            if obj is not None:
+                found.append(self._out(resource, obj, share=False))
+        return found
+
     def select(
         self,
         resource: Resource,
