@@ -38,6 +38,8 @@ DESIRED = "deployment.kubernetes.io/desired-replicas"
 MAX_REPLICAS = "deployment.kubernetes.io/max-replicas"
 #: Kubernetes' alphabet for generated names: no vowels, no look-alike characters.
 SAFE = "bcdfghjklmnpqrstvwxz2456789"
+#: How often what only time changes is looked at again: a pod that becomes available after
+#: ``minReadySeconds``, a rollout that passes its progress deadline.
 RESYNC_SECONDS = 1.0
 
 
@@ -134,6 +136,10 @@ class Controllers(woken.WokenLoop):
         super().__init__()
         self.store = store
         self._dirty: set[tuple[str, str, str]] = set()
+        # What a sync found waiting on the clock (the real controller's AddAfter): synced
+        # again every RESYNC_SECONDS. Everything else waits for a change: a periodic sync
+        # of every Deployment would cost the whole cluster each second.
+        self._timed: set[tuple[str, str, str]] = set()
 
     def start(self) -> None:
         kinds = [("apps/v1", "Deployment"), ("apps/v1", "ReplicaSet"), ("v1", "Pod")]
@@ -155,17 +161,18 @@ class Controllers(woken.WokenLoop):
         self._wake.set()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        timed_at = loop.time() + RESYNC_SECONDS
+        # Once at the start: what was stored before the controllers listened.
+        for kind in ("ReplicaSet", "Deployment"):
+            for obj in self.store.list("apps/v1", kind):
+                self._dirty.add((kind, obj["metadata"]["namespace"], obj["metadata"]["name"]))
+        self._wake.set()
         while await self.woken(RESYNC_SECONDS):
-            if not self._dirty:
-                # Time-based changes (minReadySeconds, progress deadlines) need a resync.
-                for d in self.store.list("apps/v1", "Deployment"):
-                    self._dirty.add(
-                        ("Deployment", d["metadata"]["namespace"], d["metadata"]["name"])
-                    )
-                for r in self.store.list("apps/v1", "ReplicaSet"):
-                    self._dirty.add(
-                        ("ReplicaSet", r["metadata"]["namespace"], r["metadata"]["name"])
-                    )
+            if loop.time() >= timed_at:
+                self._dirty |= self._timed
+                self._timed = set()
+                timed_at = loop.time() + RESYNC_SECONDS
             dirty, self._dirty = self._dirty, set()
             # ReplicaSets first: their status is what the Deployments then read.
             for kind, namespace, name in sorted(dirty, key=lambda k: k[0] != "ReplicaSet"):
@@ -222,6 +229,8 @@ class Controllers(woken.WokenLoop):
             "availableReplicas": sum(1 for p in pods if pod_available(p, min_ready, now)),
             "observedGeneration": rs["metadata"].get("generation", 1),
         }
+        if min_ready and status["readyReplicas"] != status["availableReplicas"]:
+            self._timed.add(("ReplicaSet", namespace, name))
         old = rs.get("status") or {}
         if any(old.get(k) != v for k, v in status.items()):
             self.store.patch(
@@ -517,6 +526,9 @@ class Controllers(woken.WokenLoop):
             ),
         ]
         status["conditions"] = conditions
+        if not complete and progressing[1] != "ProgressDeadlineExceeded":
+            meta = deployment["metadata"]
+            self._timed.add(("Deployment", meta["namespace"], meta["name"]))
         if any(old_status.get(k) != v for k, v in status.items()):
             self.store.patch(
                 "apps/v1",

@@ -310,6 +310,64 @@ async def test_a_rolling_update_keeps_every_replica_available_and_keeps_history(
         await controllers.stop()
 
 
+def _status(store: apistore.Store, name: str) -> Obj:
+    return store.get("apps/v1", "Deployment", NS, name).get("status") or {}
+
+
+def _progressing(store: apistore.Store, name: str) -> Obj:
+    found = [c for c in _status(store, name).get("conditions") or [] if c["type"] == "Progressing"]
+    return found[0] if found else {}
+
+
+async def test_a_ready_pod_becomes_available_after_min_ready_seconds_with_no_other_change(
+    store: apistore.Store,
+) -> None:
+    controllers = deployments.Controllers(store)
+    controllers.start()
+    try:
+        store.create(_deployment("slow", 1, minReadySeconds=1))
+        pods = await until("a pod", lambda: _pods(store, "slow"))
+        _kubelet_marks_ready(store, pods[0], "127.9.2.1")
+        await until("ready", lambda: _status(store, "slow").get("readyReplicas") == 1)
+        assert _status(store, "slow").get("availableReplicas", 0) == 0
+        # Nothing changes from here on: only the clock makes the pod available.
+        await until("available", lambda: _status(store, "slow").get("availableReplicas") == 1)
+    finally:
+        await controllers.stop()
+
+
+async def test_a_rollout_that_makes_no_progress_passes_its_deadline(
+    store: apistore.Store,
+) -> None:
+    controllers = deployments.Controllers(store)
+    controllers.start()
+    try:
+        store.create(_deployment("stuck", 1, progressDeadlineSeconds=1))
+        await until("a pod", lambda: _pods(store, "stuck"))
+        condition = await until(
+            "ProgressDeadlineExceeded",
+            lambda: (
+                _progressing(store, "stuck").get("reason") == "ProgressDeadlineExceeded"
+                and _progressing(store, "stuck")
+            ),
+        )
+        assert condition["status"] == "False"
+    finally:
+        await controllers.stop()
+
+
+async def test_controllers_started_after_a_deployment_was_stored_roll_it_out(
+    store: apistore.Store,
+) -> None:
+    store.create(_deployment("early", 2))
+    controllers = deployments.Controllers(store)
+    controllers.start()
+    try:
+        await until("2 pods", lambda: len(_pods(store, "early")) == 2)
+    finally:
+        await controllers.stop()
+
+
 async def test_recreate_waits_for_the_old_pods_to_go_before_starting_new_ones(
     store: apistore.Store,
 ) -> None:
