@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 RETRY_SECONDS = 5.0
+TERMINAL = ("Succeeded", "Failed")
 
 
 def _now() -> str:
@@ -131,13 +132,24 @@ class Scheduler(woken.WokenLoop):
         self.store = store
         self.claim_exists = claim_exists or (lambda namespace, claim: True)
         self._reported: dict[str, str] = {}  # pod uid -> the last Unschedulable message
+        # What the nodes hold and which pods wait, kept from the store's changes once
+        # started (recounted from a list before each pass when not): a pass reads only the
+        # pending pods, never every pod of the cluster.
+        self._following = False
+        self._placed: dict[str, tuple[str, dict[str, int]]] = {}  # uid -> (node, requests)
+        self._used: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._pending: dict[str, tuple[str, str]] = {}  # uid -> (namespace, name)
 
     def start(self) -> None:
         kinds = [("v1", "Pod"), ("v1", "Node")]
         self.begin(self.store, kinds, self._changed, self._run(), "sandbox-scheduler")
+        self._following = True
+        self._recount()
         self._wake.set()
 
     def _changed(self, event: apistore.Event) -> None:
+        if event.object.get("kind") == "Pod":
+            self._note(event.object, gone=event.type == "DELETED")
         self._wake.set()
 
     async def _run(self) -> None:
@@ -147,28 +159,60 @@ class Scheduler(woken.WokenLoop):
             except Exception:
                 logger.exception("scheduling failed; retrying")
 
+    def _recount(self) -> None:
+        self._placed.clear()
+        self._used.clear()
+        self._pending.clear()
+        for pod in self.store.list("v1", "Pod"):
+            self._note(pod, gone=False)
+
+    def _note(self, pod: Obj, *, gone: bool) -> None:
+        """Count a pod on its node while it holds its share (bound, not finished), and keep
+        it among the pending while it waits for a node."""
+        meta = pod["metadata"]
+        uid = str(meta.get("uid", ""))
+        node = (pod.get("spec") or {}).get("nodeName")
+        phase = (pod.get("status") or {}).get("phase")
+        holds = not gone and bool(node) and phase not in TERMINAL
+        if holds and uid not in self._placed:
+            wants = pod_requests(pod)
+            self._placed[uid] = (str(node), wants)
+            self._used[str(node)].update(wants)
+            self._used[str(node)]["pods"] += 1
+        elif not holds and uid in self._placed:
+            was, wants = self._placed.pop(uid)
+            self._used[was].subtract(wants)
+            self._used[was]["pods"] -= 1
+        if not gone and not node and not meta.get("deletionTimestamp"):
+            self._pending[uid] = (meta.get("namespace", "default"), meta["name"])
+        else:
+            self._pending.pop(uid, None)
+        if gone:
+            self._reported.pop(uid, None)
+
     def schedule_pending(self) -> None:
         """One pass: try to bind every pending, unbound pod."""
-        pods = self.store.list("v1", "Pod")
+        if not self._following:
+            self._recount()
+        if not self._pending:
+            return
         nodes = self.store.list("v1", "Node")
-        used: dict[str, Counter[str]] = {n["metadata"]["name"]: Counter() for n in nodes}
-        for pod in pods:
-            node_name = (pod.get("spec") or {}).get("nodeName")
-            phase = (pod.get("status") or {}).get("phase")
-            if node_name in used and phase not in ("Succeeded", "Failed"):
-                used[node_name].update(pod_requests(pod))
-                used[node_name]["pods"] += 1
-        for pod in pods:
+        for uid, (namespace, name) in sorted(self._pending.items(), key=lambda item: item[1]):
+            pod = self.store.try_get("v1", "Pod", namespace, name)
+            if pod is None or str(pod["metadata"].get("uid")) != uid:
+                continue
             spec = pod.get("spec") or {}
             if spec.get("nodeName") or pod["metadata"].get("deletionTimestamp"):
                 continue
-            node, why = self._fit(pod, nodes, used)
+            node, why = self._fit(pod, nodes, self._used)
             if node is None:
                 self._unschedulable(pod, why)
                 continue
-            used[node["metadata"]["name"]].update(pod_requests(pod))
-            used[node["metadata"]["name"]]["pods"] += 1
-            self._bind(pod, node["metadata"]["name"])
+            node_name = node["metadata"]["name"]
+            if self._bind(pod, node_name):
+                # Counted at once (a no-op when the store's change already counted it), so
+                # the next pod of this pass sees the node's new load.
+                self._note({**pod, "spec": {**spec, "nodeName": node_name}}, gone=False)
 
     def _fit(
         self, pod: Obj, nodes: list[Obj], used: dict[str, Counter[str]]
@@ -245,7 +289,7 @@ class Scheduler(woken.WokenLoop):
             f"available: {total} Preemption is not helpful for scheduling."
         )
 
-    def _bind(self, pod: Obj, node_name: str) -> None:
+    def _bind(self, pod: Obj, node_name: str) -> bool:
         meta = pod["metadata"]
         namespace, name = meta.get("namespace", "default"), meta["name"]
         try:
@@ -271,11 +315,12 @@ class Scheduler(woken.WokenLoop):
             )
         except apistore.ApiError as exc:
             logger.info("binding %s/%s to %s failed: %s", namespace, name, node_name, exc)
-            return
+            return False
         self._reported.pop(meta.get("uid", ""), None)
         self._event(
             pod, "Normal", "Scheduled", f"Successfully assigned {namespace}/{name} to {node_name}"
         )
+        return True
 
     def _unschedulable(self, pod: Obj, message: str) -> None:
         meta = pod["metadata"]

@@ -222,6 +222,55 @@ async def test_a_missing_claim_keeps_a_pod_pending_as_the_scheduler_says(
     assert 'persistentvolumeclaim "data" not found' in cond["message"]
 
 
+async def test_a_running_scheduler_gives_a_pods_place_to_the_next_when_it_goes(
+    store: apistore.Store,
+) -> None:
+    store.create(
+        nodes.node_object(
+            nodes.NodeSpec("one", allocatable={"cpu": "1", "memory": "1Gi", "pods": "2"})
+        )
+    )
+    scheduler = scheduling.Scheduler(store)
+    scheduler.start()
+    try:
+        template = _deployment("p", 1)["spec"]["template"]
+        template["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "600m"}}
+        store.create(_pod("first", template))
+        await until(
+            "first bound", lambda: store.get("v1", "Pod", NS, "first")["spec"].get("nodeName")
+        )
+        store.create(_pod("second", template))
+        await until(
+            "second unschedulable",
+            lambda: (store.get("v1", "Pod", NS, "second").get("status") or {}).get("conditions"),
+        )
+        assert "nodeName" not in store.get("v1", "Pod", NS, "second")["spec"]
+        store.delete("v1", "Pod", NS, "first", grace_period_seconds=0)
+        assert (
+            await until(
+                "second bound", lambda: store.get("v1", "Pod", NS, "second")["spec"].get("nodeName")
+            )
+            == "one"
+        )
+        # Two pods at once for the one place: the pass counts the first it binds.
+        store.delete("v1", "Pod", NS, "second", grace_period_seconds=0)
+        store.create(_pod("third", template))
+        store.create(_pod("fourth", template))
+        await until(
+            "both decided",
+            lambda: all(
+                pod["spec"].get("nodeName") or (pod.get("status") or {}).get("conditions")
+                for pod in (store.get("v1", "Pod", NS, n) for n in ("third", "fourth"))
+            ),
+        )
+        bound = [
+            n for n in ("third", "fourth") if store.get("v1", "Pod", NS, n)["spec"].get("nodeName")
+        ]
+        assert bound == ["fourth"], "one place, one pod: the first in name order"
+    finally:
+        await scheduler.stop()
+
+
 async def test_a_rolling_update_keeps_every_replica_available_and_keeps_history(
     store: apistore.Store,
 ) -> None:
