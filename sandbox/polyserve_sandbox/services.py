@@ -126,6 +126,14 @@ class Services:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        # A change resolves only the Services it can concern: the pods' labels and the
+        # Services' selectors are indexed by (namespace, label, value) from the store's
+        # changes, so neither a pod's change nor a Service's resolution reads every pod.
+        self._dirty: set[Key] = set()
+        self._selectors: dict[Key, dict[str, str]] = {}
+        self._selecting: dict[tuple[str, str, str], set[Key]] = {}  # a selector's first pair
+        self._labels: dict[Key, dict[str, str]] = {}  # pod -> its labels
+        self._labelled: dict[tuple[str, str, str], set[str]] = {}  # (ns, label, value) -> pods
 
     # Admission: the API server allocates a Service's cluster IP at creation.
     def admit(self, operation: str, new: Obj, old: Obj | None) -> None:
@@ -150,6 +158,10 @@ class Services:
         self._unsubscribe = self.store.listen(
             self._changed, kinds=[("v1", "Service"), ("v1", "Pod")]
         )
+        for pod in self.store.list("v1", "Pod"):
+            self._index_pod(pod, gone=False)
+        for service in self.store.list("v1", "Service"):
+            self._index_service(service, gone=False)
         self._task = asyncio.create_task(self._run(), name="sandbox-services")
         self._wake.set()
 
@@ -164,11 +176,56 @@ class Services:
             await self._close(key)
 
     def _changed(self, event: apistore.Event) -> None:
-        if event.object.get("kind") == "Service" and event.type == "DELETED":
-            address = (event.object.get("spec") or {}).get("clusterIP")
-            if address and address != "None":
-                self.addresses.give_back(address)
+        gone = event.type == "DELETED"
+        if event.object.get("kind") == "Service":
+            if gone:
+                address = (event.object.get("spec") or {}).get("clusterIP")
+                if address and address != "None":
+                    self.addresses.give_back(address)
+            self._index_service(event.object, gone=gone)
+        else:
+            self._index_pod(event.object, gone=gone)
+            for pod in (event.old, event.object):
+                if pod is not None:
+                    self._dirty.update(self._selecting_pod(pod))
         self._wake.set()
+
+    def _index_service(self, service: Obj, *, gone: bool) -> None:
+        meta = service["metadata"]
+        key = (meta.get("namespace", "default"), meta["name"])
+        self._dirty.add(key)
+        before = self._selectors.pop(key, None)
+        if before:
+            first = (key[0], *min(before.items()))
+            self._selecting.get(first, set()).discard(key)
+        selector = dict((service.get("spec") or {}).get("selector") or {})
+        if selector and not gone:
+            self._selectors[key] = selector
+            self._selecting.setdefault((key[0], *min(selector.items())), set()).add(key)
+
+    def _index_pod(self, pod: Obj, *, gone: bool) -> None:
+        meta = pod["metadata"]
+        key = (meta.get("namespace", "default"), meta["name"])
+        for label, value in self._labels.pop(key, {}).items():
+            self._labelled.get((key[0], label, value), set()).discard(key[1])
+        if gone:
+            return
+        labels = dict(meta.get("labels") or {})
+        self._labels[key] = labels
+        for label, value in labels.items():
+            self._labelled.setdefault((key[0], label, value), set()).add(key[1])
+
+    def _selecting_pod(self, pod: Obj) -> set[Key]:
+        """The Services whose selector matches the pod's labels."""
+        namespace = pod["metadata"].get("namespace", "default")
+        labels = pod["metadata"].get("labels") or {}
+        found = set()
+        for label, value in labels.items():
+            for key in self._selecting.get((namespace, label, value), ()):
+                selector = self._selectors.get(key) or {}
+                if all(labels.get(k) == v for k, v in selector.items()):
+                    found.add(key)
+        return found
 
     async def _run(self) -> None:
         while True:
@@ -184,15 +241,15 @@ class Services:
         return self._endpoints.get((namespace, name), {})
 
     async def sync(self) -> None:
-        services = {
-            (s["metadata"]["namespace"], s["metadata"]["name"]): s
-            for s in self.store.list("v1", "Service")
-        }
-        for proxy in [k for k in self._proxies if k[0] not in services]:
-            await self._close(proxy)
-        for gone in [k for k in self._endpoints if k not in services]:
-            del self._endpoints[gone]
-        for key, service in services.items():
+        """Resolve the Services a change since the last sync can concern."""
+        dirty, self._dirty = self._dirty, set()
+        for key in sorted(dirty):
+            service = self.store.try_get("v1", "Service", *key)
+            if service is None:
+                for proxy in [k for k in self._proxies if k[0] == key]:
+                    await self._close(proxy)
+                self._endpoints.pop(key, None)
+                continue
             self._endpoints[key] = self._resolve(service)
             self._write_endpoints(service, self._endpoints[key])
             await self._serve(key, service)
@@ -203,8 +260,15 @@ class Services:
         if not selector:
             return {}
         namespace = service["metadata"]["namespace"]
+        candidates = min(
+            (self._labelled.get((namespace, k, v), set()) for k, v in selector.items()), key=len
+        )
         pods = [
-            p for p in self.store.list("v1", "Pod", namespace, label_selector=selector) if _ready(p)
+            pod
+            for name in sorted(candidates)
+            if (pod := self.store.try_get("v1", "Pod", namespace, name)) is not None
+            and all((pod["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
+            and _ready(pod)
         ]
         found: dict[str, list[Endpoint]] = {}
         for port in spec.get("ports") or []:

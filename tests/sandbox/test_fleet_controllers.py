@@ -531,6 +531,59 @@ async def test_a_service_gets_a_cluster_ip_and_proxies_connections_round_robin(
             server.close()
 
 
+async def test_endpoints_follow_the_pods_a_selector_matches_as_labels_and_selectors_change(
+    store: apistore.Store,
+) -> None:
+    template = _deployment("x", 1)["spec"]["template"]
+
+    def ready_pod(name: str, labels: dict[str, str], ip: str) -> None:
+        store.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": NS, "labels": labels},
+                "spec": template["spec"],
+            }
+        )
+        _kubelet_marks_ready(store, store.get("v1", "Pod", NS, name), ip)
+
+    def service(name: str, selector: dict[str, str]) -> Obj:
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"selector": selector, "ports": [{"name": "http", "port": 8000}]},
+        }
+
+    def pods_of(name: str) -> list[str]:
+        return [e.pod for e in services_.endpoints(NS, name).get("http", [])]
+
+    ready_pod("early", {"app": "a", "tier": "one"}, "127.92.0.1")  # before the controller
+    services_ = services.Services(store, "127.92.128.0/24")
+    store.add_admission("v1", "Service", services_.admit)
+    services_.start()
+    try:
+        store.create(service("a", {"app": "a"}))
+        store.create(service("one", {"app": "a", "tier": "one"}))
+        ready_pod("late", {"app": "a", "tier": "two"}, "127.92.0.2")
+        await until("a: both", lambda: pods_of("a") == ["early", "late"])
+        await until("one: early", lambda: pods_of("one") == ["early"])
+        patch = {"metadata": {"labels": {"tier": "one"}}}
+        store.patch("v1", "Pod", NS, "late", patch, patch_type="merge")
+        await until("one: both", lambda: pods_of("one") == ["early", "late"])
+        patch = {"metadata": {"labels": {"app": "b"}}}
+        store.patch("v1", "Pod", NS, "early", patch, patch_type="merge")
+        await until("a: late", lambda: pods_of("a") == ["late"])
+        await until("one: late", lambda: pods_of("one") == ["late"])
+        patch = {"spec": {"selector": {"app": "b"}}}
+        store.patch("v1", "Service", NS, "a", patch, patch_type="merge")
+        await until("a: early", lambda: pods_of("a") == ["early"])
+        store.delete("v1", "Service", NS, "one")
+        await until("one: none", lambda: not services_.endpoints(NS, "one"))
+    finally:
+        await services_.stop()
+
+
 async def test_stop_ends_each_controller_even_when_a_change_arrives_with_the_cancellation(
     store: apistore.Store,
 ) -> None:
