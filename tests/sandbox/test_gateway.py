@@ -541,6 +541,29 @@ async def test_a_missing_backend_answers_500_for_its_share_and_the_route_says_wh
         grpc.close()
 
 
+async def test_a_backend_service_created_after_its_route_resolves_the_route(
+    bed: Bed, tmp_path: Path
+) -> None:
+    await canary_bed(bed, tmp_path)
+    bed.apply(gateway())
+    bed.apply(route("HTTPRoute", {"later": 1}, section="web"))
+    await bed.programmed()
+
+    def resolved() -> Obj:
+        parents = (bed.get("HTTPRoute", "m").get("status") or {}).get("parents") or [{}]
+        return next(c for c in parents[0].get("conditions") or [] if c["type"] == "ResolvedRefs")
+
+    assert resolved()["reason"] == "BackendNotFound"
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "later", "namespace": NS},
+        "spec": {"selector": {"rev": "later"}, "ports": [{"name": "http", "port": 8000}]},
+    }
+    bed.store.create(service)
+    await until("the route resolved", lambda: resolved()["status"] == "True")
+
+
 async def test_gateway_listener_and_route_statuses_are_written_as_the_spec_words_them(
     bed: Bed, tmp_path: Path
 ) -> None:

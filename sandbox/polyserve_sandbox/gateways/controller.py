@@ -92,6 +92,7 @@ class Gateways:
         self._bindings: dict[Any, str | None] = {}
         self._plan = attaching.Plan()
         self._classes: list[Obj] = []
+        self._routes = 0  # how many routes the last plan saw
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -132,6 +133,8 @@ class Gateways:
     # -- the plan ------------------------------------------------------------------------
 
     def _changed(self, event: apistore.Event) -> None:
+        if event.object.get("kind") == "Service" and not self._routes:
+            return  # Services matter only as routes' backends: no route, nothing to plan
         self._replan()
         self._wake.set()
 
@@ -163,6 +166,7 @@ class Gateways:
             },
             grants=self.store.list(f"{routes.GROUP}/v1beta1", "ReferenceGrant"),
         )
+        self._routes = len(world.routes)
         addresses, problems = self._assign(gateways)
         plan = attaching.plan(world, addresses, self._bindings)
         for key, problem in problems.items():
