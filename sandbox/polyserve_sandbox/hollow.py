@@ -104,7 +104,8 @@ class HollowKubelet:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._unsubscribe = self.store.listen(self._on_change, [("v1", "Pod")])
+        # Read-only: the stored pod, never changed in place, may be read later on the loop.
+        self._unsubscribe = self.store.listen(self._on_change, [("v1", "Pod")], shared=True)
         for pod in self.store.list("v1", "Pod"):
             self._sync(pod)
 

@@ -156,7 +156,7 @@ class Services:
 
     def start(self) -> None:
         self._unsubscribe = self.store.listen(
-            self._changed, kinds=[("v1", "Service"), ("v1", "Pod")]
+            self._changed, kinds=[("v1", "Service"), ("v1", "Pod")], shared=True
         )
         for pod in self.store.list("v1", "Pod"):
             self._index_pod(pod, gone=False)

@@ -31,7 +31,8 @@ class WokenLoop:
         loop: Coroutine[Any, Any, None],
         name: str,
     ) -> None:
-        self._unsubscribe = store.listen(changed, kinds=kinds)
+        # The controllers' listeners only read what changed (to mark it dirty).
+        self._unsubscribe = store.listen(changed, kinds=kinds, shared=True)
         self._task = asyncio.create_task(loop, name=name)
 
     async def woken(self, seconds: float) -> bool:

@@ -358,6 +358,20 @@ def test_listeners_get_their_own_copies_in_version_order(store: apistore.Store) 
     assert store.get("v1", "ConfigMap", "default", "cfg")["metadata"]["name"] == "cfg"
 
 
+def test_a_shared_listener_reads_the_stored_objects_themselves_in_version_order(
+    store: apistore.Store,
+) -> None:
+    seen: list[apistore.Event] = []
+    store.listen(seen.append, [("v1", "ConfigMap")], shared=True)
+    store.create(configmap("cfg", data={"a": "1"}))
+    store.patch("v1", "ConfigMap", "default", "cfg", {"data": {"a": "2"}}, patch_type="merge")
+    stored = store.view(store.registry.lookup("v1", "ConfigMap"), "default", "cfg")
+    assert [e.type for e in seen] == ["ADDED", "MODIFIED"]
+    assert seen[-1].object is stored, "no copy"
+    assert seen[-1].old is seen[0].object
+    assert (seen[0].object["data"], stored["data"]) == ({"a": "1"}, {"a": "2"})
+
+
 def test_a_listener_for_some_kinds_hears_only_those_and_can_unsubscribe(
     store: apistore.Store,
 ) -> None:

@@ -1,7 +1,10 @@
 """In-process observers of committed changes (the sandbox's controllers).
 
 A listener is called synchronously after every committed change of the kinds it asked for,
-with copies of its own (it may change them freely). Deliveries are queued, so every
+with copies of its own (it may change them freely), or, when it asked for ``shared``
+objects, with the stored ones themselves, read-only (a controller that only reads what
+changed then costs no copy per change: pods change often, and every node's kubelet hears
+every pod). Deliveries are queued, so every
 listener sees the changes in resourceVersion order even when a listener writes in turn: the
 outer write returns once everything it set off has been delivered. A listener that raises is
 logged and skipped; the write and the other listeners go on.
@@ -36,6 +39,7 @@ class Event:
 class _Listener:
     callback: Callable[[Event], None]
     kinds: frozenset[Storage] | None
+    shared: bool = False
 
 
 def storage_of(api_version: str, kind: str) -> Storage:
@@ -50,10 +54,14 @@ class Listeners:
         self._delivering = False
 
     def add(
-        self, callback: Callable[[Event], None], kinds: Iterable[tuple[str, str]] | None
+        self,
+        callback: Callable[[Event], None],
+        kinds: Iterable[tuple[str, str]] | None,
+        *,
+        shared: bool = False,
     ) -> Callable[[], None]:
         storages = frozenset(storage_of(v, k) for v, k in kinds) if kinds is not None else None
-        listener = _Listener(callback, storages)
+        listener = _Listener(callback, storages, shared)
         self._listeners.append(listener)
 
         def unsubscribe() -> None:
@@ -81,7 +89,11 @@ class Listeners:
 
     @staticmethod
     def _deliver(listener: _Listener, storage: Storage, event: Event) -> None:
-        mine = Event(event.type, objects.clone(event.object), objects.clone(event.old))
+        mine = (
+            event
+            if listener.shared
+            else Event(event.type, objects.clone(event.object), objects.clone(event.old))
+        )
         try:
             listener.callback(mine)
         except Exception:

@@ -81,11 +81,16 @@ class Store:
     # -- registration --------------------------------------------------------------------
 
     def listen(
-        self, callback: Callable[[Event], None], kinds: Iterable[tuple[str, str]] | None = None
+        self,
+        callback: Callable[[Event], None],
+        kinds: Iterable[tuple[str, str]] | None = None,
+        *,
+        shared: bool = False,
     ) -> Callable[[], None]:
         """Call ``callback`` after every committed change of the given (apiVersion, kind)s
-        (all when None); returns the function that unsubscribes."""
-        return self._listeners.add(callback, kinds)
+        (all when None) with copies, or with the stored objects themselves when ``shared``
+        (read-only: never change them); returns the function that unsubscribes."""
+        return self._listeners.add(callback, kinds, shared=shared)
 
     def add_admission(self, api_version: str, kind: str, hook: AdmissionHook) -> None:
         """Mutating and validating admission of every write of a kind, before commit."""

@@ -104,7 +104,7 @@ class Gateways:
         """Register the GatewayClass (Accepted at once) and start serving Gateways."""
         if self.store.try_get(API_VERSION, "GatewayClass", None, CLASS_NAME) is None:
             self.store.create(gateway_class(), field_manager=MANAGER)
-        self._unsubscribe = self.store.listen(self._changed, kinds=WATCHED)
+        self._unsubscribe = self.store.listen(self._changed, kinds=WATCHED, shared=True)
         self._session = serving.session()
         self._replan()
         self._write_statuses()
