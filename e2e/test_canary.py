@@ -285,6 +285,72 @@ def test_a_release_that_answers_200s_with_wrong_numbers_rolls_back_on_mirror_agr
     assert not load.failures() and load.served(3.0) == 0, "clients only ever saw stable"
 
 
+def _pods_of(cluster: Cluster, namespace: str, revision: str) -> list[str]:
+    found = cluster.client.list("v1", "Pod", namespace, {"polyserve.io/revision": revision})
+    return [p["metadata"]["name"] for p in found]
+
+
+def _settled(rollout: dict[str, Any], first: str, bad: str) -> dict[str, Any] | None:
+    """The rollout once a release after ``bad`` has ended: promoted, or rolled back."""
+    promoted = rollout.get("phase") == "Healthy" and rollout.get("stableRevision") != first
+    rolled_back = rollout.get("phase") == "RolledBack" and rollout.get("canaryRevision") != bad
+    return rollout if promoted or rolled_back else None
+
+
+def test_a_good_release_right_after_a_rollback_is_judged_on_its_own_answers(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    analysis = {
+        **ANALYSIS,
+        "inconclusiveLimit": 10,
+        "metrics": [
+            {"name": "successRate", "min": 0.99},
+            {"name": "mirrorAgreement", "min": 0.99},
+        ],
+    }
+    # The rolled-back pods keep serving for 30 s after the rollback: the next release starts
+    # while they do, and the stable pods' mirror must reach its canary, never them.
+    doc = _model(
+        cluster,
+        namespace,
+        "double",
+        steps=[{"analysis": {}}, {"setWeight": 50}],
+        analysis=analysis,
+        mirror={"percent": 100, "compare": {"*": {"maxAbsDiff": 1e-4}}},
+        abortScaleDownDelaySeconds=30,
+    )
+    first = _deploy_stable(cluster, namespace, doc)
+    http, grpc = _addresses(cluster, namespace)
+    with ClosedLoop(http, "scorer", grpc=grpc) as load, Timeline(cluster, namespace):
+        wait_for("traffic", lambda: load.total() > 20)
+        doc["spec"]["artifact"] = {"uri": cluster.artifacts["triple"].as_uri()}
+        cluster.client.apply(doc)
+        wait_for(
+            "the rollback",
+            lambda: _rollout(cluster, namespace).get("phase") == "RolledBack",
+            timeout=120,
+        )
+        bad = _rollout(cluster, namespace)["canaryRevision"]
+        # The same answers as stable under another revision (a smaller batch limit).
+        doc["spec"]["artifact"] = {"uri": cluster.artifacts["double"].as_uri()}
+        doc["spec"]["config"]["max_batch_size"] = 4
+        cluster.client.apply(doc)
+        wait_for(
+            "the next release to start while the rolled-back pods still serve",
+            lambda: _rollout(cluster, namespace).get("canaryRevision") not in (None, bad),
+        )
+        assert _pods_of(cluster, namespace, bad), (
+            "the rolled-back revision's pods were still there when the next release started"
+        )
+        ended = wait_for(
+            "the good release to be promoted (or rolled back)",
+            lambda: _settled(_rollout(cluster, namespace), first, bad),
+            timeout=120,
+        )
+    assert ended["phase"] == "Healthy", ended.get("message")
+    assert not load.failures(), load.failures()[:5]
+
+
 def _gateway(cluster: Cluster, namespace: str) -> str:
     """A Gateway of the sandbox's class with one HTTP listener; its address."""
     cluster.require_sandbox("the sandbox's gateway class; a real cluster brings its own")
@@ -344,7 +410,8 @@ def test_with_the_gateway_api_the_route_carries_exact_weights_and_a_person_promo
     route = cluster.client.get("gateway.networking.k8s.io/v1", kind, namespace, "scorer") or {}
     gateway_schemas.validate({k: v for k, v in route.items() if k != "status"})
     weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]}
-    assert weights == {"scorer-stable": 70, "scorer-canary": 30}
+    canary = _rollout(cluster, namespace)["canaryRevision"]
+    assert weights == {"scorer-stable": 70, f"scorer-canary-{canary}": 30}
     # One connection (one keep-alive HTTP connection, or one gRPC channel): split per request.
     grpc = kind == "GRPCRoute"
     load = ClosedLoop(

@@ -117,9 +117,14 @@ def total(samples: Iterable[Sample]) -> Sample:
     return result
 
 
-def from_families(families: Iterable[Any], model: str) -> Sample:
+def from_families(
+    families: Iterable[Any], model: str, mirror_revision: str | None = None
+) -> Sample:
     """A pod's sample for ``model`` from parsed Prometheus metric families
-    (``prometheus_client.parser.text_string_to_metric_families``)."""
+    (``prometheus_client.parser.text_string_to_metric_families``). The mirror's counts are
+    those of copies sent to ``mirror_revision`` only (none without it): a stable pod keeps
+    counting for an earlier canary until it reads its new mirror config, and those answers
+    are not this canary's."""
     success = failure = 0.0
     request: dict[float, float] = {}
     queue: dict[float, float] = {}
@@ -139,7 +144,9 @@ def from_families(families: Iterable[Any], model: str) -> Sample:
             elif name == QUEUE_DURATION + "_bucket":
                 bound = float(s.labels["le"])
                 queue[bound] = queue.get(bound, 0.0) + s.value
-            elif name in (MIRROR, MIRROR.removesuffix("_total")):
+            elif name in (MIRROR, MIRROR.removesuffix("_total")) and (
+                mirror_revision is not None and s.labels.get("revision") == mirror_revision
+            ):
                 result = s.labels.get("result", "")
                 mirror[result] = mirror.get(result, 0.0) + s.value
     return Sample(

@@ -294,8 +294,8 @@ class TrafficRouting(_Model):
     """How canary traffic is split; without it, by replica ratio behind the one Service."""
 
     gateway_api: GatewayRouting | None = Field(default=None, alias="gatewayAPI")
-    """Gateway API: the operator renders <name>-stable and <name>-canary Services and a
-    route whose backendRef weights it moves."""
+    """Gateway API: the operator renders <name>-stable and <name>-canary-<revision> Services
+    and a route whose backendRef weights it moves."""
 
 
 class Canary(_Model):

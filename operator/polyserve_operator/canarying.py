@@ -38,7 +38,7 @@ class Step:
     scale: dict[str, int] = field(default_factory=dict)
     """Deployment name -> replicas, for revisions this spec no longer renders."""
     doomed: list[Obj] = field(default_factory=list)
-    """Owned objects the rollout no longer wants (older revisions, a canary Service)."""
+    """Owned objects the rollout no longer wants (older revisions, earlier canaries' Services)."""
     stable_deployment: Obj | None = None
     """What the Ready condition follows: the revision that serves."""
 
@@ -88,7 +88,9 @@ class Canaries:
         elif measuring:
             model = w.models[0].name
             canary_now = observe.scrape(canary_pods, model, workloads.METRICS_PORT)
-            stable_now = observe.scrape(stable_pods, model, workloads.METRICS_PORT)
+            stable_now = observe.scrape(
+                stable_pods, model, workloads.METRICS_PORT, mirror_revision=rev
+            )
             base = self._baselines.get(key)
             if base is not None:
                 traffic = analysis.Window(
@@ -121,7 +123,9 @@ class Canaries:
             if not measuring:  # a step just started: read where the counters stand now
                 model = w.models[0].name
                 canary_now = observe.scrape(canary_pods, model, workloads.METRICS_PORT)
-                stable_now = observe.scrape(stable_pods, model, workloads.METRICS_PORT)
+                stable_now = observe.scrape(
+                    stable_pods, model, workloads.METRICS_PORT, mirror_revision=rev
+                )
             self._baselines[key] = _Baseline(now, canary_now, stable_now)
         if plan.canary_revision is None:
             self._baselines.pop(key, None)
@@ -161,7 +165,7 @@ class Canaries:
                     namespace, canary_deployment["metadata"]["name"], model, seconds
                 ),
                 stable=self.prometheus.sample(
-                    namespace, stable_deployment["metadata"]["name"], model, seconds
+                    namespace, stable_deployment["metadata"]["name"], model, seconds, rev
                 ),
                 seconds=seconds,
             )
@@ -218,19 +222,17 @@ class Canaries:
                 w, name=canaries.stable_service_name(w), revision_=plan.stable_revision
             )
         )
+        canary_service = None
         if plan.canary_revision:
-            desired.append(
-                workloads.service(
-                    w, name=canaries.canary_service_name(w), revision_=plan.canary_revision
-                )
-            )
+            canary_service = canaries.canary_service_name(w, plan.canary_revision)
+            desired.append(canaries.canary_service(w, plan.canary_revision))
         if gateway is not None:
-            desired.append(canaries.route(w, gateway, plan.weight))
+            desired.append(canaries.route(w, gateway, plan.canary_revision, plan.weight))
         desired.append(
             canaries.mirror_config(
                 w,
                 canaries.canary_of(w).mirror if plan.mirror else None,  # type: ignore[union-attr]
-                _canary_address(children, canaries.canary_service_name(w)),
+                _canary_address(children, canary_service) if canary_service else None,
                 plan.canary_revision,
             )
         )
@@ -253,10 +255,14 @@ class Canaries:
                 scale[d["metadata"]["name"]] = warm[revision]
             else:
                 doomed.append(d)
-        if not plan.canary_revision:
-            service = children.present("Service", canaries.canary_service_name(w))
-            if service is not None:
-                doomed.append(service)
+        for service in children.services:
+            name = service["metadata"]["name"]
+            if (
+                canaries.is_canary_service(w, service)
+                and name != canary_service
+                and not service["metadata"].get("deletionTimestamp")
+            ):
+                doomed.append(service)  # an earlier canary's: its pods may still serve
         return Step(plan, desired, scale, doomed, stable_deployment)
 
 

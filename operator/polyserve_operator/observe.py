@@ -14,9 +14,10 @@ import hashlib
 import json
 import logging
 import re
+import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -227,12 +228,17 @@ METRICS_TIMEOUT_SECONDS = 2.0
 
 
 def scrape(
-    pods: Iterable[Obj], model: str, port: int, *, ready_only: bool = True
+    pods: Iterable[Obj],
+    model: str,
+    port: int,
+    *,
+    ready_only: bool = True,
+    mirror_revision: str | None = None,
 ) -> dict[str, analysis.Sample]:
     """The metrics of ``model`` on each ready pod (each pod with an IP when not
     ``ready_only``) (pod name -> sample), read from the worker's own ``/metrics`` at the pod's
-    IP. A pod that does not answer is left out (its traffic is counted again when it answers
-    next time)."""
+    IP, with the mirror's counts for copies sent to ``mirror_revision``. A pod that does not
+    answer is left out (its traffic is counted again when it answers next time)."""
     found: dict[str, analysis.Sample] = {}
     for pod in pods:
         ip = (pod.get("status") or {}).get("podIP")
@@ -246,7 +252,7 @@ def scrape(
             logger.info("metrics of pod %s unread: %s", pod["metadata"]["name"], exc)
             continue
         families = prometheus_parser.text_string_to_metric_families(text)
-        found[pod["metadata"]["name"]] = analysis.from_families(families, model)
+        found[pod["metadata"]["name"]] = analysis.from_families(families, model, mirror_revision)
     return found
 
 
@@ -264,6 +270,12 @@ class PromQL:
         try:
             with urllib.request.urlopen(url, timeout=self.cfg.timeout_seconds) as response:
                 body = json.loads(response.read())
+        except urllib.error.HTTPError as exc:  # 400/422: Prometheus says why in the body
+            try:
+                why = json.loads(exc.read()).get("error") or exc
+            except ValueError:
+                why = exc
+            raise ApiUnavailable(f"Prometheus refused {expression!r}: {why}") from exc
         except (OSError, ValueError) as exc:
             raise ApiUnavailable(f"Prometheus at {self.url} did not answer: {exc}") from exc
         if body.get("status") != "success":
@@ -271,18 +283,29 @@ class PromQL:
         result: list[Obj] = body["data"]["result"]
         return result
 
-    def _selector(self, namespace: str, deployment: str, model: str) -> str:
-        pods = re.escape(deployment) + "-[a-z0-9]+-[a-z0-9]+"
+    def _selector(self, namespace: str, deployments: Sequence[str], model: str) -> str:
+        """The series of ``model`` on the pods of ``deployments`` (``<deployment>-<replica
+        set hash>-<suffix>``)."""
+        owners = "|".join(re.escape(d) for d in deployments)
+        pods = f"({owners})-[a-z0-9]+-[a-z0-9]+"
         return (
-            f'{{{self.cfg.namespace_label}="{namespace}",{self.cfg.pod_label}=~"{pods}",'
-            f'model="{model}"}}'
+            f"{{{self.cfg.namespace_label}={_string(namespace)},"
+            f"{self.cfg.pod_label}=~{_string(pods)},model={_string(model)}}}"
         )
 
     def sample(
-        self, namespace: str, deployment: str, model: str, seconds: float
+        self,
+        namespace: str,
+        deployments: str | Sequence[str],
+        model: str,
+        seconds: float,
+        mirror_revision: str | None = None,
     ) -> analysis.Sample:
-        """What ``deployment``'s pods served of ``model`` in the last ``seconds``."""
-        where = self._selector(namespace, deployment, model)
+        """What the pods of ``deployments`` (one name or several) served of ``model`` in the
+        last ``seconds``, with the mirror's counts for copies sent to ``mirror_revision``
+        (none without it)."""
+        named = [deployments] if isinstance(deployments, str) else list(deployments)
+        where = self._selector(namespace, named, model)
         window = f"[{max(int(seconds), 1)}s]"
 
         def scalar(metric: str) -> float:
@@ -294,10 +317,15 @@ class PromQL:
             buckets = sorted((float(r["metric"]["le"]), float(r["value"][1])) for r in found)
             return analysis.Histogram(tuple(buckets))
 
-        mirror = {
-            r["metric"].get("result", ""): float(r["value"][1])
-            for r in self._query(f"sum by (result) (increase({analysis.MIRROR}{where}{window}))")
-        }
+        mirror: dict[str, float] = {}
+        if mirror_revision is not None:
+            copies = where[:-1] + f",revision={_string(mirror_revision)}}}"
+            mirror = {
+                r["metric"].get("result", ""): float(r["value"][1])
+                for r in self._query(
+                    f"sum by (result) (increase({analysis.MIRROR}{copies}{window}))"
+                )
+            }
         return analysis.Sample(
             success=scalar(analysis.SUCCESS),
             failure=scalar(analysis.FAILURE),
@@ -305,6 +333,12 @@ class PromQL:
             queue_duration=histogram(analysis.QUEUE_DURATION),
             mirror=mirror,
         )
+
+
+def _string(value: str) -> str:
+    """``value`` as a PromQL string literal (a Go double-quoted string: a regular
+    expression's backslashes are doubled)."""
+    return json.dumps(value)
 
 
 class ApiUnavailable(Exception):

@@ -143,8 +143,11 @@ class Tiers:
         key = (im.metadata.namespace, im.metadata.name)
         if self.prometheus is not None:
             try:
+                # Every Deployment of the workload: its own (RollingUpdate) or one per
+                # revision (a canary, a tier move), so the pods of each count.
+                owners = [d["metadata"]["name"] for d in children.deployments]
                 sample = self.prometheus.sample(
-                    im.metadata.namespace, im.metadata.name, im.metadata.name, 60
+                    im.metadata.namespace, owners or [im.metadata.name], im.metadata.name, 60
                 )
             except observe.ApiUnavailable as exc:
                 logger.warning("%s/%s: no load reading: %s", *key, exc)

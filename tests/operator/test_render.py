@@ -322,11 +322,11 @@ def test_a_rendered_route_passes_the_gateway_api_schemas_and_splits_by_weight(ki
     w = render.model_workload(im)
     gateway = canaries.routing(w)
     assert gateway is not None
-    route = canaries.route(w, gateway, 30)
+    route = canaries.route(w, gateway, "5abf1ed6dc", 30)
     gateway_schemas.validate(route)
     (rule,) = route["spec"]["rules"]
     weights = {b["name"]: b["weight"] for b in rule["backendRefs"]}
-    assert weights == {"classifier-stable": 70, "classifier-canary": 30}
+    assert weights == {"classifier-stable": 70, "classifier-canary-5abf1ed6dc": 30}
     port = 8001 if kind == "GRPCRoute" else 8000
     assert {b["port"] for b in rule["backendRefs"]} == {port}
 
@@ -336,7 +336,7 @@ def test_polyserve_render_shows_a_canarys_steady_state_with_every_weight_on_stab
     objects = render.objects(render.model_workload(im), CFG)
     (route,) = [o for o in objects if o["kind"] == "HTTPRoute"]
     weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]}
-    assert weights == {"classifier-stable": 100, "classifier-canary": 0}
+    assert weights == {"classifier-stable": 100}
     deployment = _by_kind(objects)["Deployment"]
     revision = deployment["spec"]["template"]["metadata"]["labels"]["polyserve.io/revision"]
     assert deployment["metadata"]["name"] == f"classifier-{revision}"

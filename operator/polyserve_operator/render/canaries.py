@@ -5,8 +5,12 @@ Under the Canary strategy each revision runs in a Deployment of its own
 (``<workload>-<revision>``, selecting only that revision's pods), so promoting a canary is
 scaling, never a second rollout. The main Service selects what the rollout says (the stable
 pods, both revisions for a replica-ratio split, or the canary while it is promoted); the
-``-stable`` and ``-canary`` Services each select one revision, for a route's backendRefs, for
-the mirror, and for people who want to call one side. Pure functions.
+``-stable`` Service selects the stable revision and ``-canary-<revision>`` one canary's, for a
+route's backendRefs, for the mirror, and for people who want to call one side. The canary
+Service is per revision, so a new canary's Service never has an older canary's pods behind
+it (a rolled-back canary still serves for ``abortScaleDownDelaySeconds``: a connection the
+mirror opened to a reused Service could reach it, and the new release would be judged on the
+old one's answers). Pure functions.
 """
 
 from __future__ import annotations
@@ -26,8 +30,28 @@ def stable_service_name(w: workloads.Workload) -> str:
     return f"{w.name}-stable"
 
 
-def canary_service_name(w: workloads.Workload) -> str:
-    return f"{w.name}-canary"
+#: The label that marks a canary's Service (its value: the revision it selects).
+CANARY_SERVICE_LABEL = "polyserve.io/canary-of"
+
+
+def canary_service_name(w: workloads.Workload, revision: str) -> str:
+    """One canary revision's Service: ``<workload>-canary-<revision>``."""
+    return workloads.dns_label(f"{w.name}-canary", revision)
+
+
+def canary_service(w: workloads.Workload, revision: str) -> Obj:
+    service = workloads.service(w, name=canary_service_name(w, revision), revision_=revision)
+    service["metadata"]["labels"][CANARY_SERVICE_LABEL] = revision
+    return service
+
+
+def is_canary_service(w: workloads.Workload, service: Obj) -> bool:
+    """Whether ``service`` is one of ``w``'s canary Services (of any revision; also the
+    single ``<workload>-canary`` that earlier operators rendered for every revision)."""
+    meta = service.get("metadata") or {}
+    return CANARY_SERVICE_LABEL in (meta.get("labels") or {}) or meta.get("name") == (
+        f"{w.name}-canary"
+    )
 
 
 def mirror_config_name(w: workloads.Workload) -> str:
@@ -48,9 +72,15 @@ def routing(w: workloads.Workload) -> api.GatewayRouting | None:
     return canary.traffic_routing.gateway_api
 
 
-def route(w: workloads.Workload, gateway: api.GatewayRouting, canary_weight: int) -> Obj:
-    """The HTTPRoute or GRPCRoute that splits traffic between the stable and canary
-    Services: ``canary_weight`` percent to the canary."""
+def route(
+    w: workloads.Workload,
+    gateway: api.GatewayRouting,
+    canary_revision: str | None,
+    canary_weight: int,
+) -> Obj:
+    """The HTTPRoute or GRPCRoute that splits traffic between the stable Service and
+    ``canary_revision``'s: ``canary_weight`` percent to the canary. With no canary, one
+    backendRef: the stable Service, every request."""
     grpc = gateway.route_kind == "GRPCRoute"
     port = workloads.GRPC_PORT if grpc else workloads.HTTP_PORT
     parents = []
@@ -61,10 +91,15 @@ def route(w: workloads.Workload, gateway: api.GatewayRouting, canary_weight: int
         if ref.section_name:
             parent["sectionName"] = ref.section_name
         parents.append(parent)
-    backends = [
-        {"name": stable_service_name(w), "port": port, "weight": 100 - canary_weight},
-        {"name": canary_service_name(w), "port": port, "weight": canary_weight},
-    ]
+    backends = [{"name": stable_service_name(w), "port": port, "weight": 100 - canary_weight}]
+    if canary_revision is not None:
+        backends.append(
+            {
+                "name": canary_service_name(w, canary_revision),
+                "port": port,
+                "weight": canary_weight,
+            }
+        )
     rule: Obj = {"backendRefs": [{"kind": "Service", "group": "", **b} for b in backends]}
     meta = workloads.metadata(w)
     return {
@@ -124,7 +159,7 @@ def steady(w: workloads.Workload, cfg: settings.Settings) -> list[Obj]:
     ]
     gateway = routing(w)
     if gateway is not None:
-        objects.append(route(w, gateway, 0))
+        objects.append(route(w, gateway, None, 0))
     budget = workloads.disruption_budget(w)
     if budget is not None:
         objects.append(budget)
