@@ -112,6 +112,36 @@ async def test_requests_are_counted_by_verb_resource_scope_and_code(api: Api) ->
     assert api.server.requests.total == sum(counts.values())
 
 
+async def test_request_durations_are_a_histogram_by_verb_and_resource_without_watches(
+    api: Api,
+) -> None:
+    for index in range(3):
+        await api.call("POST", CONFIGMAPS, configmap(f"d{index}"))
+    await api.call("GET", f"{CONFIGMAPS}/d0")
+    async with api.session.get(f"{api.url}{CONFIGMAPS}?watch=1&timeoutSeconds=1") as stream:
+        await stream.read()
+    status, text, _ = await api.call("GET", "/metrics")
+    assert status == 200
+    (family,) = [
+        f
+        for f in prometheus_parser.text_string_to_metric_families(text)
+        if f.name == "apiserver_request_duration_seconds"
+    ]
+    assert family.type == "histogram"
+    series: dict[tuple[str, str], dict[str, float]] = {}
+    for sample in family.samples:
+        key = (sample.labels["verb"], sample.labels["resource"])
+        le = sample.labels.get("le")
+        series.setdefault(key, {})[le or sample.name.rsplit("_", 1)[1]] = sample.value
+    assert series[("POST", "configmaps")]["count"] == 3
+    assert series[("POST", "configmaps")]["+Inf"] == 3
+    assert 0 < series[("POST", "configmaps")]["sum"] < 3 * 60
+    assert series[("GET", "configmaps")]["count"] == 1
+    buckets = [v for k, v in series[("POST", "configmaps")].items() if k not in ("sum", "count")]
+    assert buckets == sorted(buckets), "cumulative"
+    assert not any(verb == "WATCH" for verb, _ in series), "watches are not timed"
+
+
 async def test_no_faults_are_injected_without_a_plan(api: Api) -> None:
     for index in range(50):
         status, body, _ = await api.call("POST", CONFIGMAPS, configmap(f"c{index}"))

@@ -27,6 +27,7 @@ import asyncio
 import datetime
 import json
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
@@ -113,6 +114,7 @@ class Handler:
             )
         if path == FAULTS_PATH:
             return await self._fault_plan(request)
+        began = time.perf_counter()
         try:
             response = await self._serve(request)
         except ApiError as exc:
@@ -121,8 +123,10 @@ class Handler:
         except Exception as exc:
             logger.exception("%s %s failed", request.method, request.path_qs)
             response = _error(ApiError(500, "InternalError", f"Internal error occurred: {exc}"))
-        if not request.get(_COUNTED):
-            self.requests.count(request.get(_ASKED) or metrics.Request("GET"), response.status)
+        if not request.get(_COUNTED):  # a watch counted itself as it started
+            asked = request.get(_ASKED) or metrics.Request("GET")
+            self.requests.count(asked, response.status)
+            self.requests.observe(asked, time.perf_counter() - began)
             self._audit(request, response.status)
         return response
 
