@@ -24,6 +24,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
@@ -127,6 +128,19 @@ def inferences(port: int) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def counts_by_worker(port: int) -> dict[str, float]:
+    """nv_inference_count of the "simple" model by the ``worker`` label ("" without it)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        s.labels.get("worker", ""): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "nv_inference_count"
+        for s in family.samples
+        if s.labels.get("model") == "simple"
+    }
+
+
 def test_two_worker_processes_share_both_ports_and_stop_together(tmp_path: Path) -> None:
     repo = models.triton_repository(tmp_path / "repo")
     http, grpc_port, metrics = free_port(), free_port(), free_port()
@@ -172,6 +186,11 @@ def test_two_worker_processes_share_both_ports_and_stop_together(tmp_path: Path)
             return all(inferences(port) > 0 for port in metrics_ports(log))
 
         wait_for(both_served, "inferences on both processes")
+        # The metrics port answers for the pod: both processes' samples, by process.
+        (other,) = [port for port in metrics_ports(log) if port != metrics]
+        pod = counts_by_worker(metrics)
+        assert set(pod) == {"0", "1"}
+        assert pod["1"] == counts_by_worker(other)[""], "the second process's own count"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

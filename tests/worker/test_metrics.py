@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
+from polyserve_worker import metrics
 from tests.worker import models
 from tests.worker.conftest import RunningWorker, StartWorker
 from tests.worker.test_http import error_of
@@ -109,3 +113,54 @@ def test_requests_the_model_refuses_count_as_failures(
     assert samples[("nv_inference_request_success", "simple", None)] == 0
     stats = httpclient.InferenceServerClient(worker.http).get_inference_statistics("simple")
     assert stats["model_stats"][0]["inference_stats"]["fail"]["count"] == 4
+
+
+def test_two_processes_expositions_merge_into_one_that_parses_with_every_type_kept(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    """--workers 2: the first process serves both processes' samples, each labelled with its
+    process; a model's counts add up across them and no family loses its type."""
+    first = start_worker(models.triton_repository(tmp_path / "a"))
+    second = start_worker(models.triton_repository(tmp_path / "b"))
+    for worker, calls in ((first, 3), (second, 2)):
+        client = httpclient.InferenceServerClient(worker.http)
+        inputs = [httpclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+        for inp in inputs:
+            inp.set_data_from_numpy(np.zeros((1, 16), np.int32))
+        for _ in range(calls):
+            client.infer("simple", inputs)
+    own = [scrape(first).encode(), scrape(second).encode()]
+    text = metrics.merged([("0", own[0]), ("1", own[1])]).decode()
+    alone = {f.name: f.type for f in text_string_to_metric_families(own[0].decode())}
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {name: f.type for name, f in families.items()} == alone, "every type kept"
+    success = families["nv_inference_request_success"].samples
+    assert {s.labels["worker"] for s in success} == {"0", "1"}
+    assert sum(s.value for s in success if s.labels["model"] == "simple") == 5
+    count = [
+        s
+        for s in families["polyserve_request_duration_seconds"].samples
+        if s.name.endswith("_count")
+    ]
+    assert sum(s.value for s in count) == 5
+    for name in families:  # each family's samples together, under one TYPE line
+        assert text.count(f"# TYPE {name} ") <= 1
+
+
+def test_a_merged_exposition_passes_promtool(tmp_path: Path, start_worker: StartWorker) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    worker = start_worker(models.triton_repository(tmp_path))
+    own = scrape(worker).encode()
+    text = metrics.merged([("0", own), ("1", own)])
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, timeout=30
+    )
+    problems = checked.stdout.decode() + checked.stderr.decode()
+    assert "error" not in problems.lower(), problems
+
+
+def test_a_sample_without_labels_gets_the_process_label() -> None:
+    text = metrics.merged([("0", b"# TYPE up gauge\nup 1\n"), ("1", b"# TYPE up gauge\nup 0\n")])
+    assert text.decode() == '# TYPE up gauge\nup{worker="0"} 1\nup{worker="1"} 0\n'

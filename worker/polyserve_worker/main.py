@@ -7,7 +7,7 @@ import logging
 import multiprocessing
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableSequence, Sequence
 from multiprocessing import connection
 from typing import Any
 
@@ -25,8 +25,10 @@ def settings_from(argv: Sequence[str]) -> WorkerSettings:
     return worker_settings.parse(argv)
 
 
-async def _run(settings: WorkerSettings, rank: int = 0) -> None:
-    worker = server.Worker(settings, rank=rank)
+async def _run(
+    settings: WorkerSettings, rank: int = 0, metrics_ports: MutableSequence[int] | None = None
+) -> None:
+    worker = server.Worker(settings, rank=rank, metrics_ports=metrics_ports)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -88,9 +90,11 @@ def _configure_logging(settings: WorkerSettings) -> None:
         logging.getLogger("polyserve_worker.batching").setLevel(logging.DEBUG)
 
 
-def _serve(settings: WorkerSettings, rank: int = 0) -> int:
+def _serve(
+    settings: WorkerSettings, rank: int = 0, metrics_ports: MutableSequence[int] | None = None
+) -> int:
     try:
-        _event_loop_runner()(_run(settings, rank))
+        _event_loop_runner()(_run(settings, rank, metrics_ports))
     except server.StartupError as exc:
         # The last line of the log: Kubernetes shows it as the termination message
         # (terminationMessagePolicy: FallbackToLogsOnError) and the operator in status.
@@ -104,11 +108,12 @@ def _serve(settings: WorkerSettings, rank: int = 0) -> int:
     return 0
 
 
-def _child(settings: WorkerSettings, rank: int) -> None:
+def _child(settings: WorkerSettings, rank: int, metrics_ports: MutableSequence[int]) -> None:
     """One of ``--workers`` processes (started with spawn: nothing of the parent's gRPC or
-    event loop state is inherited)."""
+    event loop state is inherited); ``metrics_ports``, shared by all of them, is where each
+    says the port of its own metrics, so the first can serve every process's."""
     _configure_logging(settings)
-    sys.exit(_serve(settings, rank))
+    sys.exit(_serve(settings, rank, metrics_ports))
 
 
 def _supervise(settings: WorkerSettings) -> int:
@@ -117,8 +122,13 @@ def _supervise(settings: WorkerSettings) -> int:
     on, each drains as a single worker does; when one exits on its own, the rest are
     stopped and the exit status is the first one's, so the pod restarts as a whole."""
     spawn = multiprocessing.get_context("spawn")
+    metrics_ports = spawn.Array("i", settings.workers, lock=False)
     children = [
-        spawn.Process(target=_child, args=(settings, rank), name=f"polyserve-worker-{rank}")
+        spawn.Process(
+            target=_child,
+            args=(settings, rank, metrics_ports),
+            name=f"polyserve-worker-{rank}",
+        )
         for rank in range(settings.workers)
     ]
     signalled = False

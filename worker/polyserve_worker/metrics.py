@@ -14,7 +14,7 @@ HELP/TYPE line names exactly its samples, as Triton's exposition does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -228,3 +228,50 @@ def _escape_help(text: str) -> str:
 
 def _escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+#: The label that tells the processes of one ``--workers N`` worker apart.
+WORKER_LABEL = "worker"
+
+
+def merged(expositions: Sequence[tuple[str, bytes]]) -> bytes:
+    """Several processes' expositions (``--workers N``) as one: (process name, its text).
+
+    Every sample gets a ``worker`` label with its process's name, so no two samples collide
+    and a gauge keeps its meaning; ``sum by (model)`` (and the operator's readers, which add
+    every sample of a model) count the whole pod. The samples of one metric stay together
+    under its HELP and TYPE lines, taken from the first process that has them, as the text
+    format requires."""
+    headers: dict[str, list[str]] = {}
+    samples: dict[str, list[str]] = {}
+    for name, text in expositions:
+        family = ""
+        label = f'{WORKER_LABEL}="{_escape_label(name)}"'
+        for line in text.decode().splitlines():
+            if not line.strip():
+                continue
+            if line.startswith("#"):
+                parts = line.split(None, 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2]
+                    kept = headers.setdefault(family, [])
+                    samples.setdefault(family, [])
+                    if not any(h.split(None, 2)[1] == parts[1] for h in kept):
+                        kept.append(line)
+                continue
+            samples.setdefault(family, []).append(_labelled(line, label))
+            headers.setdefault(family, [])
+    lines: list[str] = []
+    for family, rows in samples.items():
+        lines += headers.get(family, [])
+        lines += rows
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _labelled(line: str, label: str) -> str:
+    """A sample line with ``label`` added first to its labels."""
+    brace, space = line.find("{"), line.find(" ")
+    if brace != -1 and (space == -1 or brace < space):
+        rest = line[brace + 1 :]
+        return f"{line[: brace + 1]}{label}{'' if rest.startswith('}') else ','}{rest}"
+    return f"{line[:space]}{{{label}}}{line[space:]}"

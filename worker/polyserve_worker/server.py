@@ -26,9 +26,10 @@ import fcntl
 import logging
 import ssl
 import termios
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableSequence
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from polyserve_worker import clock as clocks
@@ -54,11 +55,15 @@ class Worker:
         clock: clocks.Clock | None = None,
         extra_backends: Mapping[str, base.Backend] | None = None,
         rank: int = 0,
+        metrics_ports: MutableSequence[int] | None = None,
     ) -> None:
         self.settings = settings
         #: Which of ``settings.workers`` processes this is; only the first serves metrics
-        #: on the metrics port (the others on a free port each, logged at start).
+        #: on the metrics port, with every process's samples (the others serve theirs on
+        #: 127.0.0.1 at a free port, written at their rank in ``metrics_ports``, which the
+        #: processes share).
         self.rank = rank
+        self.metrics_ports = metrics_ports
         self.repository = repository.Repository(
             settings.model_repository,
             clock,
@@ -119,15 +124,26 @@ class Worker:
             lambda: [v.stats for v in self.repository.loaded()], self.mirror.tallies
         )
 
+        gathering = self.rank == 0 and self.metrics_ports is not None and s.workers > 1
+
         async def scrape(request: web.Request) -> web.Response:
             body = await asyncio.to_thread(metrics.exposition, registry)
+            if gathering:
+                body = await self._gathered(body)
             return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
         metrics_app = web.Application()
         metrics_app.router.add_get("/metrics", scrape)
         metrics_port = s.metrics_port if self.rank == 0 else 0
-        self._metrics = await self._serve(metrics_app, metrics_port, s.http_idle_timeout_secs)
+        self._metrics = await self._serve(
+            metrics_app,
+            metrics_port,
+            s.http_idle_timeout_secs,
+            host=s.host if self.rank == 0 else "127.0.0.1",
+        )
         self.metrics_port = _port(self._metrics[1], metrics_port)
+        if self.metrics_ports is not None:
+            self.metrics_ports[self.rank] = self.metrics_port
         logger.info(
             "serving HTTP%s on %d, gRPC on %d (%s%s), metrics on %d",
             "S" if certificates is not None else "",
@@ -149,12 +165,42 @@ class Worker:
         """What serves the gRPC port (``native`` or ``aio``), once started."""
         return self._grpc.name if self._grpc is not None else ""
 
+    async def _gathered(self, own: bytes) -> bytes:
+        """This process's exposition and the other ``--workers`` processes' as one (each
+        sample labelled with its process): a scrape of the pod counts all of its traffic.
+        A process that does not answer within a second (starting, stopping) is left out of
+        this scrape."""
+        assert self.metrics_ports is not None
+        peers = [
+            (str(rank), port)
+            for rank, port in enumerate(self.metrics_ports)
+            if rank != self.rank and port
+        ]
+        timeout = aiohttp.ClientTimeout(total=1.0)
+
+        async def fetch(session: aiohttp.ClientSession, port: int) -> bytes | None:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    response.raise_for_status()
+                    return await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                logger.debug("metrics of worker process at port %d unread: %s", port, exc)
+                return None
+
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            found = await asyncio.gather(*(fetch(session, port) for _, port in peers))
+        parts = [(str(self.rank), own)] + [
+            (name, text) for (name, _), text in zip(peers, found, strict=True) if text is not None
+        ]
+        return metrics.merged(parts)
+
     async def _serve(
         self,
         app: web.Application,
         port: int,
         idle_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
+        host: str | None = None,
     ) -> tuple[web.AppRunner, web.TCPSite]:
         # aiohttp's keep-alive timeout also bounds the wait for a complete request header.
         # After an early answer (413, 408) the unread rest of a body is read and dropped for
@@ -172,7 +218,11 @@ class Worker:
         # With --workers, the processes share the HTTP port; the kernel spreads connections.
         shared = self.settings.workers > 1 and port != 0
         site = web.TCPSite(
-            runner, self.settings.host, port, reuse_port=shared, ssl_context=ssl_context
+            runner,
+            host or self.settings.host,
+            port,
+            reuse_port=shared,
+            ssl_context=ssl_context,
         )
         await site.start()
         return runner, site
