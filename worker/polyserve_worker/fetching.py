@@ -24,6 +24,7 @@ nothing about serving; fsspec is imported only when a fetch runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import logging
 import os
@@ -168,7 +169,10 @@ def fetch(uri: str, dest: Path, *, sha256: str | None, env: Mapping[str, str]) -
     return written
 
 
+@functools.cache
 def _parser() -> argparse.ArgumentParser:
+    # Built once (parse_args leaves it as it was): the operator checks a fetch line on each
+    # reconcile of each model, and building the parser reads gettext catalogs from disk.
     parser = argparse.ArgumentParser(
         prog="polyserve-worker fetch", description="Copy a model artifact into DEST."
     )

@@ -11,6 +11,7 @@ Precedence: command-line flag, then environment variable, then the default here.
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -327,15 +328,21 @@ def parse(argv: Sequence[str]) -> WorkerSettings:
     return WorkerSettings(**given)
 
 
-def _check(name: str, value: Any) -> Any:
+@functools.cache
+def _adapter(name: str) -> TypeAdapter[Any]:
+    """One field's validator, built once: building it costs more than a whole render, and
+    the operator renders every model's flags on each of its reconciles."""
     info = WorkerSettings.model_fields.get(name)
     if info is None:
         raise ValueError(
             f"the worker has no setting {name!r} (flags: {sorted(WorkerSettings.model_fields)})"
         )
     kind: Any = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
-    adapter: TypeAdapter[Any] = TypeAdapter(kind)
-    return adapter.validate_python(value)
+    return TypeAdapter(kind)
+
+
+def _check(name: str, value: Any) -> Any:
+    return _adapter(name).validate_python(value)
 
 
 def _text(value: Any) -> str:
