@@ -21,7 +21,6 @@ resources created together do not tick together.
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime
 import logging
 import threading
@@ -677,7 +676,18 @@ def _index_name(kind: str) -> str:
 
 
 def _snapshot(body: kopf.Body) -> dict[str, Any]:
-    return copy.deepcopy(dict(body))
+    snapshot: dict[str, Any] = _clone(dict(body))
+    return snapshot
+
+
+def _clone(value: Any) -> Any:
+    """A copy of JSON data, several times faster than ``copy.deepcopy``: every event of every
+    owned object is indexed, thousands a minute while many models are created."""
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    return value
 
 
 def _register_indexes(registry: kopf.OperatorRegistry, field_manager: str) -> None:
