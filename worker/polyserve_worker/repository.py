@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyserve_worker import backends, batching, errors, stats
+from polyserve_worker import backends, batching, errors, gpus, stats
 from polyserve_worker import clock as clocks
 from polyserve_worker import config as model_config
 from polyserve_worker import ensemble as ensembles
@@ -309,8 +309,7 @@ class Repository:
         """Refuse, before building any, more instances than ``max_instances``."""
         total = 0
         for group in config.instance_group:
-            devices = len(group.gpus) if _kind(group.kind) == "KIND_GPU" and group.gpus else 1
-            total += max(1, group.count) * devices
+            total += max(1, group.count) * len(_devices(group))
         total *= versions
         if total > self.max_instances:
             raise errors.ModelLoadError(
@@ -326,8 +325,7 @@ class Repository:
         try:
             for g_index, group in enumerate(config.instance_group):
                 kind = _kind(group.kind)
-                devices = list(group.gpus) if kind == "KIND_GPU" and group.gpus else [0]
-                for device in devices:
+                for device in _devices(group):
                     for i in range(max(1, group.count)):
                         spec = base.InstanceSpec(
                             name=f"{group.name or config.name + '_' + str(g_index)}_{device}_{i}",
@@ -447,6 +445,17 @@ def _return_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def _devices(group: Any) -> list[int]:
+    """The devices an instance group puts ``count`` instances on, each: the GPUs it names,
+    else (as Triton) every GPU this process sees; a CPU group, or a GPU group with no GPU
+    in sight, one (device 0: the backend then says what is missing)."""
+    if _kind(group.kind) != "KIND_GPU":
+        return [0]
+    if group.gpus:
+        return list(group.gpus)
+    return gpus.visible() or [0]
 
 
 def _kind(value: int) -> str:
