@@ -43,11 +43,23 @@ class Step:
     """What the Ready condition follows: the revision that serves."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Baseline:
+    """Where each pod's counters stood when a window began, and their latest reading since:
+    a pod that leaves during the window (scaled down, replaced, not ready, not answering)
+    keeps what it served until it was last read."""
+
     at: datetime.datetime
     canary: Mapping[str, analysis.Sample]
     stable: Mapping[str, analysis.Sample]
+    canary_seen: dict[str, analysis.Sample] = field(default_factory=dict)
+    stable_seen: dict[str, analysis.Sample] = field(default_factory=dict)
+
+    def read(
+        self, canary: Mapping[str, analysis.Sample], stable: Mapping[str, analysis.Sample]
+    ) -> None:
+        self.canary_seen.update(canary)
+        self.stable_seen.update(stable)
 
 
 class Canaries:
@@ -93,9 +105,10 @@ class Canaries:
             )
             base = self._baselines.get(key)
             if base is not None:
+                base.read(canary_now, stable_now)
                 traffic = analysis.Window(
-                    canary=analysis.window(base.canary, canary_now),
-                    stable=analysis.window(base.stable, stable_now),
+                    canary=analysis.window(base.canary, base.canary_seen),
+                    stable=analysis.window(base.stable, base.stable_seen),
                     seconds=(now - base.at).total_seconds(),
                 )
         annotations = (body.get("metadata") or {}).get("annotations") or {}
@@ -126,7 +139,9 @@ class Canaries:
                 stable_now = observe.scrape(
                     stable_pods, model, workloads.METRICS_PORT, mirror_revision=rev
                 )
-            self._baselines[key] = _Baseline(now, canary_now, stable_now)
+            self._baselines[key] = _Baseline(
+                now, canary_now, stable_now, dict(canary_now), dict(stable_now)
+            )
         if plan.canary_revision is None:
             self._baselines.pop(key, None)
         return self._objects(w, plan, children, rev, gateway, warm or {})

@@ -251,3 +251,94 @@ def test_prometheus_gives_the_same_mirror_counts_of_the_canary_being_measured(
     assert set(sample.mirror) == {"agree"}, sample.mirror
     assert nothing.mirror == {}
     assert 0 < sample.success < both.success, "the pods of both Deployments count"
+
+
+class _Pods:
+    """Worker pods' /metrics at their own loopback addresses (outside the sandbox's range),
+    port 8002 as in a cluster: the counts each one has served so far."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, tuple[int, int]] = {}
+        self._servers: list[http.server.ThreadingHTTPServer] = []
+
+    def serve(self, ip: str) -> None:
+        pods = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                success, failure = pods.counts.get(ip, (0, 0))
+                body = (
+                    "# TYPE nv_inference_request_success counter\n"
+                    f'nv_inference_request_success{{model="classifier",version="1"}} {success}\n'
+                    "# TYPE nv_inference_request_failure counter\n"
+                    f'nv_inference_request_failure{{model="classifier",version="1"}} {failure}\n'
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer((ip, workloads.METRICS_PORT), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self._servers.append(server)
+
+    def close(self) -> None:
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+
+
+def _pod(name: str, revision: str, ip: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"polyserve.io/revision": revision}},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def test_a_canary_pod_that_leaves_mid_interval_still_counts_what_it_served() -> None:
+    path = ROOT / "manifests" / "examples" / "canary-xeon.yaml"
+    (doc,) = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    canary = doc["spec"]["rollout"]["canary"]
+    canary.pop("mirror")
+    canary["steps"] = [{"analysis": {}}]
+    canary["analysis"] = {
+        "interval": "10s",
+        "count": 1,
+        "minSamples": 5,
+        "metrics": [{"name": "successRate", "min": 0.99}],
+    }
+    w = render.model_workload(api.InferenceModel.model_validate(doc))
+    rev, old = workloads.revision(w, CFG), "0ld0ld0ld0"
+    ips = {"stable": "127.251.0.1", "kept": "127.251.0.2", "leaving": "127.251.0.3"}
+    pods = _Pods()
+    for ip in ips.values():
+        pods.serve(ip)
+    try:
+        everyone = [
+            _pod("classifier-0ld-s1", old, ips["stable"]),
+            _pod("classifier-new-c1", rev, ips["kept"]),
+            _pod("classifier-new-c2", rev, ips["leaving"]),
+        ]
+        canaries_ = canarying.Canaries(CFG)
+        status: dict[str, Any] = {"phase": "Healthy", "stableRevision": old}
+
+        def reconcile(after: float, pods_now: list[dict[str, Any]]) -> canarying.Step:
+            body = {"metadata": {"name": w.name}, "status": {"rollout": status}}
+            children = observe.Children(name=w.name, pods=pods_now)
+            step = canaries_.step(w, body, children, NOW + datetime.timedelta(seconds=after))
+            status.clear()
+            status.update(step.plan.status)
+            return step
+
+        reconcile(0, everyone)  # the canary starts: its counters read as the window's start
+        pods.counts = {ips["kept"]: (10, 0), ips["leaving"]: (5, 5), ips["stable"]: (20, 0)}
+        reconcile(5, everyone)  # mid-interval: read, not judged
+        step = reconcile(11, everyone[:2])  # the failing pod has gone (replaced, scaled down)
+    finally:
+        pods.close()
+    assert step.plan.status["phase"] == "RolledBack", step.plan.status.get("message")
+    measured = step.plan.status["measurements"][-1]
+    assert measured["values"]["successRate"] == pytest.approx(15 / 20)
