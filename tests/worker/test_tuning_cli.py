@@ -217,3 +217,50 @@ def test_tune_finds_a_config_at_least_as_good_as_the_bundled_one_within_30_secon
     assert "your config (trial 0)" in report and "winner: trial" in report
     assert "<svg" in (out / "report.html").read_text()
     assert "trial 0 measured" in done.stderr  # the progress, one line per trial off a terminal
+
+
+def test_the_best_trials_are_re_measured_and_the_winner_is_one_of_them(
+    repository: Path, tmp_path: Path
+) -> None:
+    worker = measuring.Worker(repository, tmp_path / "worker.log")
+    worker.start()
+    try:
+        worker.load("tiny", None)
+        completed = model_config.parse_json(json.dumps(worker.config("tiny")))
+        the_space = space.of(completed, "onnx", space.Hardware(cpus=2), slo_ms=50)
+        candidates = (the_space.baseline(), *the_space.starts())
+        spec = loadgen.LoadSpec(
+            url=worker.grpc,
+            mode="grpc",
+            model="tiny",
+            input_name="INPUT0",
+            output_name="OUTPUT0",
+            shape=(1, 64),
+            concurrency=1,
+            warmup_s=0,
+            duration_s=0,
+        )
+        plan = searching.Plan(
+            slo_ms=50,
+            deadline=time.monotonic() + 30,
+            ramp=measuring.RampPlan(warmup_s=0.1, window_s=0.3, concurrencies=(1, 2)),
+            candidates=candidates,
+            confirm_share=0.5,
+            confirm_top=2,
+            confirm_rounds=1,
+        )
+        search = searching.Search("tiny", the_space, worker, spec, plan, Silent())
+        trials = search.run()
+    finally:
+        worker.stop()
+    assert len(candidates) == 3 and [t.candidate for t in trials] == list(candidates)
+    confirmed = [t for t in trials if t.confirmed]
+    assert len(confirmed) == 2
+    for t in confirmed:
+        assert len(t.capacities) == 2
+        assert t.capacity == pytest.approx(sum(t.capacities) / 2)
+        assert "re-measured" in t.note
+    (single,) = [t for t in trials if not t.confirmed]
+    assert single.capacities == [single.capacity]
+    assert single.capacity <= min(t.capacities[0] for t in confirmed)  # the top two were
+    assert search.winner() in confirmed

@@ -41,16 +41,33 @@ def test_the_latency_at_a_rate_is_interpolated_along_the_curve() -> None:
     assert ramp.latency_at(3500) is None
 
 
+def flat(value: float, step: int) -> dict[int, float]:
+    """A trial's values up to ``step`` that stopped growing: ``value`` at its last two steps."""
+    return {s: value for s in range(step + 1)}
+
+
 def test_a_trial_far_behind_the_best_at_the_same_concurrency_is_hopeless() -> None:
     best = {0: 500.0, 1: 1000.0, 2: 1900.0, 3: 3000.0, 4: 4000.0}
     short = {0: 450.0, 1: 900.0}  # a ramp that ended at step 1 keeps its last value
-    assert searching.hopeless(1400, 3, [best, short], ratio=0.5, warmup_steps=3)
-    assert not searching.hopeless(1600, 3, [best, short], ratio=0.5, warmup_steps=3)
+    assert searching.hopeless(flat(1400, 3), 3, [best, short], ratio=0.5, warmup_steps=3)
+    assert not searching.hopeless(flat(1600, 3), 3, [best, short], ratio=0.5, warmup_steps=3)
     # Never during the warm-up windows, and never without a finished trial to compare with.
-    assert not searching.hopeless(10, 2, [best], ratio=0.5, warmup_steps=3)
-    assert not searching.hopeless(10, 5, [], ratio=0.5, warmup_steps=3)
+    assert not searching.hopeless(flat(10, 2), 2, [best], ratio=0.5, warmup_steps=3)
+    assert not searching.hopeless(flat(10, 5), 5, [], ratio=0.5, warmup_steps=3)
     # Past the end of every finished ramp, their final values are the bar.
-    assert searching.hopeless(1999, 7, [best], ratio=0.5, warmup_steps=3)
+    assert searching.hopeless(flat(1999, 7), 7, [best], ratio=0.5, warmup_steps=3)
+
+
+def test_a_trial_still_scaling_with_its_concurrency_is_not_pruned_however_far_behind() -> None:
+    best = {0: 500.0, 1: 1000.0, 2: 1900.0, 3: 4000.0, 4: 6000.0}
+    # A 4 ms queue delay: c/(4 ms) at every concurrency, doubling with each window.
+    delayed = {0: 240.0, 1: 480.0, 2: 950.0, 3: 1900.0}
+    assert not searching.hopeless(delayed, 3, [best], ratio=0.5, warmup_steps=3)
+    # Once it stops growing that fast it is judged like any other.
+    assert searching.hopeless({**delayed, 4: 2100.0}, 4, [best], ratio=0.5, warmup_steps=3)
+    assert not searching.hopeless(
+        {**delayed, 4: 2100.0}, 4, [best], ratio=0.5, warmup_steps=3, scaling=1.05
+    )
 
 
 def test_optunas_study_prunes_through_the_rule() -> None:
@@ -82,6 +99,18 @@ def trial(
     return searching.Trial(
         number, space.Candidate(backend="onnxruntime"), state, ramp, capacity=capacity
     )
+
+
+def test_a_re_measured_trial_wins_over_a_single_reading_above_its_mean() -> None:
+    lucky = trial(1, 6600, 2.0)
+    steady = trial(2, 6200, 2.0)
+    steady.capacities = [6400, 6000, 6200]
+    other = trial(3, 5000, 1.0)
+    other.capacities = [5200, 4800]
+    assert steady.confirmed and not lucky.confirmed
+    assert searching.choose([lucky, steady, other], rate=250) is steady
+    # Without a re-measured trial the single readings decide.
+    assert searching.choose([lucky, trial(2, 6200, 2.0)], rate=250) is lucky
 
 
 def test_the_winner_has_the_highest_capacity_and_a_near_tie_goes_to_the_lower_latency() -> None:

@@ -209,3 +209,35 @@ def test_the_grid_holds_every_candidate_once_and_no_refused_one() -> None:
     # ONNX Runtime: (1 instance x 1-2 threads, 2 x 1) = 3; OpenVINO: 3 x 2 hints = 6;
     # each with the batcher off or on (3 sizes x 2 preferred x 4 delays).
     assert len(grid) == (3 + 6) * (1 + 3 * 2 * 4)
+
+
+def test_the_informed_starts_are_the_two_throughput_corners_of_the_space() -> None:
+    two_cpus = space.Hardware(kind="KIND_CPU", cpus=2)
+    the_space = space.of(parse(MLP), "onnx", two_cpus, slo_ms=50)
+    big, parallel = the_space.starts()
+    assert (big.instances, big.threads) == (1, 2)
+    assert big.batching and big.max_batch_size == big.preferred_batch_size == 64
+    assert (parallel.instances, parallel.threads) == (2, 1)
+    assert parallel.batching and parallel.max_batch_size == 16
+    assert parallel.preferred_batch_size == 0
+    # The middle queue delay offered, the baseline's backend and precision.
+    assert big.max_queue_delay_us == parallel.max_queue_delay_us == 1000
+    base = the_space.baseline()
+    assert {c.backend for c in (big, parallel)} == {base.backend}
+    assert {c.precision for c in (big, parallel)} == {base.precision}
+    # Each is something Optuna can be asked for, and nothing the space refuses.
+    for candidate in (big, parallel):
+        assert the_space.suggest(FixedTrial(the_space.params(candidate))) == candidate
+        assert the_space.problem(candidate) is None
+
+
+def test_the_informed_starts_leave_out_the_baseline_and_respect_an_unbatched_model() -> None:
+    one_cpu = space.Hardware(kind="KIND_CPU", cpus=1)
+    unbatched = space.of(parse(UNBATCHED), "onnx", one_cpu, slo_ms=50)
+    assert unbatched.starts() == []  # one CPU, no batcher: both corners are the baseline
+    four = space.of(parse(UNBATCHED), "onnx", CPU, slo_ms=50)
+    assert (four.baseline().instances, four.baseline().threads) == (1, 4)
+    starts = four.starts()
+    assert [(c.instances, c.threads, c.batching) for c in starts] == [(4, 1, False)]
+    on_gpu = space.of(parse(MLP), "onnx", GPU, slo_ms=50)
+    assert [(c.instances, c.threads) for c in on_gpu.starts()] == [(1, None), (2, None)]

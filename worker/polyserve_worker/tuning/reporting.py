@@ -111,6 +111,7 @@ def history(o: Outcome) -> list[dict[str, Any]]:
             "label": t.label,
             "candidate": asdict(t.candidate),
             "capacity": round(t.capacity, 1),
+            "capacities": [round(c, 1) for c in t.capacities],
             "points": [asdict(p) for p in t.curve.points],
             "note": t.note,
         }

@@ -2,17 +2,24 @@
 
 Optuna chooses the candidates (its TPE sampler, multivariate over the conditional knobs), and
 the first trial is always the model's own config, so the search starts from what the user has
-and the winner can only be as good or better. Each trial loads its config into the worker,
-passes the precision guard when its precision is not fp32, and walks its concurrency ramp;
-after every window its capacity so far is reported to Optuna, whose pruner ends hopeless
-trials early (``hopeless``: after the first ``warmup_steps`` windows, a trial that has reached
-less than ``ratio`` of what the best finished trial had reached by the same concurrency).
-A candidate Optuna asks for twice is answered from the first measurement.
+and the winner can only be as good or better; the next few are the space's informed starts
+(``space.Space.starts``: the corners where throughput tends to be), then TPE takes over. Each
+trial loads its config into the worker, passes the precision guard when its precision is not
+fp32, and walks its concurrency ramp; after every window its capacity so far is reported to
+Optuna, whose pruner ends hopeless trials early (``hopeless``: after the first
+``warmup_steps`` windows, a trial that has stopped scaling and has reached less than ``ratio``
+of what the best finished trial had reached by the same concurrency). A candidate Optuna asks
+for twice is answered from the first measurement.
 
-The objective is the capacity at the SLO (throughput whose p95 meets it); the winner is the
-highest, and among those within 2% of it, the one with the lowest p95 at the reference rate
-(the second objective: latency at a given rate). The search stops at the deadline; a ramp
-cut by it keeps the windows it measured.
+The objective is the capacity at the SLO (throughput whose p95 meets it). One short ramp is a
+noisy reading (on 2 shared cores, +-10% between two runs of one config), and the highest of
+many noisy readings is mostly luck; so the last ``confirm_share`` of the budget re-measures
+the ``confirm_top`` best trials (round after round while time is left, ``confirm_rounds`` at
+most) and a trial's capacity is the mean of its measurements. The winner is the highest
+capacity among the re-measured trials (all measured trials when none was), and among those
+within 2% of it, the one with the lowest p95 at the reference rate (the second objective:
+latency at a given rate). The search stops at the deadline; a ramp cut by it keeps the
+windows it measured.
 """
 
 from __future__ import annotations
@@ -52,6 +59,13 @@ class Trial:
     label: str = ""  # "your config" for the model's own
     seconds: float = 0.0
     started_s: float = 0.0  # since the search began
+    capacities: list[float] = field(default_factory=list)
+    """The capacity of every measurement, the first one first (``capacity`` is their mean)."""
+
+    @property
+    def confirmed(self) -> bool:
+        """Measured more than once (see the module docstring)."""
+        return len(self.capacities) > 1
 
     def best(self, slo_ms: float) -> measuring.Point | None:
         return self.curve.best(slo_ms)
@@ -71,6 +85,10 @@ class Plan:
     """Measure exactly these, in order (an exhaustive grid), instead of sampling."""
     prune_ratio: float = 0.5
     prune_warmup_steps: int = 3
+    confirm_share: float = 0.15
+    """Of the time from the start to the deadline, the part kept for re-measuring the best."""
+    confirm_top: int = 3
+    confirm_rounds: int = 2
 
 
 class Server(Protocol):
@@ -94,17 +112,31 @@ class Observer(Protocol):
     def finished(self, trial: Trial, best: Trial | None) -> None: ...
 
 
+#: A window this much above the one before (the concurrency doubled) is a trial still scaling.
+SCALING = 1.5
+
+
 def hopeless(
-    value: float,
+    values: Mapping[int, float],
     step: int,
     finished: Sequence[Mapping[int, float]],
     ratio: float,
     warmup_steps: int,
+    scaling: float = SCALING,
 ) -> bool:
-    """The pruning rule: at ``step`` (past ``warmup_steps``), ``value`` (the capacity reached
-    so far) is below ``ratio`` times the most any finished trial had reached by that step
-    (its last value at or before it: a ramp that ended earlier keeps its final value)."""
+    """The pruning rule: at ``step`` (past ``warmup_steps``), the trial's value (the capacity
+    reached so far, ``values[step]``) is below ``ratio`` times the most any finished trial had
+    reached by that step (its last value at or before it: a ramp that ended earlier keeps its
+    final value), and it has stopped scaling: it gained less than ``scaling`` times its value
+    at the step before. A trial whose throughput still grows with its concurrency is bound by
+    its latency, not its throughput (a long queue delay, a full batch to wait for), and at low
+    concurrency says little about its capacity: the grids of bench/tuning.py won with
+    ``max_queue_delay`` 4 ms configs that the rule without that clause pruned at c=8."""
+    value = values[step]
     if step < warmup_steps:
+        return False
+    before = values.get(step - 1)
+    if before is not None and value >= scaling * before:
         return False
     reached = []
     for values in finished:
@@ -127,9 +159,7 @@ class BehindTheBest(optuna.pruners.BasePruner):
             return False
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         finished = [t.intermediate_values for t in complete if t.intermediate_values]
-        return hopeless(
-            trial.intermediate_values[step], step, finished, self.ratio, self.warmup_steps
-        )
+        return hopeless(trial.intermediate_values, step, finished, self.ratio, self.warmup_steps)
 
 
 class Search:
@@ -157,6 +187,7 @@ class Search:
         self._reference: list[dict[str, Any]] | None = None
         self._sample = guarding.sample(load.tensors())
         self._began = clock()
+        self._search_deadline = plan.deadline
 
     def run(self) -> list[Trial]:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -172,16 +203,19 @@ class Search:
             sampler=sampler,
             pruner=BehindTheBest(self.plan.prune_ratio, self.plan.prune_warmup_steps),
         )
-        queue = list(self.plan.candidates or [self.space.baseline()])
+        queue = list(self.plan.candidates or [self.space.baseline(), *self.space.starts()])
         for candidate in queue:
             study.enqueue_trial(self.space.params(candidate))
         n_trials = len(queue) if self.plan.candidates is not None else self.plan.max_trials
+        self._search_deadline = self.plan.deadline - self.plan.confirm_share * max(
+            0.0, self.plan.deadline - self._began
+        )
 
         def stop_at_deadline(study: optuna.study.Study, _: optuna.trial.FrozenTrial) -> None:
-            if self.clock() + self.plan.ramp.step_seconds() > self.plan.deadline:
+            if self.clock() + self.plan.ramp.step_seconds() > self._search_deadline:
                 study.stop()
 
-        remaining = self.plan.deadline - self.clock()
+        remaining = self._search_deadline - self.clock()
         if remaining > 0:
             study.optimize(
                 self._objective,
@@ -189,7 +223,44 @@ class Search:
                 timeout=remaining,
                 callbacks=[stop_at_deadline],
             )
+        self.confirm()
         return self.trials
+
+    def confirm(self) -> None:
+        """Re-measure the ``confirm_top`` best measured trials, round after round, while a
+        whole ramp of each (as long as its first one took) fits before the deadline."""
+        measured = [t for t in self.trials if t.state == MEASURED and t.capacity > 0]
+        top = sorted(measured, key=lambda t: (-t.capacity, t.number))[: self.plan.confirm_top]
+        if len(top) < 2:
+            return  # nothing to rank
+        for _ in range(self.plan.confirm_rounds):
+            for record in top:
+                if self.clock() + record.seconds * 1.1 > self.plan.deadline:
+                    return
+                self.observer.started(record.number, record.candidate)
+                try:
+                    self.server.load(self.model, self.space.apply(record.candidate))
+                except measuring.MeasureError as exc:
+                    logger.warning("re-measuring trial %d: %s", record.number, exc)
+                    return
+
+                def on_step(
+                    _step: int, curve: measuring.Curve, number: int = record.number
+                ) -> bool:
+                    self.observer.window(number, curve.points[-1])
+                    return True
+
+                spec = replace(self.load, watch_pid=self.server.pid)
+                curve = measuring.ramp(
+                    spec, self.plan.slo_ms, self.plan.ramp, self.plan.deadline, on_step, self.clock
+                )
+                if curve.cut:
+                    return  # a cut ramp reads low: keep the measurements that were whole
+                record.capacities.append(curve.capacity(self.plan.slo_ms))
+                record.capacity = sum(record.capacities) / len(record.capacities)
+                record.note = "re-measured: " + ", ".join(f"{c:.0f}" for c in record.capacities)
+                record.note += f" infer/s (mean {record.capacity:.0f})"
+                self.observer.finished(record, self.winner())
 
     def winner(self) -> Trial | None:
         return choose(self.trials, self.reference_rate())
@@ -257,9 +328,10 @@ class Search:
 
         spec = replace(self.load, watch_pid=self.server.pid)
         record.curve = measuring.ramp(
-            spec, self.plan.slo_ms, self.plan.ramp, self.plan.deadline, on_step, self.clock
+            spec, self.plan.slo_ms, self.plan.ramp, self._search_deadline, on_step, self.clock
         )
         record.capacity = record.curve.capacity(self.plan.slo_ms)
+        record.capacities = [record.capacity]
         if pruned:
             record.state = PRUNED
             record.note = "pruned: far behind the best at the same concurrency"
@@ -277,11 +349,14 @@ class Search:
 
 
 def choose(trials: Sequence[Trial], rate: float) -> Trial | None:
-    """The winner: the highest capacity; among those within ``TIE`` of it, the lowest p95 at
-    ``rate``; None when no trial met the SLO."""
+    """The winner: the highest capacity, among the re-measured trials when there are any (a
+    single reading above their means is more likely luck than a better config); among those
+    within ``TIE`` of it, the lowest p95 at ``rate``; None when no trial met the SLO."""
     measured = [t for t in trials if t.state == MEASURED and t.capacity > 0]
     if not measured:
         return None
+    confirmed = [t for t in measured if t.confirmed]
+    measured = confirmed or measured
     top = max(t.capacity for t in measured)
     close = [t for t in measured if t.capacity >= (1 - TIE) * top]
 

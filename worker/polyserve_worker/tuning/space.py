@@ -299,6 +299,58 @@ class Space:
             max_queue_delay_us=min(self.queue_delays_us, key=lambda d: abs(d - delay)),
         )
 
+    def starts(self) -> list[Candidate]:
+        """A few informed first candidates, tried right after the model's own config: the
+        two corners of the space where throughput tends to be (on CPUs in bench/tuning.py's
+        grids, the best configs of both bundled models sat near one of them). Both keep the
+        baseline's backend, precision and choices and turn on the batcher with the middle
+        queue delay offered:
+
+        - one instance with every thread, full batches preferred (the config's largest): big
+          batches amortize the per-batch cost (an MLP's matrix products);
+        - one instance per CPU (GPU: two) with one thread each, a quarter of the largest
+          batch, no preferred size: parallel small batches (a CNN whose single request
+          already fills a core).
+
+        Those the space refuses, or equal to the baseline, are left out. TPE's own startup
+        trials follow, so these are a head start, not a restriction."""
+        base = self.baseline()
+        if self.hardware.kind == "KIND_CPU":
+            wide = max(self.instances, key=lambda n: (n <= self.hardware.cpus, n))
+        else:
+            wide = min(2, self.instances[-1])
+        threads = self.threads.get(base.backend)
+        shapes = [
+            replace(base, instances=1, threads=threads[-1] if threads else None),
+            replace(base, instances=wide, threads=threads[0] if threads else None),
+        ]
+        if self.batches:
+            largest = self.batch_sizes[-1]
+            quarter = self.batch_sizes[-2] if len(self.batch_sizes) > 1 else largest
+            delay = self.queue_delays_us[len(self.queue_delays_us) // 2]
+            batching = replace(base, batching=True, max_queue_delay_us=delay)
+            shapes = [
+                replace(
+                    batching,
+                    instances=shapes[0].instances,
+                    threads=shapes[0].threads,
+                    max_batch_size=largest,
+                    preferred_batch_size=largest,
+                ),
+                replace(
+                    batching,
+                    instances=shapes[1].instances,
+                    threads=shapes[1].threads,
+                    max_batch_size=quarter,
+                    preferred_batch_size=0,
+                ),
+            ]
+        found: list[Candidate] = []
+        for candidate in shapes:
+            if candidate != base and candidate not in found and self.problem(candidate) is None:
+                found.append(candidate)
+        return found
+
     def apply(self, candidate: Candidate) -> Any:
         """The model's config with ``candidate`` written into it (a new ModelConfig)."""
         config = model_config.ModelConfig()
