@@ -73,8 +73,8 @@ def _model(
     }
 
 
-def _rollout(cluster: Cluster, namespace: str) -> dict[str, Any]:
-    body = cluster.client.get(api.API_VERSION, "InferenceModel", namespace, "scorer") or {}
+def _rollout(cluster: Cluster, namespace: str, kind: str = "InferenceModel") -> dict[str, Any]:
+    body = cluster.client.get(api.API_VERSION, kind, namespace, "scorer") or {}
     rollout: dict[str, Any] = (body.get("status") or {}).get("rollout") or {}
     return rollout
 
@@ -85,6 +85,7 @@ class Timeline:
 
     cluster: Cluster
     namespace: str
+    kind: str = "InferenceModel"
     rows: list[tuple[float, str]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -110,7 +111,7 @@ class Timeline:
 
     def _poll(self) -> None:
         try:
-            r = _rollout(self.cluster, self.namespace)
+            r = _rollout(self.cluster, self.namespace, self.kind)
         except Exception as exc:  # the API may be busy; the next poll catches up
             self.rows.append((time.monotonic() - self._start, f"(status unread: {exc})"))
             return
@@ -139,8 +140,8 @@ def _deploy_stable(cluster: Cluster, namespace: str, doc: dict[str, Any]) -> str
     return str(_rollout(cluster, namespace)["stableRevision"])
 
 
-def _ready(cluster: Cluster, namespace: str) -> bool:
-    body = cluster.client.get(api.API_VERSION, "InferenceModel", namespace, "scorer") or {}
+def _ready(cluster: Cluster, namespace: str, kind: str = "InferenceModel") -> bool:
+    body = cluster.client.get(api.API_VERSION, kind, namespace, "scorer") or {}
     conds = {c["type"]: c for c in (body.get("status") or {}).get("conditions") or []}
     return (conds.get("Ready") or {}).get("status") == "True"
 
@@ -457,3 +458,96 @@ def test_with_the_gateway_api_the_route_carries_exact_weights_and_a_person_promo
     route = cluster.client.get("gateway.networking.k8s.io/v1", kind, namespace, "scorer") or {}
     weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]}
     assert weights["scorer-stable"] == 100
+
+
+@pytest.mark.timeout(300)  # two rollouts, about 40 s on a quiet machine
+def test_an_ensemble_canary_rolls_back_a_member_that_answers_wrong_then_promotes_a_good_one(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    """The ensemble's revision follows its members: a member's new artifact is a canary of
+    the ensemble, measured and mirrored on the ensemble's own requests."""
+    member = _model(cluster, namespace, "double")
+    member["metadata"]["name"] = "scorer-member"
+    member["spec"]["replicas"] = 0  # served only inside the ensemble
+    del member["spec"]["rollout"]
+    analysis = {
+        **ANALYSIS,
+        "inconclusiveLimit": 10,
+        "metrics": [
+            {"name": "successRate", "min": 0.99},
+            {"name": "mirrorAgreement", "min": 0.99},
+        ],
+    }
+    ensemble = {
+        "apiVersion": api.API_VERSION,
+        "kind": "InferenceEnsemble",
+        "metadata": {"name": "scorer", "namespace": namespace},
+        "spec": {
+            "maxBatchSize": 8,
+            "inputs": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+            "outputs": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+            "steps": [
+                {
+                    "name": "score",
+                    "modelRef": "scorer-member",
+                    "inputs": {"INPUT0": "INPUT0"},
+                    "outputs": {"OUTPUT0": "OUTPUT0"},
+                }
+            ],
+            "hardware": {"pool": "xeon", "backend": "onnxruntime"},
+            "replicas": 2,
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+            "rollout": {
+                "strategy": "Canary",
+                "canary": {
+                    "steps": [{"analysis": {}}, {"setWeight": 50}],
+                    "analysis": analysis,
+                    "mirror": {"percent": 100, "compare": {"*": {"maxAbsDiff": 1e-4}}},
+                    "progressDeadlineSeconds": 120,
+                    "abortScaleDownDelaySeconds": 2,
+                },
+            },
+        },
+    }
+    c = cluster.client
+    c.apply(member)
+    c.apply(ensemble)
+    wait_for(
+        "the ensemble to serve",
+        lambda: (
+            _rollout(cluster, namespace, "InferenceEnsemble").get("phase") == "Healthy"
+            and _ready(cluster, namespace, "InferenceEnsemble")
+        ),
+        timeout=90,
+    )
+    first = _rollout(cluster, namespace, "InferenceEnsemble")["stableRevision"]
+    http, grpc = _addresses(cluster, namespace)
+    timeline = Timeline(cluster, namespace, kind="InferenceEnsemble")
+    with ClosedLoop(http, "scorer", grpc=grpc) as load, timeline:
+        wait_for("traffic", lambda: load.total() > 20)
+        member["spec"]["artifact"] = {"uri": cluster.artifacts["triple"].as_uri()}
+        c.apply(member)
+        rolled = wait_for(
+            "the ensemble's canary to roll back",
+            lambda: (
+                (r := _rollout(cluster, namespace, "InferenceEnsemble")).get("phase")
+                == "RolledBack"
+                and r
+            ),
+            timeout=120,
+        )
+        assert rolled["stableRevision"] == first
+        assert "mirrorAgreement" in rolled["message"]
+        bad = rolled["canaryRevision"]
+        member["spec"]["artifact"] = {"uri": cluster.artifacts["double"].as_uri()}
+        # The same answers under a new revision (another batching delay).
+        member["spec"]["config"]["dynamic_batching"] = {"max_queue_delay_microseconds": 200}
+        c.apply(member)
+        ended = wait_for(
+            "the good release to be promoted (or rolled back)",
+            lambda: _settled(_rollout(cluster, namespace, "InferenceEnsemble"), first, bad),
+            timeout=120,
+        )
+    assert ended["phase"] == "Healthy", ended.get("message")
+    assert not load.failures(), load.failures()[:5]
+    assert load.served(3.0) == 0, "clients never saw the wrong member's answers"

@@ -817,6 +817,10 @@ class InferenceEnsembleSpec(_Model):
     """Size of the memory-backed /dev/shm; the operator's default when unset."""
     network: Network | None = None
     """Who may connect (a NetworkPolicy); every pod of this namespace when unset."""
+    rollout: Rollout | None = None
+    """How new revisions replace old ones: a change of a member's artifact or config, or of
+    the ensemble's own steps, is a new revision. The Canary strategy measures and mirrors
+    the ensemble's own requests (what its clients call)."""
     tls: Tls | None = None
     """Serve HTTP and gRPC over TLS (probes use HTTPS); plain text when unset."""
 

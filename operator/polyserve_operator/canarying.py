@@ -98,7 +98,7 @@ class Canaries:
         if measuring and self.prometheus is not None:
             traffic = self._from_prometheus(w, children, previous, rev, stable, now)
         elif measuring:
-            model = w.models[0].name
+            model = w.entry
             canary_now = observe.scrape(canary_pods, model, workloads.METRICS_PORT)
             stable_now = observe.scrape(
                 stable_pods, model, workloads.METRICS_PORT, mirror_revision=rev
@@ -134,7 +134,7 @@ class Canaries:
         plan = rollout.plan(spec, previous or None, obs, now)
         if plan.reset_window and self.prometheus is None:
             if not measuring:  # a step just started: read where the counters stand now
-                model = w.models[0].name
+                model = w.entry
                 canary_now = observe.scrape(canary_pods, model, workloads.METRICS_PORT)
                 stable_now = observe.scrape(
                     stable_pods, model, workloads.METRICS_PORT, mirror_revision=rev
@@ -172,7 +172,7 @@ class Canaries:
         stable_deployment = children.deployment_of(stable)
         if canary_deployment is None or stable_deployment is None or seconds < 1:
             return None
-        model = w.models[0].name
+        model = w.entry
         namespace = w.owner.namespace
         try:
             return analysis.Window(

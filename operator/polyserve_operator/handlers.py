@@ -234,8 +234,8 @@ class Reconciler:
         """Drop what is kept in memory for a deleted resource."""
         with self._lock:
             self._settled.pop((kind, namespace, name), None)
+        self.canaries.forget(namespace, name)  # names are unique across the two kinds
         if kind == "InferenceModel":
-            self.canaries.forget(namespace, name)
             self.tiers.forget(namespace, name)
         telemetry.forget(kind, namespace, name)
 

@@ -142,7 +142,7 @@ def model(im: api.InferenceModel) -> list[str]:
     return problems
 
 
-def _tls(spec: api.InferenceModelSpec) -> list[str]:
+def _tls(spec: api.InferenceModelSpec | api.InferenceEnsembleSpec) -> list[str]:
     """What reaches the pods in plain text cannot reach pods that serve TLS."""
     canary = spec.rollout.canary if spec.rollout is not None else None
     if spec.tls is None or canary is None:
@@ -204,6 +204,8 @@ def ensemble(
     """
     spec = ie.spec
     problems = name("InferenceEnsemble", ie.metadata.name) + hardware(spec.hardware)
+    problems += rollout(spec.rollout)
+    problems += _tls(spec)
     if len({s.name for s in spec.steps}) != len(spec.steps):
         problems.append("step names must be unique")
     for step in spec.steps:

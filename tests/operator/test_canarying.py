@@ -237,8 +237,8 @@ def test_prometheus_gives_the_same_mirror_counts_of_the_canary_being_measured(
     ]
     prom = prometheus_support.start(tmp_path, targets)
     try:
-        prom.wait_for(
-            'polyserve_mirror_requests_total{revision="good"} >= 40',
+        prom.wait_for(  # three scrapes of each pod: increase() has points to work with
+            'count_over_time(polyserve_mirror_requests_total{model="m",revision="good"}[1m]) >= 3',
             until=lambda rows: len(rows) == 2,
         )
         promql = observe.PromQL(settings.Prometheus(url=prom.url))
@@ -342,3 +342,30 @@ def test_a_canary_pod_that_leaves_mid_interval_still_counts_what_it_served() -> 
     assert step.plan.status["phase"] == "RolledBack", step.plan.status.get("message")
     measured = step.plan.status["measurements"][-1]
     assert measured["values"]["successRate"] == pytest.approx(15 / 20)
+
+
+def test_an_ensembles_canary_measures_and_mirrors_the_ensemble_its_clients_call() -> None:
+    docs = list(yaml.safe_load_all((ROOT / "manifests/examples/ensemble.yaml").read_text()))
+    members = {
+        d["metadata"]["name"]: api.InferenceModel.model_validate(d)
+        for d in docs
+        if d["kind"] == "InferenceModel"
+    }
+    docs[-1]["spec"]["rollout"] = {
+        "strategy": "Canary",
+        "canary": {"steps": [{"analysis": {}}], "mirror": {"percent": 10}},
+    }
+    ie = api.InferenceEnsemble.model_validate(docs[-1])
+    w = render.ensemble_workload(ie, members)
+    assert w.entry == "sentiment-pipeline"
+    steady = render.objects(w, CFG)
+    (deployment,) = [o for o in steady if o["kind"] == "Deployment"]
+    assert deployment["metadata"]["name"] == f"sentiment-pipeline-{workloads.revision(w, CFG)}"
+    rev = workloads.revision(w, CFG)
+    children = observe.Children(
+        name=w.name, services=[_service(f"sentiment-pipeline-canary-{rev}", "10.96.0.9")]
+    )
+    body = {"metadata": {"name": w.name}, "status": {"rollout": {"stableRevision": "0ld0ld0ld0"}}}
+    step = canarying.Canaries(CFG).step(w, body, children, NOW)
+    mirrored = _mirror(step).models
+    assert mirrored["sentiment-pipeline"].target == "10.96.0.9:8001"

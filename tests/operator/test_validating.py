@@ -187,3 +187,14 @@ def test_tier_names_must_be_unique() -> None:
         ]
     )
     assert "tier names must be unique" in problems
+
+
+def test_an_ensembles_canary_is_checked_as_a_models_is() -> None:
+    members, spec = _ensemble()
+    spec["rollout"] = {
+        "strategy": "Canary",
+        "canary": {"steps": [{"setWeight": 50}], "mirror": {"percent": 10}},
+    }
+    assert _problems(members, spec) == ""
+    spec["tls"] = {"secretName": "pipeline-tls"}
+    assert "the canary's request mirror speaks plain gRPC" in _problems(members, spec)

@@ -77,6 +77,7 @@ def ensemble_workload(
         backend=None if ie.spec.hardware.backend == "auto" else ie.spec.hardware.backend,
         network=ie.spec.network,
         tls=ie.spec.tls,
+        rollout=ie.spec.rollout,
     )
 
 

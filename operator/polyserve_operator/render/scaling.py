@@ -72,7 +72,7 @@ def _pods(w: workloads.Workload, deployment: str) -> str:
 def keda_query(w: workloads.Workload, deployment: str, metric: api.ScalingMetric) -> str:
     """The PromQL a ScaledObject's trigger runs for the Deployment's pods."""
     pods = _pods(w, deployment)
-    model = f'model="{w.models[0].name}"'
+    model = f'model="{w.entry}"'
     if metric.type == "InferenceRate":
         return f"sum(rate(nv_inference_request_success{{{pods},{model}}}[1m]))"
     if metric.type == "InFlight":

@@ -94,6 +94,13 @@ class Workload:
     def name(self) -> str:
         return self.owner.name
 
+    @property
+    def entry(self) -> str:
+        """The model clients call: the InferenceModel's own, or the ensemble's (its members
+        are served too, but called through it); what canary analysis and autoscaling
+        measure."""
+        return self.owner.name
+
 
 def labels(w: Workload) -> dict[str, str]:
     """Selector labels: stable for the life of the resource (selectors are immutable)."""
