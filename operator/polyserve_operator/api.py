@@ -765,8 +765,9 @@ class InferenceModelSpec(_Model):
     network: Network | None = None
     """Who may connect (a NetworkPolicy); every pod of this namespace when unset."""
     tls: Tls | None = None
-    """Serve HTTP and gRPC over TLS (probes use HTTPS); plain text when unset. Not with
-    rollout.canary.mirror or Gateway API routing, which reach the pods in plain text."""
+    """Serve HTTP and gRPC over TLS (probes use HTTPS); plain text when unset. A canary's
+    mirror speaks TLS too (verified with the Secret's ca.crt); not with Gateway API routing,
+    which reaches the pods in plain text."""
 
     @model_validator(mode="before")
     @classmethod

@@ -143,13 +143,12 @@ def model(im: api.InferenceModel) -> list[str]:
 
 
 def _tls(spec: api.InferenceModelSpec | api.InferenceEnsembleSpec) -> list[str]:
-    """What reaches the pods in plain text cannot reach pods that serve TLS."""
+    """What reaches the pods in plain text cannot reach pods that serve TLS (the canary's
+    mirror speaks TLS to them; Gateway API routes would need a BackendTLSPolicy)."""
     canary = spec.rollout.canary if spec.rollout is not None else None
     if spec.tls is None or canary is None:
         return []
     problems = []
-    if canary.mirror is not None:
-        problems.append("spec.tls: the canary's request mirror speaks plain gRPC; drop one")
     routing = canary.traffic_routing
     if routing is not None and routing.gateway_api is not None:
         problems.append(

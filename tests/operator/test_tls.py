@@ -10,7 +10,8 @@ import kubernetes_validate
 import yaml
 
 from polyserve_operator import api, render, settings, validating
-from polyserve_operator.render import workloads
+from polyserve_operator.render import canaries, workloads
+from polyserve_worker import mirror_config
 from polyserve_worker import settings as worker_settings
 from tests.install import pod_security
 
@@ -84,16 +85,23 @@ def test_an_ensemble_serves_tls_the_same_way() -> None:
     assert worker_settings.parse(worker["args"]).tls
 
 
-def test_tls_with_a_mirror_or_gateway_routing_says_they_reach_the_pods_in_plain_text() -> None:
+def test_tls_with_a_mirror_mirrors_over_tls_and_gateway_routing_is_refused() -> None:
     doc = _doc("canary-xeon.yaml")
     doc["spec"]["tls"] = TLS
     mirrored = api.InferenceModel.model_validate(doc)
     assert mirrored.spec.rollout and mirrored.spec.rollout.canary
     assert mirrored.spec.rollout.canary.mirror is not None, "the example mirrors"
-    assert any("mirror speaks plain gRPC" in p for p in validating.model(mirrored))
+    assert validating.model(mirrored) == []
+    w = render.model_workload(mirrored)
+    rendered = canaries.mirror_config(
+        w, mirrored.spec.rollout.canary.mirror, "10.96.0.9:8001", "5abf1ed6dc"
+    )
+    config = mirror_config.parse(rendered["data"][workloads.MIRROR_KEY])
+    tls = config.models["classifier"].tls
+    assert tls is not None
+    assert tls.server_name == "classifier.polyserve-demo.svc"
+    assert tls.ca_file is None, "the worker's own: the ca.crt beside its certificate"
     canary = doc["spec"]["rollout"]["canary"]
-    canary.pop("mirror")
-    assert not [p for p in validating.model(api.InferenceModel.model_validate(doc)) if "tls" in p]
     canary["trafficRouting"] = {"gatewayAPI": {"parentRefs": [{"name": "inference"}]}}
     problems = validating.model(api.InferenceModel.model_validate(doc))
     assert any("Gateway API routes reach the pods in plain text" in p for p in problems)

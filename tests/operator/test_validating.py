@@ -197,4 +197,5 @@ def test_an_ensembles_canary_is_checked_as_a_models_is() -> None:
     }
     assert _problems(members, spec) == ""
     spec["tls"] = {"secretName": "pipeline-tls"}
-    assert "the canary's request mirror speaks plain gRPC" in _problems(members, spec)
+    spec["rollout"]["canary"]["trafficRouting"] = {"gatewayAPI": {"parentRefs": [{"name": "g"}]}}
+    assert "Gateway API routes reach the pods in plain text" in _problems(members, spec)

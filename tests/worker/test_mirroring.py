@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from polyserve_worker import clock as clocks
 from polyserve_worker import comparing, mirror_config, mirroring, settings
+from tests import certificates
 from tests.worker import models
 from tests.worker.conftest import RunningWorker, StartWorker
 from tests.worker.test_lifecycle import GatedBackend, free_port, start_process
@@ -374,6 +375,40 @@ def test_copies_of_http_and_grpc_traffic_agree_with_an_equal_canary(
     assert found["polyserve_mirror_latency_seconds"].type == "histogram"
     assert found["polyserve_mirror_active"].type == "gauge"
     assert "polyserve_mirror_requests_total{" in scrape(stable.metrics)
+
+
+@pytest.mark.parametrize(
+    ("server_name", "verified"), [("scale.shop.svc", True), ("someone-else.shop.svc", False)]
+)
+def test_a_canary_serving_tls_is_mirrored_over_tls_and_verified_by_name(
+    tmp_path: Path, start_worker: StartWorker, server_name: str, verified: bool
+) -> None:
+    """Both revisions serve spec.tls's certificate (its names cover the Service's): the
+    stable pod checks the canary's against the Secret's ca.crt and the Service's name."""
+    issued = certificates.issue(
+        certificates.authority(tmp_path / "ca"), tmp_path / "secret", ["scale.shop.svc"]
+    )
+    serving = {"tls_cert_file": issued.cert, "tls_key_file": issued.key}
+    canary = start_worker(scale_repo(tmp_path / "canary", 2.0), **serving)
+    config = tmp_path / "mirror.yaml"
+    write_mirror(config, canary.grpc, "rev2", tls={"serverName": server_name})
+    # The CA: the ca.crt beside the stable worker's own certificate (the same Secret's).
+    stable = start_worker(scale_repo(tmp_path / "stable", 2.0), mirror_config=config, **serving)
+    wait_for(lambda: active(stable, "rev2"), "mirroring to start")
+    grpc = grpcclient.InferenceServerClient(
+        stable.grpc,
+        ssl=True,
+        root_certificates=str(issued.ca),
+        channel_args=[("grpc.ssl_target_name_override", "scale.shop.svc")],
+    )
+    for x in [X, X + 1, X + 2]:
+        np.testing.assert_array_equal(grpc_infer(grpc, x), x * 2)
+    if verified:
+        wait_for(lambda: copies(stable, "agree") == 3, "3 agreeing copies over TLS")
+        assert copies(stable, "error") == 0
+    else:
+        wait_for(lambda: copies(stable, "error") == 3, "3 copies refused: the wrong name")
+        assert copies(stable, "agree") == 0
 
 
 def successes(worker: RunningWorker, model: str) -> int:

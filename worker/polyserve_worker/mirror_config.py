@@ -17,6 +17,10 @@ and camelCase names, as in the CRDs. YAML, so JSON is accepted too::
         compare:                  # per output; "*" for the outputs not named
           "*": {maxAbsDiff: 1.0e-4, maxRelDiff: 1.0e-3}
           PROBABILITIES: {top1: true}
+        tls:                      # the canary serves TLS (absent: plain gRPC)
+          serverName: mlp.shop.svc          # a name its certificate carries
+          caFile: /etc/ca/ca.crt            # its CA (default: the ca.crt beside this
+                                            # worker's own certificate, else public roots)
 
 Nothing here does I/O or knows about gRPC, so the operator imports it for free.
 """
@@ -36,6 +40,25 @@ from polyserve_worker import comparing
 MAX_FILE_BYTES = 1024 * 1024
 
 _TARGET = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+
+
+class MirrorTls(BaseModel):
+    """How a stable pod verifies a canary that serves TLS."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+    server_name: str = Field(
+        min_length=1, max_length=253, description="A DNS name the canary's certificate carries."
+    )
+    ca_file: str | None = Field(
+        default=None,
+        description=(
+            "PEM file of the CA that signed it; absent: the ca.crt beside this worker's own "
+            "--tls-cert-file (cert-manager's Secret layout), else the public roots."
+        ),
+    )
 
 
 class ModelMirror(BaseModel):
@@ -58,6 +81,9 @@ class ModelMirror(BaseModel):
         default=64, ge=1, le=10_000, description="Copies waiting to be sent; when full, dropped."
     )
     timeout_ms: int = Field(default=2000, gt=0, le=600_000, description="Per copied request.")
+    tls: MirrorTls | None = Field(
+        default=None, description="The canary serves TLS (absent: plain gRPC)."
+    )
     compare: dict[str, comparing.Rule] = Field(
         default_factory=dict,
         description="Rule per output name; '*' for outputs not named (see comparing).",
@@ -78,6 +104,8 @@ class ModelMirror(BaseModel):
         parts = [f"{self.percent:g}% of requests"]
         if self.rate is not None:
             parts.append(f"at most {self.rate:g}/s")
+        if self.tls is not None:
+            parts.append(f"TLS as {self.tls.server_name}")
         revision = f", revision {self.revision}" if self.revision else ""
         return (
             f"model '{model}' -> {self.target} (model '{self.model or model}'{revision}; "

@@ -142,6 +142,27 @@ class Copy:
     nbytes: int
 
 
+def _channel(spec: mirror_config.ModelMirror, own_ca: Path | None) -> grpc.aio.Channel:
+    """The channel to the canary: plain gRPC, or TLS verified against the name the spec
+    gives and a CA (read once: a route lives for one canary revision): the spec's file, else
+    ``own_ca`` (the ``ca.crt`` beside this worker's own certificate: a Secret's layout, for
+    both revisions serve the same one), else the public roots."""
+    if spec.tls is None:
+        return grpc.aio.insecure_channel(spec.target, options=_CHANNEL_OPTIONS)
+    roots = None
+    found = Path(spec.tls.ca_file) if spec.tls.ca_file is not None else own_ca
+    if found is not None:
+        try:
+            roots = found.read_bytes()
+        except FileNotFoundError:
+            logger.info("mirror: %s not found; verifying with the public roots", found)
+    return grpc.aio.secure_channel(
+        spec.target,
+        grpc.ssl_channel_credentials(root_certificates=roots),
+        options=[*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", spec.tls.server_name)],
+    )
+
+
 class Route:
     """One mirrored model: its sampler, queue, sending tasks and channel to the target."""
 
@@ -152,6 +173,7 @@ class Route:
         tally: Tally,
         clock: clocks.Clock,
         rng: random.Random,
+        own_ca: Path | None = None,
     ) -> None:
         self.model = model
         self.spec = spec
@@ -160,7 +182,7 @@ class Route:
         self.sampler = Sampler(spec.percent, spec.rate, clock, rng)
         self.queue: asyncio.Queue[Copy] = asyncio.Queue(spec.queue)
         self._queued_bytes = 0
-        self._channel = grpc.aio.insecure_channel(spec.target, options=_CHANNEL_OPTIONS)
+        self._channel = _channel(spec, own_ca)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._failing = False
         self._disagreed = False
@@ -267,9 +289,17 @@ class Route:
 class Mirror:
     """Every mirrored model of this worker; the dataplane's one entry point is ``offer``."""
 
-    def __init__(self, clock: clocks.Clock | None = None, rng: random.Random | None = None):
+    def __init__(
+        self,
+        clock: clocks.Clock | None = None,
+        rng: random.Random | None = None,
+        own_certificate: Path | None = None,
+    ):
+        """``own_certificate``: this worker's --tls-cert-file; a ``ca.crt`` beside it
+        verifies canaries that serve TLS when their spec names no CA file."""
         self._clock = clock or clocks.MonotonicClock()
         self._rng = rng or random.Random()
+        self._own_ca = own_certificate.parent / "ca.crt" if own_certificate else None
         self._routes: dict[str, Route] = {}
         self._tallies: dict[tuple[str, str], Tally] = {}
         self.config = mirror_config.MirrorConfig()
@@ -310,7 +340,7 @@ class Mirror:
         if tally is None:
             tally = self._tallies[key] = Tally(model, spec.revision)
         tally.active = True
-        return Route(model, spec, tally, self._clock, self._rng)
+        return Route(model, spec, tally, self._clock, self._rng, self._own_ca)
 
     async def watch(self, path: Path, interval: float = POLL_SECS) -> None:
         """Follow the settings file at ``path`` until cancelled (see the module docstring)."""

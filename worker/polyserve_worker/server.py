@@ -70,7 +70,7 @@ class Worker:
             extra_backends,
             max_instances=settings.max_model_instances,
         )
-        self.mirror = mirroring.Mirror()
+        self.mirror = mirroring.Mirror(own_certificate=settings.tls_cert_file)
         self.core = dataplane.DataPlane(
             self.repository,
             strict_readiness=settings.strict_readiness,

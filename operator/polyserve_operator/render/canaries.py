@@ -125,6 +125,11 @@ def mirror_config(
                 mirror.compare or {"*": api.Tolerance(max_abs_diff=1e-4, max_rel_diff=1e-3)}
             ).items()
         }
+        tls = None
+        if w.tls is not None:
+            # Both revisions serve spec.tls's certificate, whose names cover the Service's;
+            # the worker verifies it with the Secret's ca.crt beside its own.
+            tls = {"serverName": f"{w.name}.{w.owner.namespace}.svc"}
         for served in w.models:
             models[served.name] = worker_mirror.ModelMirror.model_validate(
                 {
@@ -134,6 +139,7 @@ def mirror_config(
                     "rate": mirror.rate,
                     "queue": mirror.queue,
                     "compare": compare,
+                    "tls": tls,
                 }
             )
     text = worker_mirror.render(worker_mirror.MirrorConfig(models=models))
