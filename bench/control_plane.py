@@ -218,6 +218,8 @@ class Point:
     restart_writes: int = 0
     restart_last_write_s: float = 0.0
     restart_rss_mb: float = 0.0
+    ready: int = 0  # how many models were Ready (all of them when the point finished)
+    finished: bool = True
 
 
 class Statuses:
@@ -266,13 +268,14 @@ async def create_all(url: str, size: int, point: Point, seconds: float) -> None:
         try:
             await asyncio.wait_for(follower, seconds)
         except TimeoutError:
-            raise RuntimeError(
-                f"only {len(statuses.ready)} of {size} models Ready in {seconds} s"
-            ) from None
+            point.finished = False  # what was seen is kept; the point ends here
     firsts = sorted(t - began for t in statuses.first.values())
-    point.first_status_median_s = statistics.median(firsts)
-    point.first_status_last_s = firsts[-1]
-    point.ready_last_s = max(statuses.ready.values()) - began
+    point.first_status_median_s = statistics.median(firsts) if firsts else 0.0
+    point.first_status_last_s = firsts[-1] if firsts else 0.0
+    point.ready = len(statuses.ready)
+    point.ready_last_s = (
+        max(statuses.ready.values()) - began if point.finished and statuses.ready else seconds
+    )
 
 
 def delta(after: Counter[tuple[str, str]], before: Counter[tuple[str, str]]) -> Counter[str]:
@@ -338,9 +341,10 @@ def measure(size: int, args: argparse.Namespace) -> Point:
             operator.start()
             try:
                 asyncio.run(create_all(url, size, point, seconds=max(300.0, size * 0.5)))
-                time.sleep(args.interval + 5)  # one timer round after the last Ready
-                at_rest(url, operator, point, args.rest)
-                restart(url, operator, point, args.settle, longest=max(120.0, size * 0.3))
+                if point.finished:
+                    time.sleep(args.interval + 5)  # one timer round after the last Ready
+                    at_rest(url, operator, point, args.rest)
+                    restart(url, operator, point, args.settle, longest=max(120.0, size * 0.3))
             except BaseException:
                 print((root / "operator.log").read_text()[-3000:], file=sys.stderr)
                 raise
@@ -382,7 +386,14 @@ def render(runs: dict[str, Any]) -> list[str]:
             "|---:|---:|---:|---:|---:|---:|---:|---|---|",
         ]
         for p in run["points"]:
-            minutes = p["rest_seconds"] / 60
+            if not p.get("finished", True):
+                lines.append(
+                    f"| {p['size']} | {p['first_status_median_s']:.1f} / "
+                    f"{p['first_status_last_s']:.1f} | not finished: {p['ready']} Ready in "
+                    f"{p['ready_last_s']:.0f} | | | | | | {p['load_before']:.2f} / "
+                    f"{p['load_after']:.2f} |"
+                )
+                continue
             restart_total = sum(p["restart_requests"].values())
             lines.append(
                 f"| {p['size']} | {p['first_status_median_s']:.1f} / "
@@ -394,8 +405,9 @@ def render(runs: dict[str, Any]) -> list[str]:
             )
         lines += ["", "At rest, by verb and resource (requests per model per minute):", ""]
         for p in run["points"]:
-            minutes = p["rest_seconds"] / 60
-            lines.append(f"- {p['size']}: {_top(p['rest_requests'], p['size'], minutes)}")
+            if p.get("finished", True):
+                minutes = p["rest_seconds"] / 60
+                lines.append(f"- {p['size']}: {_top(p['rest_requests'], p['size'], minutes)}")
     return lines
 
 
