@@ -121,13 +121,6 @@ def metrics_ports(log: Path) -> list[int]:
     return [int(port) for port in re.findall(r"metrics on (\d+)", log.read_text())]
 
 
-def inferences(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    found = re.search(r'^nv_inference_count\{[^}]*model="simple"[^}]*\} (\S+)$', text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
 def counts_by_worker(port: int) -> dict[str, float]:
     """nv_inference_count of the "simple" model by the ``worker`` label ("" without it)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
@@ -174,16 +167,24 @@ def test_two_worker_processes_share_both_ports_and_stop_together(tmp_path: Path)
         for tensor in inputs:
             tensor.set_data_from_numpy(np.ones((1, 16), np.int32))
 
+        served = [0]
+
         def both_served() -> bool:
             # Each new connection lands on either process (SO_REUSEPORT).
             client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
             try:
                 client.infer("simple", inputs)
+                served[0] += 1
             except InferenceServerException as exc:
                 assert "not ready (LOADING)" in str(exc)  # that process is still starting
             finally:
                 client.close()
-            return all(inferences(port) > 0 for port in metrics_ports(log))
+            # Each process's own count: the first's (worker="0") on the metrics port, which
+            # serves both, the other's alone on its own port.
+            return all(
+                counts_by_worker(port).get("0" if port == metrics else "", 0) > 0
+                for port in metrics_ports(log)
+            )
 
         wait_for(both_served, "inferences on both processes")
         # The metrics port answers for the pod: both processes' samples, by process.
@@ -191,6 +192,19 @@ def test_two_worker_processes_share_both_ports_and_stop_together(tmp_path: Path)
         pod = counts_by_worker(metrics)
         assert set(pod) == {"0", "1"}
         assert pod["1"] == counts_by_worker(other)[""], "the second process's own count"
+        # The statistics extension answers for the pod, whichever process a connection reaches.
+        for _ in range(6):
+            by_http = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
+            by_grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            for answer in (
+                by_http.get_inference_statistics("simple"),
+                by_grpc.get_inference_statistics("simple", as_json=True),
+            ):
+                (model,) = answer["model_stats"]
+                success = model["inference_stats"]["success"]["count"]
+                assert int(success) == served[0], answer
+            by_http.close()
+            by_grpc.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

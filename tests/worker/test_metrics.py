@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from polyserve_worker import metrics
+from polyserve_worker import metrics, stats
 from tests.worker import models
 from tests.worker.conftest import RunningWorker, StartWorker
 from tests.worker.test_http import error_of
@@ -164,3 +164,26 @@ def test_a_merged_exposition_passes_promtool(tmp_path: Path, start_worker: Start
 def test_a_sample_without_labels_gets_the_process_label() -> None:
     text = metrics.merged([("0", b"# TYPE up gauge\nup 1\n"), ("1", b"# TYPE up gauge\nup 0\n")])
     assert text.decode() == '# TYPE up gauge\nup{worker="0"} 1\nup{worker="1"} 0\n'
+
+
+def test_statistics_of_several_processes_add_up_per_version_and_batch_size() -> None:
+    first, second = stats.ModelStats("m", "1"), stats.ModelStats("m", "1")
+    other = stats.ModelStats("n", "2")
+    first.record_request(True, 1_000)
+    first.record_execution(4, 4, 10, 20, 30)
+    first.last_inference_ms = 5
+    second.record_request(True, 3_000)
+    second.record_request(False, 500)
+    second.record_execution(4, 4, 1, 2, 3)
+    second.record_execution(1, 1, 1, 1, 1)
+    second.last_inference_ms = 9
+    other.record_request(True, 7)
+    (m, n) = stats.merged([[first.to_dict()], [second.to_dict(), other.to_dict()]])
+    assert (m["name"], n["name"]) == ("m", "n")
+    assert m["inference_stats"]["success"] == {"count": 2, "ns": 4_000}
+    assert m["inference_stats"]["fail"] == {"count": 1, "ns": 500}
+    assert (m["inference_count"], m["execution_count"], m["last_inference"]) == (9, 3, 9)
+    batches = {b["batch_size"]: b["compute_infer"] for b in m["batch_stats"]}
+    assert batches == {1: {"count": 1, "ns": 1}, 4: {"count": 2, "ns": 22}}
+    assert n == other.to_dict()
+    assert first.to_dict()["inference_count"] == 4, "the parts are left as they were"

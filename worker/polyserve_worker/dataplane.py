@@ -16,7 +16,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -112,6 +112,11 @@ class DataPlane:
         self.draining = False
         #: Set when the drain is over: open streams stop taking requests.
         self.stopping = asyncio.Event()
+        #: With ``--workers N``: the other processes' statistics of (name, version), each a
+        #: list of the extension's dicts (a process that does not answer is left out).
+        self.peer_statistics: Callable[[str, str], Awaitable[list[list[dict[str, Any]]]]] | None = (
+            None
+        )
         self.activity = Activity()
 
     # -- health and metadata -------------------------------------------------------------
@@ -296,6 +301,15 @@ class DataPlane:
             return [self.repository.resolve(name, version).stats]
         entry = self.repository.entry(name)
         return [v.stats for _, v in sorted(entry.versions.items())]
+
+    async def statistics_of_pod(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        """The statistics extension's answer: this process's, added up with the other
+        ``--workers`` processes' (a client's connection reaches one of them, and perf_analyzer
+        and Model Analyzer read the server's own latencies from here)."""
+        own = [s.to_dict() for s in self.statistics(name, version)]
+        if self.peer_statistics is None:
+            return own
+        return stats.merged([own, *await self.peer_statistics(name, version)])
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
         return self.repository.index(ready_only)

@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 LINGER_SECS = 1.0
 
+#: On the metrics port with ``--workers N``: one process's own statistics, which the others
+#: add to theirs (the statistics extension answers for the whole pod).
+OWN_STATISTICS = "/polyserve/statistics/own"
+
 
 class StartupError(Exception):
     """A model failed to load at start and ``exit_on_error`` is set: the process exits 1."""
@@ -132,8 +136,21 @@ class Worker:
                 body = await self._gathered(body)
             return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
+        async def own_statistics(request: web.Request) -> web.Response:
+            """This process's statistics alone, for the other ``--workers`` processes."""
+            try:
+                found = self.core.statistics(
+                    request.query.get("name", ""), request.query.get("version", "")
+                )
+            except errors.ClientError as exc:  # not served here (yet): nothing to add
+                return web.json_response({"error": str(exc)}, status=404)
+            return web.json_response({"model_stats": [v.to_dict() for v in found]})
+
         metrics_app = web.Application()
         metrics_app.router.add_get("/metrics", scrape)
+        if s.workers > 1:
+            metrics_app.router.add_get(OWN_STATISTICS, own_statistics)
+            self.core.peer_statistics = self._peer_statistics
         metrics_port = s.metrics_port if self.rank == 0 else 0
         self._metrics = await self._serve(
             metrics_app,
@@ -165,17 +182,43 @@ class Worker:
         """What serves the gRPC port (``native`` or ``aio``), once started."""
         return self._grpc.name if self._grpc is not None else ""
 
+    def _peers(self) -> list[tuple[str, int]]:
+        """The other ``--workers`` processes that serve their metrics port: (rank, port)."""
+        if self.metrics_ports is None:
+            return []
+        return [
+            (str(rank), port)
+            for rank, port in enumerate(self.metrics_ports)
+            if rank != self.rank and port
+        ]
+
+    async def _peer_statistics(self, name: str, version: str) -> list[list[dict[str, Any]]]:
+        """The other processes' own statistics of (name, version); one that does not answer
+        within a second, or does not serve that model, is left out."""
+        query = {"name": name, "version": version}
+        timeout = aiohttp.ClientTimeout(total=1.0)
+
+        async def fetch(session: aiohttp.ClientSession, port: int) -> list[dict[str, Any]]:
+            url = f"http://127.0.0.1:{port}{OWN_STATISTICS}"
+            try:
+                async with session.get(url, params=query) as response:
+                    if response.status != 200:
+                        return []
+                    found: list[dict[str, Any]] = (await response.json())["model_stats"]
+                    return found
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+                logger.debug("statistics of worker process at port %d unread: %s", port, exc)
+                return []
+
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            return list(await asyncio.gather(*(fetch(session, port) for _, port in self._peers())))
+
     async def _gathered(self, own: bytes) -> bytes:
         """This process's exposition and the other ``--workers`` processes' as one (each
         sample labelled with its process): a scrape of the pod counts all of its traffic.
         A process that does not answer within a second (starting, stopping) is left out of
         this scrape."""
-        assert self.metrics_ports is not None
-        peers = [
-            (str(rank), port)
-            for rank, port in enumerate(self.metrics_ports)
-            if rank != self.rank and port
-        ]
+        peers = self._peers()
         timeout = aiohttp.ClientTimeout(total=1.0)
 
         async def fetch(session: aiohttp.ClientSession, port: int) -> bytes | None:

@@ -8,8 +8,10 @@ hot path stays a few integer additions. Nothing here knows about Prometheus or t
 from __future__ import annotations
 
 import bisect
+import copy
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Latency buckets in seconds: 100 us .. 10 s, dense where serving latencies live.
 LATENCY_BUCKETS = (
@@ -157,3 +159,39 @@ class ModelStats:
                 for size, b in sorted(self.batches.items())
             ],
         }
+
+
+def merged(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The statistics extension's answers of several processes of one worker (``--workers
+    N``) as one: each model version's counts and durations added up, batch statistics by
+    batch size, the last inference the latest of them. Versions in the first part's order,
+    then any only others have."""
+    order: list[tuple[str, str]] = []
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for part in parts:
+        for entry in part:
+            key = (str(entry["name"]), str(entry["version"]))
+            if key not in found:
+                order.append(key)
+                found[key] = copy.deepcopy(entry)
+                continue
+            into = found[key]
+            into["last_inference"] = max(into["last_inference"], entry["last_inference"])
+            for field_ in ("inference_count", "execution_count"):
+                into[field_] += entry[field_]
+            for name, duration in entry["inference_stats"].items():
+                _add(into["inference_stats"].setdefault(name, {"count": 0, "ns": 0}), duration)
+            batches = {b["batch_size"]: b for b in into["batch_stats"]}
+            for batch in entry["batch_stats"]:
+                if batch["batch_size"] not in batches:
+                    batches[batch["batch_size"]] = copy.deepcopy(batch)
+                    continue
+                for name in ("compute_input", "compute_infer", "compute_output"):
+                    _add(batches[batch["batch_size"]][name], batch[name])
+            into["batch_stats"] = [batches[size] for size in sorted(batches)]
+    return [found[key] for key in order]
+
+
+def _add(into: dict[str, int], more: dict[str, int]) -> None:
+    into["count"] += int(more["count"])
+    into["ns"] += int(more["ns"])

@@ -350,8 +350,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
         async def call() -> Any:
             response = pb.ModelStatisticsResponse()
-            for stats in self.core.statistics(request.name, request.version):
-                json_format.ParseDict(stats.to_dict(), response.model_stats.add())
+            for stats in await self.core.statistics_of_pod(request.name, request.version):
+                json_format.ParseDict(stats, response.model_stats.add())
             return response
 
         return await self._guard(context, call)

@@ -214,11 +214,11 @@ class RestServer:
 
     async def model_stats(self, request: web.Request) -> web.Response:
         name, version = _model(request)
-        stats = self.core.statistics(name, version)
-        return web.json_response({"model_stats": [s.to_dict() for s in stats]})
+        stats = await self.core.statistics_of_pod(name, version)
+        return web.json_response({"model_stats": stats})
 
     async def all_stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"model_stats": [s.to_dict() for s in self.core.statistics()]})
+        return web.json_response({"model_stats": await self.core.statistics_of_pod()})
 
     # -- repository ----------------------------------------------------------------------
 
