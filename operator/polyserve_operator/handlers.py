@@ -285,7 +285,7 @@ class Reconciler:
         stale = [] if force else [o for o in desired if _drifted(o, children)]
         self._apply(body, patch, w, desired if force else stale)
         self._clean_up(w, desired, children)
-        if force:
+        if force and _reported(body):
             self._drop_autoscalers(w, desired)
         self._report(body, patch, w, w.replicas, children.observation())
 
@@ -328,7 +328,7 @@ class Reconciler:
         except k8s.ApiError as exc:
             raise kopf.TemporaryError(f"scaling the rollout failed: {exc}", delay=5) from exc
         self._clean_up(w, desired, children)
-        if force:
+        if force and _reported(body):
             self._drop_autoscalers(w, desired)
         for kind, reason, message in step.plan.events:
             (kopf.info if kind == "Normal" else kopf.warn)(body, reason=reason, message=message)
@@ -624,6 +624,13 @@ def _counted(kind: str, body: kopf.Body, patch: kopf.Patch) -> Iterator[None]:
     status = {k: v for k, v in merged.items() if v is not None}  # None: deleted by the patch
     meta = body.get("metadata") or {}
     telemetry.status(kind, meta.get("namespace", ""), meta.get("name", ""), status)
+
+
+def _reported(body: Mapping[str, Any]) -> bool:
+    """Whether a reconcile of this resource has reported a status: before that (a new
+    resource) no autoscaler of ours can exist, and deleting one by name is two wasted
+    requests per creation (a 404 each; without KEDA's CRD, a discovery miss)."""
+    return bool((body.get("status") or {}).get("observedGeneration"))
 
 
 def _steady(body: Mapping[str, Any]) -> bool:

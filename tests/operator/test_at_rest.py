@@ -138,3 +138,31 @@ def test_a_fingerprint_follows_the_resource_and_everything_it_owns() -> None:
         )
         != second
     )
+
+
+def deletes(server: ServerThread) -> int:
+    samples = _samples(server.url + "/metrics", "apiserver_request_total")
+    return sum(int(s.value) for s in samples if s.labels["verb"] == "DELETE")
+
+
+def test_creating_a_model_deletes_nothing(server: tuple[ServerThread, Path]) -> None:
+    """A new resource has no autoscaler of ours to drop (it is looked for by a delete only
+    after a spec change of a resource that has reported)."""
+    thread, kubeconfig = server
+    cfg = settings.Settings(kubeconfig=kubeconfig, status_interval_seconds=INTERVAL)
+    client = k8s.connect(kubeconfig, cfg.field_manager)
+    registry = handlers.build(cfg, client)
+    with KopfRunner(["run", "-A", "--standalone"], registry=registry, timeout=60) as runner:
+        client.apply(model("fresh"))
+        wait_for(
+            "a status",
+            lambda: (
+                (client.get("polyserve.io/v1alpha1", "InferenceModel", "default", "fresh") or {})
+                .get("status", {})
+                .get("conditions")
+            ),
+        )
+        _unchanged_for(lambda: writes(thread), 5 * INTERVAL)
+        assert deletes(thread) == 0
+    client.close()
+    assert runner.exit_code == 0, runner.output
