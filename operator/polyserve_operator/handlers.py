@@ -683,7 +683,13 @@ def _index_name(kind: str) -> str:
 
 
 def _snapshot(body: kopf.Body) -> dict[str, Any]:
+    """What an index keeps of an object: a copy, without ``metadata.managedFields`` (every
+    writer's field sets, often the larger part of a pod or Deployment as the API server
+    returns it; nothing here reads them)."""
     snapshot: dict[str, Any] = _clone(dict(body))
+    metadata = snapshot.get("metadata")
+    if isinstance(metadata, dict):
+        metadata.pop("managedFields", None)
     return snapshot
 
 

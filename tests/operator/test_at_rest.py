@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 from kopf.testing import KopfRunner
 from prometheus_client import parser as prometheus_parser
@@ -166,3 +167,22 @@ def test_creating_a_model_deletes_nothing(server: tuple[ServerThread, Path]) -> 
         assert deletes(thread) == 0
     client.close()
     assert runner.exit_code == 0, runner.output
+
+
+def test_an_index_keeps_a_copy_of_each_object_without_its_managed_fields() -> None:
+    body = {
+        "metadata": {
+            "name": "m-5abf1ed6dc-x2x4z",
+            "resourceVersion": "7",
+            "managedFields": [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}],
+        },
+        "status": {"phase": "Running"},
+    }
+    snapshot = handlers._snapshot(kopf.Body(body))
+    assert snapshot == {
+        "metadata": {"name": "m-5abf1ed6dc-x2x4z", "resourceVersion": "7"},
+        "status": {"phase": "Running"},
+    }
+    assert "managedFields" in body["metadata"], "the object itself is left as it was"
+    snapshot["status"]["phase"] = "Failed"
+    assert body["status"]["phase"] == "Running", "a copy, not a view"
