@@ -161,3 +161,15 @@ def test_the_guards_sample_is_the_same_every_run() -> None:
         for (ta, xa), (tb, xb) in zip(a, b, strict=True):
             assert ta == tb and np.array_equal(xa, xb)
     assert first[0][1][1].dtype == np.int64
+
+
+def test_a_ramp_ends_when_the_slo_is_missed_or_after_windows_in_a_row_without_a_gain() -> None:
+    rising = [point(1, 1000, 2), point(2, 1900, 3), point(4, 3000, 5)]
+    assert not measuring.ends(rising, 50, patience=1)
+    assert measuring.ends([*rising, point(8, 3500, 60)], 50, patience=1)  # over the SLO
+    # One window short of the best is tolerated (noise on a shared machine), two are not.
+    dip = [*rising, point(8, 2100, 6)]
+    assert not measuring.ends(dip, 50, patience=1)
+    assert measuring.ends(dip, 50, patience=0)
+    assert not measuring.ends([*dip, point(16, 4200, 9)], 50, patience=1)  # it was noise
+    assert measuring.ends([*dip, point(16, 3050, 9)], 50, patience=1)  # saturated

@@ -8,9 +8,12 @@ load, not a process start. The worker is a separate process, as in production, s
 generator's client work and the server's do not share one interpreter.
 
 A trial's measurement is a ramp: concurrency 1, 2, 4, ... each for one short window (after a
-warm-up), until the p95 latency passes the SLO, throughput stops growing, or the deadline
-comes. Its capacity is the best throughput among the windows whose p95 met the SLO without
-errors: closed-loop points, so a conservative reading of what one replica sustains. After each
+warm-up), until the p95 latency passes the SLO, throughput stops growing (``patience`` + 1
+windows in a row without a 5% gain: on a shared machine one short window below the best is
+as likely noise as saturation, and ending there read configs far below their capacity: the
+bundled mlp's at 737 infer/s at c=2 in one run, 1482 in the next), or the deadline comes. Its
+capacity is the best throughput among the windows whose p95 met the SLO without errors:
+closed-loop points, so a conservative reading of what one replica sustains. After each
 window the caller is told (the search reports it to Optuna, which may prune the trial).
 """
 
@@ -100,6 +103,8 @@ class RampPlan:
     warmup_s: float = 0.3
     window_s: float = 1.0
     concurrencies: tuple[int, ...] = CONCURRENCIES
+    patience: int = 1
+    """Windows without a gain tolerated before the ramp ends as saturated."""
 
     def step_seconds(self) -> float:
         return self.warmup_s + self.window_s + 0.1
@@ -120,7 +125,6 @@ def ramp(
     """Walk the concurrencies of ``plan`` against ``spec`` (its concurrency is replaced);
     see the module docstring for when it stops."""
     curve = Curve()
-    best = 0.0
     for step, concurrency in enumerate(plan.concurrencies):
         if clock() + plan.step_seconds() > deadline:
             curve.cut = True
@@ -150,12 +154,22 @@ def ramp(
         curve.points.append(point)
         if not on_step(step, curve):
             break
-        if not point.meets(slo_ms):
-            break  # more clients only queue longer
-        if best and point.infer_per_s < best * SATURATED_GAIN:
-            break  # saturated: more clients only add latency
-        best = max(best, point.infer_per_s)
+        if ends(curve.points, slo_ms, plan.patience):
+            break
     return curve
+
+
+def ends(points: Sequence[Point], slo_ms: float, patience: int) -> bool:
+    """Whether a ramp ends after its last window: that window missed the SLO (more clients
+    only queue longer), or it and the ``patience`` windows before it each gained less than
+    ``SATURATED_GAIN`` over the best before them (saturated: more clients only add latency)."""
+    if not points[-1].meets(slo_ms):
+        return True
+    flat, best = 0, 0.0
+    for point in points:
+        flat = flat + 1 if best and point.infer_per_s < best * SATURATED_GAIN else 0
+        best = max(best, point.infer_per_s)
+    return flat > patience
 
 
 def free_port() -> int:
