@@ -46,6 +46,14 @@ class GpuPool(BaseModel):
         default_factory=lambda: [Toleration(key="nvidia.com/gpu", effect="NoSchedule")],
         description="GPU pools are usually tainted so CPU work stays off them.",
     )
+    engine_cache_claim: str | None = Field(
+        default=None,
+        description=(
+            "A PersistentVolumeClaim, by name in each model's namespace, for the engines "
+            "built at load when a model's spec.engineCache names none: every model and pod "
+            "of the namespace then reuses them (ReadWriteMany). Unset: an emptyDir per pod."
+        ),
+    )
 
 
 class XeonPool(BaseModel):

@@ -168,6 +168,17 @@ def test_the_engine_cache_can_live_on_a_claim_that_outlives_the_pod() -> None:
     assert {"name": "engines", "persistentVolumeClaim": {"claimName": "engines"}} in pod["volumes"]
 
 
+def test_the_operators_default_claim_serves_models_that_name_none_and_the_spec_wins() -> None:
+    shared = settings.Settings(gpu=settings.GpuPool(engine_cache_claim="engines-shared"))
+    for spec_claim, used in ((None, "engines-shared"), ({"claimName": "mine"}, "mine")):
+        extra = {"engine_cache": spec_claim} if spec_claim else {}
+        im = _model("onnx", "gpu", **extra)
+        objects = render.objects(render.model_workload(im), shared)
+        (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+        volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        assert {"name": "engines", "persistentVolumeClaim": {"claimName": used}} in volumes
+
+
 @pytest.mark.parametrize(
     ("fmt", "pool", "backend", "extra"),
     [

@@ -8,6 +8,7 @@
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_GPU__PRODUCT_LABEL" $gpu "productLabel") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_GPU__RESOURCE" $gpu "resource") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_GPU__TOLERATIONS" $gpu "tolerations") }}
+{{- include "polyserve.env" (list "POLYSERVE_OPERATOR_GPU__ENGINE_CACHE_CLAIM" $gpu "engineCacheClaim") }}
 {{- $xeon := get $settings "xeon" | default dict }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_XEON__NODE_SELECTOR" $xeon "nodeSelector") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_XEON__BF16_LABELS" $xeon "bf16Labels") }}

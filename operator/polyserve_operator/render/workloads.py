@@ -287,14 +287,13 @@ def worker_settings_for(w: Workload, cfg: settings.Settings) -> dict[str, Any]:
     }
 
 
-def engine_cache_volume(w: Workload) -> Obj:
-    """The engine cache: the claim the spec names, else an emptyDir (kept while the pod
-    lives, so a restarted container loads the engines its predecessor built)."""
-    if w.engine_cache is not None and w.engine_cache.claim_name:
-        return {
-            "name": "engines",
-            "persistentVolumeClaim": {"claimName": w.engine_cache.claim_name},
-        }
+def engine_cache_volume(w: Workload, cfg: settings.Settings) -> Obj:
+    """The engine cache: the claim the spec names, else the operator's default claim, else
+    an emptyDir (kept while the pod lives, so a restarted container loads the engines its
+    predecessor built)."""
+    claim = (w.engine_cache.claim_name if w.engine_cache else None) or cfg.gpu.engine_cache_claim
+    if claim:
+        return {"name": "engines", "persistentVolumeClaim": {"claimName": claim}}
     return {"name": "engines", "emptyDir": {}}
 
 
@@ -343,7 +342,7 @@ def deployment(
         {"name": "shm", "mountPath": "/dev/shm"},
     ]
     if any(m.builds_engines for m in w.models):
-        volumes.append(engine_cache_volume(w))
+        volumes.append(engine_cache_volume(w, cfg))
         mounts.append({"name": "engines", "mountPath": modelconfigs.ENGINE_CACHE_DIR})
     if w.rollout is not None and w.rollout.strategy == "Canary":
         # The stable pods copy requests to a canary when the rollout says so, through a
