@@ -334,7 +334,7 @@ class Search:
         record.capacities = [record.capacity]
         if pruned:
             record.state = PRUNED
-            record.note = "pruned: far behind the best at the same concurrency"
+            record.note = "pruned: far behind the best at the same concurrency, no longer scaling"
             raise optuna.TrialPruned()
         if record.curve.cut:
             record.note = "ramp cut by the budget"
