@@ -32,6 +32,23 @@ ANALYSIS: dict[str, Any] = {
 }
 
 
+#: A canary judged on mirrored copies first: it takes no client traffic until it answers like
+#: stable. The stable pods pick up the mirror's ConfigMap a moment after the canary starts (a
+#: kubelet syncs mounted ConfigMaps); measurements before that are Inconclusive.
+MIRRORED: dict[str, Any] = {
+    "steps": [{"analysis": {}}, {"setWeight": 50}],
+    "analysis": {
+        **ANALYSIS,
+        "inconclusiveLimit": 10,
+        "metrics": [
+            {"name": "successRate", "min": 0.99},
+            {"name": "mirrorAgreement", "min": 0.99},
+        ],
+    },
+    "mirror": {"percent": 100, "compare": {"*": {"maxAbsDiff": 1e-4}}},
+}
+
+
 def _model(
     cluster: Cluster,
     namespace: str,
@@ -250,25 +267,8 @@ def test_a_release_three_times_slower_rolls_back_on_latency_relative_to_stable(
 def test_a_release_that_answers_200s_with_wrong_numbers_rolls_back_on_mirror_agreement(
     cluster: Cluster, operator: Operator, namespace: str
 ) -> None:
-    analysis = {
-        **ANALYSIS,
-        # The stable pods pick up the mirror's ConfigMap a moment after the canary starts
-        # (a kubelet syncs mounted ConfigMaps); measurements before that are Inconclusive.
-        "inconclusiveLimit": 10,
-        "metrics": [
-            {"name": "successRate", "min": 0.99},
-            {"name": "mirrorAgreement", "min": 0.99},
-        ],
-    }
     # The canary takes no client traffic at all: stable copies requests to it and compares.
-    doc = _model(
-        cluster,
-        namespace,
-        "double",
-        steps=[{"analysis": {}}, {"setWeight": 50}],
-        analysis=analysis,
-        mirror={"percent": 100, "compare": {"*": {"maxAbsDiff": 1e-4}}},
-    )
+    doc = _model(cluster, namespace, "double", **MIRRORED)
     first = _deploy_stable(cluster, namespace, doc)
     http, grpc = _addresses(cluster, namespace)
     with ClosedLoop(http, "scorer", grpc=grpc) as load, Timeline(cluster, namespace):
@@ -301,25 +301,9 @@ def _settled(rollout: dict[str, Any], first: str, bad: str) -> dict[str, Any] | 
 def test_a_good_release_right_after_a_rollback_is_judged_on_its_own_answers(
     cluster: Cluster, operator: Operator, namespace: str
 ) -> None:
-    analysis = {
-        **ANALYSIS,
-        "inconclusiveLimit": 10,
-        "metrics": [
-            {"name": "successRate", "min": 0.99},
-            {"name": "mirrorAgreement", "min": 0.99},
-        ],
-    }
     # The rolled-back pods keep serving for 30 s after the rollback: the next release starts
     # while they do, and the stable pods' mirror must reach its canary, never them.
-    doc = _model(
-        cluster,
-        namespace,
-        "double",
-        steps=[{"analysis": {}}, {"setWeight": 50}],
-        analysis=analysis,
-        mirror={"percent": 100, "compare": {"*": {"maxAbsDiff": 1e-4}}},
-        abortScaleDownDelaySeconds=30,
-    )
+    doc = _model(cluster, namespace, "double", **MIRRORED, abortScaleDownDelaySeconds=30)
     first = _deploy_stable(cluster, namespace, doc)
     http, grpc = _addresses(cluster, namespace)
     with ClosedLoop(http, "scorer", grpc=grpc) as load, Timeline(cluster, namespace):
@@ -470,14 +454,6 @@ def test_an_ensemble_canary_rolls_back_a_member_that_answers_wrong_then_promotes
     member["metadata"]["name"] = "scorer-member"
     member["spec"]["replicas"] = 0  # served only inside the ensemble
     del member["spec"]["rollout"]
-    analysis = {
-        **ANALYSIS,
-        "inconclusiveLimit": 10,
-        "metrics": [
-            {"name": "successRate", "min": 0.99},
-            {"name": "mirrorAgreement", "min": 0.99},
-        ],
-    }
     ensemble = {
         "apiVersion": api.API_VERSION,
         "kind": "InferenceEnsemble",
@@ -500,9 +476,7 @@ def test_an_ensemble_canary_rolls_back_a_member_that_answers_wrong_then_promotes
             "rollout": {
                 "strategy": "Canary",
                 "canary": {
-                    "steps": [{"analysis": {}}, {"setWeight": 50}],
-                    "analysis": analysis,
-                    "mirror": {"percent": 100, "compare": {"*": {"maxAbsDiff": 1e-4}}},
+                    **MIRRORED,
                     "progressDeadlineSeconds": 120,
                     "abortScaleDownDelaySeconds": 2,
                 },

@@ -18,16 +18,14 @@ from polyserve_operator import api
 from tests import certificates
 
 
-def test_a_model_with_spec_tls_is_probed_over_https_and_serves_tls_through_its_service(
-    cluster: Cluster, operator: Operator, namespace: str, tmp_path: Path
-) -> None:
-    name = "secure"
+def _secret(
+    cluster: Cluster, namespace: str, name: str, tmp_path: Path, files: tuple[str, ...]
+) -> certificates.Issued:
+    """A kubernetes.io/tls Secret ``NAME-tls`` holding ``files`` of a certificate for the
+    Service's name, issued by a CA made here."""
     host = f"{name}.{namespace}.svc"
     issued = certificates.issue(certificates.authority(tmp_path / "ca"), tmp_path / "tls", [host])
-    data = {
-        f: base64.b64encode((issued.folder / f).read_bytes()).decode()
-        for f in ("tls.crt", "tls.key")
-    }
+    data = {f: base64.b64encode((issued.folder / f).read_bytes()).decode() for f in files}
     cluster.client.apply(
         {
             "apiVersion": "v1",
@@ -37,25 +35,37 @@ def test_a_model_with_spec_tls_is_probed_over_https_and_serves_tls_through_its_s
             "data": data,
         }
     )
-    cluster.client.apply(
-        {
-            "apiVersion": api.API_VERSION,
-            "kind": "InferenceModel",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "modelFormat": {"name": "onnx"},
-                "artifact": {"uri": cluster.artifacts["double"].as_uri()},
-                "hardware": {"pool": "xeon", "backend": "onnxruntime"},
-                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-                "config": {
-                    "max_batch_size": 8,
-                    "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
-                    "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
-                },
-                "tls": {"secretName": f"{name}-tls"},
+    return issued
+
+
+def _model(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    """A small model (x2) serving TLS with the Secret ``NAME-tls``."""
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": "InferenceModel",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "modelFormat": {"name": "onnx"},
+            "artifact": {"uri": cluster.artifacts["double"].as_uri()},
+            "hardware": {"pool": "xeon", "backend": "onnxruntime"},
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+            "config": {
+                "max_batch_size": 8,
+                "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+                "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
             },
-        }
-    )
+            "tls": {"secretName": f"{name}-tls"},
+        },
+    }
+
+
+def test_a_model_with_spec_tls_is_probed_over_https_and_serves_tls_through_its_service(
+    cluster: Cluster, operator: Operator, namespace: str, tmp_path: Path
+) -> None:
+    name = "secure"
+    host = f"{name}.{namespace}.svc"
+    issued = _secret(cluster, namespace, name, tmp_path, ("tls.crt", "tls.key"))
+    cluster.client.apply(_model(cluster, namespace, name))
     wait_ready(cluster, "InferenceModel", namespace, name, timeout=120)  # HTTPS probes passed
     body = cluster.client.get(api.API_VERSION, "InferenceModel", namespace, name) or {}
     assert body["status"]["endpoints"]["http"] == f"https://{host}:8000"
@@ -92,51 +102,22 @@ def test_a_canary_mirror_between_tls_pods_compares_over_tls_and_rolls_back_wrong
     (copies that could not be sent would leave the analysis inconclusive, not failed)."""
     name = "secure"
     host = f"{name}.{namespace}.svc"
-    issued = certificates.issue(certificates.authority(tmp_path / "ca"), tmp_path / "tls", [host])
-    data = {
-        f: base64.b64encode((issued.folder / f).read_bytes()).decode()
-        for f in ("tls.crt", "tls.key", "ca.crt")
-    }
-    cluster.client.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": f"{name}-tls", "namespace": namespace},
-            "type": "kubernetes.io/tls",
-            "data": data,
-        }
-    )
-    doc = {
-        "apiVersion": api.API_VERSION,
-        "kind": "InferenceModel",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "modelFormat": {"name": "onnx"},
-            "artifact": {"uri": cluster.artifacts["double"].as_uri()},
-            "hardware": {"pool": "xeon", "backend": "onnxruntime"},
-            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-            "config": {
-                "max_batch_size": 8,
-                "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
-                "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+    issued = _secret(cluster, namespace, name, tmp_path, ("tls.crt", "tls.key", "ca.crt"))
+    doc = _model(cluster, namespace, name)
+    doc["spec"]["rollout"] = {
+        "strategy": "Canary",
+        "canary": {
+            "steps": [{"analysis": {}}, {"setWeight": 50}],
+            "analysis": {
+                "interval": "3s",
+                "count": 2,
+                "minSamples": 5,
+                "inconclusiveLimit": 10,
+                "metrics": [{"name": "mirrorAgreement", "min": 0.99}],
             },
-            "tls": {"secretName": f"{name}-tls"},
-            "rollout": {
-                "strategy": "Canary",
-                "canary": {
-                    "steps": [{"analysis": {}}, {"setWeight": 50}],
-                    "analysis": {
-                        "interval": "3s",
-                        "count": 2,
-                        "minSamples": 5,
-                        "inconclusiveLimit": 10,
-                        "metrics": [{"name": "mirrorAgreement", "min": 0.99}],
-                    },
-                    "mirror": {"percent": 100, "compare": {"*": {"maxAbsDiff": 1e-4}}},
-                    "progressDeadlineSeconds": 120,
-                    "abortScaleDownDelaySeconds": 2,
-                },
-            },
+            "mirror": {"percent": 100, "compare": {"*": {"maxAbsDiff": 1e-4}}},
+            "progressDeadlineSeconds": 120,
+            "abortScaleDownDelaySeconds": 2,
         },
     }
     cluster.client.apply(doc)

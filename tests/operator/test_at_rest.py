@@ -5,6 +5,7 @@ in this process) against the sandbox's API server over HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -61,6 +62,33 @@ def server(tmp_path: Path) -> Iterator[tuple[ServerThread, Path]]:
         yield thread, http.write_kubeconfig(thread.url, tmp_path / "kubeconfig")
 
 
+@contextlib.contextmanager
+def _operator(server: tuple[ServerThread, Path]) -> Iterator[k8s.Client]:
+    """The real operator (kopf, in this process) against the server, status every INTERVAL;
+    a client to the server; the operator must have exited cleanly after the block."""
+    _, kubeconfig = server
+    cfg = settings.Settings(kubeconfig=kubeconfig, status_interval_seconds=INTERVAL)
+    client = k8s.connect(kubeconfig, cfg.field_manager)
+    registry = handlers.build(cfg, client)
+    with KopfRunner(["run", "-A", "--standalone"], registry=registry, timeout=60) as runner:
+        yield client
+    client.close()
+    assert runner.exit_code == 0, runner.output
+
+
+def _create(client: k8s.Client, name: str) -> None:
+    """A model, once the operator has reported a status for it."""
+    client.apply(model(name))
+    wait_for(
+        "a status",
+        lambda: (
+            (client.get("polyserve.io/v1alpha1", "InferenceModel", "default", name) or {})
+            .get("status", {})
+            .get("conditions")
+        ),
+    )
+
+
 def _unchanged_for(probe: Any, seconds: float) -> Any:
     """A probe's value once it has not changed for ``seconds``."""
     last, since = probe(), time.monotonic()
@@ -75,20 +103,9 @@ def _unchanged_for(probe: Any, seconds: float) -> Any:
 def test_a_settled_model_costs_no_request_and_no_reconcile_until_something_changes(
     server: tuple[ServerThread, Path],
 ) -> None:
-    thread, kubeconfig = server
-    cfg = settings.Settings(kubeconfig=kubeconfig, status_interval_seconds=INTERVAL)
-    client = k8s.connect(kubeconfig, cfg.field_manager)
-    registry = handlers.build(cfg, client)
-    with KopfRunner(["run", "-A", "--standalone"], registry=registry, timeout=60) as runner:
-        client.apply(model("quiet"))
-        wait_for(
-            "a status",
-            lambda: (
-                (client.get("polyserve.io/v1alpha1", "InferenceModel", "default", "quiet") or {})
-                .get("status", {})
-                .get("conditions")
-            ),
-        )
+    thread, _ = server
+    with _operator(server) as client:
+        _create(client, "quiet")
         # Settled: nothing written and nothing reconciled for ten intervals...
         _unchanged_for(lambda: (writes(thread), reconciles()), 10 * INTERVAL)
         before = (writes(thread), reconciles())
@@ -98,8 +115,6 @@ def test_a_settled_model_costs_no_request_and_no_reconcile_until_something_chang
         client.delete("v1", "Service", "default", "quiet")
         wait_for("the Service back", lambda: client.get("v1", "Service", "default", "quiet"))
         assert reconciles() > before[1]
-    client.close()
-    assert runner.exit_code == 0, runner.output
 
 
 def test_timers_start_spread_over_the_interval_one_offset_per_resource() -> None:
@@ -149,24 +164,11 @@ def deletes(server: ServerThread) -> int:
 def test_creating_a_model_deletes_nothing(server: tuple[ServerThread, Path]) -> None:
     """A new resource has no autoscaler of ours to drop (it is looked for by a delete only
     after a spec change of a resource that has reported)."""
-    thread, kubeconfig = server
-    cfg = settings.Settings(kubeconfig=kubeconfig, status_interval_seconds=INTERVAL)
-    client = k8s.connect(kubeconfig, cfg.field_manager)
-    registry = handlers.build(cfg, client)
-    with KopfRunner(["run", "-A", "--standalone"], registry=registry, timeout=60) as runner:
-        client.apply(model("fresh"))
-        wait_for(
-            "a status",
-            lambda: (
-                (client.get("polyserve.io/v1alpha1", "InferenceModel", "default", "fresh") or {})
-                .get("status", {})
-                .get("conditions")
-            ),
-        )
+    thread, _ = server
+    with _operator(server) as client:
+        _create(client, "fresh")
         _unchanged_for(lambda: writes(thread), 5 * INTERVAL)
         assert deletes(thread) == 0
-    client.close()
-    assert runner.exit_code == 0, runner.output
 
 
 def test_an_index_keeps_a_copy_of_each_object_without_its_managed_fields() -> None:
