@@ -23,6 +23,7 @@ from __future__ import annotations
 import array
 import asyncio
 import fcntl
+import json
 import logging
 import ssl
 import termios
@@ -182,60 +183,39 @@ class Worker:
         """What serves the gRPC port (``native`` or ``aio``), once started."""
         return self._grpc.name if self._grpc is not None else ""
 
-    def _peers(self) -> list[tuple[str, int]]:
-        """The other ``--workers`` processes that serve their metrics port: (rank, port)."""
-        if self.metrics_ports is None:
-            return []
-        return [
+    async def _from_peers(
+        self, path: str, params: Mapping[str, str] | None = None
+    ) -> list[tuple[str, bytes]]:
+        """``GET path`` on the other ``--workers`` processes' metrics ports: (rank, body) of
+        each that answers 200 within a second (one starting, stopping, or without the thing
+        asked for is left out)."""
+        peers = [
             (str(rank), port)
-            for rank, port in enumerate(self.metrics_ports)
+            for rank, port in enumerate(self.metrics_ports or ())
             if rank != self.rank and port
         ]
 
-    async def _peer_statistics(self, name: str, version: str) -> list[list[dict[str, Any]]]:
-        """The other processes' own statistics of (name, version); one that does not answer
-        within a second, or does not serve that model, is left out."""
-        query = {"name": name, "version": version}
-        timeout = aiohttp.ClientTimeout(total=1.0)
-
-        async def fetch(session: aiohttp.ClientSession, port: int) -> list[dict[str, Any]]:
-            url = f"http://127.0.0.1:{port}{OWN_STATISTICS}"
+        async def fetch(session: aiohttp.ClientSession, port: int) -> bytes | None:
             try:
-                async with session.get(url, params=query) as response:
-                    if response.status != 200:
-                        return []
-                    found: list[dict[str, Any]] = (await response.json())["model_stats"]
-                    return found
-            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
-                logger.debug("statistics of worker process at port %d unread: %s", port, exc)
-                return []
+                async with session.get(f"http://127.0.0.1:{port}{path}", params=params) as got:
+                    return await got.read() if got.status == 200 else None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                logger.debug("worker process at port %d: %s unread: %s", port, path, exc)
+                return None
 
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            return list(await asyncio.gather(*(fetch(session, port) for _, port in self._peers())))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session:
+            found = await asyncio.gather(*(fetch(session, port) for _, port in peers))
+        return [(rank, body) for (rank, _), body in zip(peers, found, strict=True) if body]
+
+    async def _peer_statistics(self, name: str, version: str) -> list[list[dict[str, Any]]]:
+        """The other processes' own statistics of (name, version)."""
+        answers = await self._from_peers(OWN_STATISTICS, {"name": name, "version": version})
+        return [json.loads(body)["model_stats"] for _, body in answers]
 
     async def _gathered(self, own: bytes) -> bytes:
         """This process's exposition and the other ``--workers`` processes' as one (each
-        sample labelled with its process): a scrape of the pod counts all of its traffic.
-        A process that does not answer within a second (starting, stopping) is left out of
-        this scrape."""
-        peers = self._peers()
-        timeout = aiohttp.ClientTimeout(total=1.0)
-
-        async def fetch(session: aiohttp.ClientSession, port: int) -> bytes | None:
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
-                    response.raise_for_status()
-                    return await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                logger.debug("metrics of worker process at port %d unread: %s", port, exc)
-                return None
-
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            found = await asyncio.gather(*(fetch(session, port) for _, port in peers))
-        parts = [(str(self.rank), own)] + [
-            (name, text) for (name, _), text in zip(peers, found, strict=True) if text is not None
-        ]
-        return metrics.merged(parts)
+        sample labelled with its process): a scrape of the pod counts all of its traffic."""
+        return metrics.merged([(str(self.rank), own), *await self._from_peers("/metrics")])
 
     async def _serve(
         self,
