@@ -98,11 +98,7 @@ class Canaries:
         if measuring and self.prometheus is not None:
             traffic = self._from_prometheus(w, children, previous, rev, stable, now)
         elif measuring:
-            model = w.entry
-            canary_now = observe.scrape(canary_pods, model, workloads.METRICS_PORT)
-            stable_now = observe.scrape(
-                stable_pods, model, workloads.METRICS_PORT, mirror_revision=rev
-            )
+            canary_now, stable_now = _read(w, canary_pods, stable_pods, rev)
             base = self._baselines.get(key)
             if base is not None:
                 base.read(canary_now, stable_now)
@@ -134,14 +130,8 @@ class Canaries:
         plan = rollout.plan(spec, previous or None, obs, now)
         if plan.reset_window and self.prometheus is None:
             if not measuring:  # a step just started: read where the counters stand now
-                model = w.entry
-                canary_now = observe.scrape(canary_pods, model, workloads.METRICS_PORT)
-                stable_now = observe.scrape(
-                    stable_pods, model, workloads.METRICS_PORT, mirror_revision=rev
-                )
-            self._baselines[key] = _Baseline(
-                now, canary_now, stable_now, dict(canary_now), dict(stable_now)
-            )
+                canary_now, stable_now = _read(w, canary_pods, stable_pods, rev)
+            self._baselines[key] = _Baseline(now, canary_now, stable_now)
         if plan.canary_revision is None:
             self._baselines.pop(key, None)
         return self._objects(w, plan, children, rev, gateway, warm or {})
@@ -279,6 +269,16 @@ class Canaries:
             ):
                 doomed.append(service)  # an earlier canary's: its pods may still serve
         return Step(plan, desired, scale, doomed, stable_deployment)
+
+
+def _read(
+    w: workloads.Workload, canary_pods: list[Obj], stable_pods: list[Obj], revision: str
+) -> tuple[dict[str, analysis.Sample], dict[str, analysis.Sample]]:
+    """Each pod's counters now, from its own /metrics: the canary's, and stable's with the
+    mirror's counts of copies sent to ``revision``."""
+    canary = observe.scrape(canary_pods, w.entry, workloads.METRICS_PORT)
+    stable = observe.scrape(stable_pods, w.entry, workloads.METRICS_PORT, mirror_revision=revision)
+    return canary, stable
 
 
 def _replicas(w: workloads.Workload, children: observe.Children, stable: str) -> int:

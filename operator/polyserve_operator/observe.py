@@ -283,15 +283,20 @@ class PromQL:
         result: list[Obj] = body["data"]["result"]
         return result
 
-    def _selector(self, namespace: str, deployments: Sequence[str], model: str) -> str:
+    def _selector(
+        self, namespace: str, deployments: Sequence[str], model: str, **labels: str
+    ) -> str:
         """The series of ``model`` on the pods of ``deployments`` (``<deployment>-<replica
-        set hash>-<suffix>``)."""
+        set hash>-<suffix>``), with ``labels`` too."""
         owners = "|".join(re.escape(d) for d in deployments)
         pods = f"({owners})-[a-z0-9]+-[a-z0-9]+"
-        return (
-            f"{{{self.cfg.namespace_label}={_string(namespace)},"
-            f"{self.cfg.pod_label}=~{_string(pods)},model={_string(model)}}}"
-        )
+        matchers = [
+            f"{self.cfg.namespace_label}={_string(namespace)}",
+            f"{self.cfg.pod_label}=~{_string(pods)}",
+            f"model={_string(model)}",
+            *(f"{k}={_string(v)}" for k, v in labels.items()),
+        ]
+        return "{" + ",".join(matchers) + "}"
 
     def sample(
         self,
@@ -319,7 +324,7 @@ class PromQL:
 
         mirror: dict[str, float] = {}
         if mirror_revision is not None:
-            copies = where[:-1] + f",revision={_string(mirror_revision)}}}"
+            copies = self._selector(namespace, named, model, revision=mirror_revision)
             mirror = {
                 r["metric"].get("result", ""): float(r["value"][1])
                 for r in self._query(
