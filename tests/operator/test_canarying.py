@@ -3,10 +3,11 @@ the mirror and route that use it) never has an earlier canary's pods behind it."
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,13 +184,13 @@ class _Mirroring:
         )
 
 
-@pytest.fixture
-def mirroring() -> Iterator[tuple[_Mirroring, int]]:
-    metrics = _Mirroring()
+@contextlib.contextmanager
+def _metrics_at(address: tuple[str, int], text: Callable[[], str]) -> Iterator[int]:
+    """An HTTP server answering every GET with ``text()`` (a worker's /metrics); its port."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = metrics.text().encode()
+            body = text().encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(body)))
@@ -199,14 +200,20 @@ def mirroring() -> Iterator[tuple[_Mirroring, int]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = http.server.ThreadingHTTPServer(address, Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield metrics, server.server_address[1]
+        yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def mirroring() -> Iterator[tuple[_Mirroring, int]]:
+    metrics = _Mirroring()
+    with _metrics_at(("127.0.0.1", 0), metrics.text) as port:
+        yield metrics, port
 
 
 def test_a_pods_mirror_counts_are_those_of_the_canary_being_measured_only(
@@ -259,36 +266,19 @@ class _Pods:
 
     def __init__(self) -> None:
         self.counts: dict[str, tuple[int, int]] = {}
-        self._servers: list[http.server.ThreadingHTTPServer] = []
+        self.servers = contextlib.ExitStack()
 
     def serve(self, ip: str) -> None:
-        pods = self
+        def text() -> str:
+            success, failure = self.counts.get(ip, (0, 0))
+            return (
+                "# TYPE nv_inference_request_success counter\n"
+                f'nv_inference_request_success{{model="classifier",version="1"}} {success}\n'
+                "# TYPE nv_inference_request_failure counter\n"
+                f'nv_inference_request_failure{{model="classifier",version="1"}} {failure}\n'
+            )
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                success, failure = pods.counts.get(ip, (0, 0))
-                body = (
-                    "# TYPE nv_inference_request_success counter\n"
-                    f'nv_inference_request_success{{model="classifier",version="1"}} {success}\n'
-                    "# TYPE nv_inference_request_failure counter\n"
-                    f'nv_inference_request_failure{{model="classifier",version="1"}} {failure}\n'
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        server = http.server.ThreadingHTTPServer((ip, workloads.METRICS_PORT), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self._servers.append(server)
-
-    def close(self) -> None:
-        for server in self._servers:
-            server.shutdown()
-            server.server_close()
+        self.servers.enter_context(_metrics_at((ip, workloads.METRICS_PORT), text))
 
 
 def _pod(name: str, revision: str, ip: str) -> dict[str, Any]:
@@ -314,9 +304,9 @@ def test_a_canary_pod_that_leaves_mid_interval_still_counts_what_it_served() -> 
     rev, old = workloads.revision(w, CFG), "0ld0ld0ld0"
     ips = {"stable": "127.251.0.1", "kept": "127.251.0.2", "leaving": "127.251.0.3"}
     pods = _Pods()
-    for ip in ips.values():
-        pods.serve(ip)
-    try:
+    with pods.servers:
+        for ip in ips.values():
+            pods.serve(ip)
         everyone = [
             _pod("classifier-0ld-s1", old, ips["stable"]),
             _pod("classifier-new-c1", rev, ips["kept"]),
@@ -337,8 +327,6 @@ def test_a_canary_pod_that_leaves_mid_interval_still_counts_what_it_served() -> 
         pods.counts = {ips["kept"]: (10, 0), ips["leaving"]: (5, 5), ips["stable"]: (20, 0)}
         reconcile(5, everyone)  # mid-interval: read, not judged
         step = reconcile(11, everyone[:2])  # the failing pod has gone (replaced, scaled down)
-    finally:
-        pods.close()
     assert step.plan.status["phase"] == "RolledBack", step.plan.status.get("message")
     measured = step.plan.status["measurements"][-1]
     assert measured["values"]["successRate"] == pytest.approx(15 / 20)

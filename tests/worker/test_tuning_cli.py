@@ -130,6 +130,22 @@ class Silent:
         pass
 
 
+def _tiny_load(worker: measuring.Worker) -> loadgen.LoadSpec:
+    """The load of the tiny model over the worker's gRPC (the ramp sets concurrency and
+    windows)."""
+    return loadgen.LoadSpec(
+        url=worker.grpc,
+        mode="grpc",
+        model="tiny",
+        input_name="INPUT0",
+        output_name="OUTPUT0",
+        shape=(1, 64),
+        concurrency=1,
+        warmup_s=0,
+        duration_s=0,
+    )
+
+
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs openvino")
 def test_a_lower_precision_is_measured_only_within_the_tolerance_of_fp32(
     repository: Path, tmp_path: Path
@@ -149,17 +165,7 @@ def test_a_lower_precision_is_measured_only_within_the_tolerance_of_fp32(
             threads=1,
             choices=(("PERFORMANCE_HINT", "LATENCY"),),
         )
-        spec = loadgen.LoadSpec(
-            url=worker.grpc,
-            mode="grpc",
-            model="tiny",
-            input_name="INPUT0",
-            output_name="OUTPUT0",
-            shape=(1, 64),
-            concurrency=1,
-            warmup_s=0,
-            duration_s=0,
-        )
+        spec = _tiny_load(worker)
         verdicts = {}
         for tolerance in (1e-9, 0.05):
             plan = searching.Plan(
@@ -229,17 +235,7 @@ def test_the_best_trials_are_re_measured_and_the_winner_is_one_of_them(
         completed = model_config.parse_json(json.dumps(worker.config("tiny")))
         the_space = space.of(completed, "onnx", space.Hardware(cpus=2), slo_ms=50)
         candidates = (the_space.baseline(), *the_space.starts())
-        spec = loadgen.LoadSpec(
-            url=worker.grpc,
-            mode="grpc",
-            model="tiny",
-            input_name="INPUT0",
-            output_name="OUTPUT0",
-            shape=(1, 64),
-            concurrency=1,
-            warmup_s=0,
-            duration_s=0,
-        )
+        spec = _tiny_load(worker)
         plan = searching.Plan(
             slo_ms=50,
             deadline=time.monotonic() + 30,
