@@ -57,6 +57,8 @@ _ACCEPTED_TYPES = {
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: A handler of the route table: it takes aiohttp's request or transport/http1.py's.
+AnyHandler = Callable[[Any], Awaitable[web.StreamResponse]]
 
 #: dtypes orjson serializes natively (BYTES, FP16 and BF16 go through tensors.to_json).
 _NUMPY_JSON = {
@@ -88,32 +90,38 @@ def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def failure(exc: Exception, method: str, path: str) -> tuple[int, str]:
+    """The status and message a request that raised ``exc`` is answered with (both fronts)."""
+    if isinstance(exc, errors.PolyserveError):
+        status = status_of(exc)
+        # Server faults were logged once where they happened (the dataplane).
+        logger.debug("%s %s answered %d: %s", method, path, status, exc)
+        return status, str(exc)
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return 413, f"request body too large: {exc.text}"
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
+        if exc.status == 404:
+            return 404, f"no endpoint {method} {path}"
+        if exc.status == 405:
+            return 405, f"{method} is not allowed on {path}"
+        return exc.status, exc.reason
+    logger.exception("%s %s crashed", method, path, exc_info=exc)
+    return 500, f"internal error: {exc}"
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except errors.PolyserveError as exc:
-        status = status_of(exc)
-        # Server faults were logged once where they happened (the dataplane).
-        logger.debug("%s %s answered %d: %s", request.method, request.path, status, exc)
-        response = error_response(status, str(exc))
-        if isinstance(exc, errors.RequestTimeout):
-            response.force_close()  # the rest of the body may still be on its way
-        return response
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(413, f"request body too large: {exc.text}")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        message = exc.reason
-        if exc.status == 404:
-            message = f"no endpoint {request.method} {request.path}"
-        elif exc.status == 405:
-            message = f"{request.method} is not allowed on {request.path}"
-        return error_response(exc.status, message)
-    except Exception as exc:  # the last line of defence: one request, one 500
-        logger.exception("%s %s crashed", request.method, request.path)
-        return error_response(500, f"internal error: {exc}")
+        return error_response(*failure(exc, request.method, request.path))
+    except Exception as exc:  # the last line of defence: one request, one answer
+        response = error_response(*failure(exc, request.method, request.path))
+        if isinstance(exc, errors.RequestTimeout):
+            response.force_close()  # the rest of the body may still be on its way
+        return response
 
 
 class RestServer:
@@ -139,11 +147,17 @@ class RestServer:
                 response.force_close()  # Connection: close, then the connection closes
             return response
 
-    async def _read(self, request: web.Request) -> bytes | bytearray:
-        """The request body, within the body timeout."""
+    async def _read(self, request: Any) -> bytes | bytearray:
+        """The request body, within the body timeout. transport/http1.py's requests carry
+        theirs whole: that front answers a body that is late itself."""
+        if not isinstance(request, web.BaseRequest):
+            body: bytes | bytearray = request.body
+            return body
+        length = request.content_length
+        if request.content.is_eof() and (length is None or length < PREALLOCATE_BYTES):
+            return await request.read()  # all here already: no timer to arm
         try:
             async with asyncio.timeout(self.body_timeout):
-                length = request.content_length
                 if length is not None and PREALLOCATE_BYTES <= length <= self.max_input_size:
                     return await _read_exactly(request, length)
                 return await request.read()
@@ -153,7 +167,7 @@ class RestServer:
                 "(--http-body-timeout-secs)"
             ) from None
 
-    async def _json_body(self, request: web.Request, allow_empty: bool = False) -> dict[str, Any]:
+    async def _json_body(self, request: Any, allow_empty: bool = False) -> dict[str, Any]:
         raw = await self._read(request)
         if not raw.strip():
             if allow_empty:
@@ -164,27 +178,43 @@ class RestServer:
         return _parse_json(raw)
 
     def _routes(self) -> None:
-        r = self.app.router
-        r.add_get("/v2/health/live", self.live)
-        r.add_get("/v2/health/ready", self.ready)
-        r.add_get("/v2", self.server_metadata)
-        r.add_get("/v2/models/stats", self.all_stats)
+        """``self.routes``: (method, path pattern, handler) for every endpoint, the one table
+        both HTTP fronts serve (aiohttp's router here; transport/http1.py its own matcher).
+        A ``{name}`` segment matches one path segment. Handlers read only ``method``,
+        ``path``, ``match_info`` and, through ``_read``, the body of their request."""
+        routes: list[tuple[str, str, AnyHandler]] = [
+            ("GET", "/v2/health/live", self.live),
+            ("GET", "/v2/health/ready", self.ready),
+            ("GET", "/v2", self.server_metadata),
+            ("GET", "/v2/models/stats", self.all_stats),
+        ]
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-            r.add_get(prefix, self.model_metadata)
-            r.add_get(prefix + "/ready", self.model_ready)
-            r.add_get(prefix + "/config", self.model_config)
-            r.add_get(prefix + "/stats", self.model_stats)
-            r.add_post(prefix + "/infer", self.infer)
+            routes += [
+                ("POST", prefix + "/infer", self.infer),
+                ("GET", prefix, self.model_metadata),
+                ("GET", prefix + "/ready", self.model_ready),
+                ("GET", prefix + "/config", self.model_config),
+                ("GET", prefix + "/stats", self.model_stats),
+            ]
         for kind in ("systemsharedmemory", "cudasharedmemory"):
             base = f"/v2/{kind}"
-            r.add_get(base + "/status", self.shm_status)
-            r.add_get(base + "/region/{region}/status", self.shm_status)
-            r.add_post(base + "/region/{region}/register", self.shm_register)
-            r.add_post(base + "/unregister", self.shm_unregister)
-            r.add_post(base + "/region/{region}/unregister", self.shm_unregister)
-        r.add_post("/v2/repository/index", self.repository_index)
-        r.add_post("/v2/repository/models/{model}/load", self.load)
-        r.add_post("/v2/repository/models/{model}/unload", self.unload)
+            routes += [
+                ("GET", base + "/status", self.shm_status),
+                ("GET", base + "/region/{region}/status", self.shm_status),
+                ("POST", base + "/region/{region}/register", self.shm_register),
+                ("POST", base + "/unregister", self.shm_unregister),
+                ("POST", base + "/region/{region}/unregister", self.shm_unregister),
+            ]
+        routes += [
+            ("POST", "/v2/repository/index", self.repository_index),
+            ("POST", "/v2/repository/models/{model}/load", self.load),
+            ("POST", "/v2/repository/models/{model}/unload", self.unload),
+        ]
+        self.routes = routes
+        for method, path, handler in routes:
+            self.app.router.add_route(method, path, handler)
+            if method == "GET":
+                self.app.router.add_route("HEAD", path, handler)
 
     # -- health and metadata -------------------------------------------------------------
 
@@ -276,20 +306,45 @@ class RestServer:
 
     async def infer(self, request: web.Request) -> web.StreamResponse:
         name, version = _model(request)
-        served = self.core.require(name, version)
         content_type = request.content_type if request.headers.get("Content-Type") else ""
+        served = self.admit(name, version, content_type, request.content_length)
+        body = await self._read(request)
+        header_length = request.headers.get("Inference-Header-Content-Length")
+        payload, header_size = await self.answer(served, name, version, body, header_length)
+        if header_size is None:
+            return web.Response(body=payload, content_type="application/json")
+        return web.Response(
+            body=payload,
+            headers={"Inference-Header-Content-Length": str(header_size)},
+            content_type="application/octet-stream",
+        )
+
+    def admit(self, name: str, version: str, content_type: str, content_length: int | None) -> Any:
+        """The model version an infer request goes to, or why it is refused, from its
+        headers alone: before its body is read. ``content_type`` without parameters."""
+        served = self.core.require(name, version)
         if content_type not in _ACCEPTED_TYPES:
             raise errors.InvalidArgument(
                 f"unsupported Content-Type '{content_type}': send application/json, or "
                 "application/octet-stream with an Inference-Header-Content-Length header"
             )
-        if request.content_length is not None and request.content_length > self.max_input_size:
+        if content_length is not None and content_length > self.max_input_size:
             raise errors.PayloadTooLarge(
-                f"request body of {request.content_length} bytes exceeds the limit of "
+                f"request body of {content_length} bytes exceeds the limit of "
                 f"{self.max_input_size} bytes (--http-max-input-size)"
             )
-        body = await self._read(request)
-        header_length = request.headers.get("Inference-Header-Content-Length")
+        return served
+
+    async def answer(
+        self,
+        served: Any,
+        name: str,
+        version: str,
+        body: bytes | bytearray,
+        header_length: str | None,
+    ) -> tuple[bytes, int | None]:
+        """Run an admitted infer request: the response body, and the length of its JSON
+        header when binary data follows (``Inference-Header-Content-Length``)."""
         if header_length is not None and header_length.strip() == "0":
             inputs = await self.core.decode(
                 served,
@@ -297,14 +352,7 @@ class RestServer:
                 lambda budget: raw_binary_input(served.config, body, budget),
             )
             result = await self.core.infer(name, version, inputs)
-            payload, header_size = await self.core.encode(
-                result, lambda: encode_response(result, (True, {}))
-            )
-            return web.Response(
-                body=payload,
-                headers={"Inference-Header-Content-Length": str(header_size)},
-                content_type="application/octet-stream",
-            )
+            return await self.core.encode(result, lambda: encode_response(result, (True, {})))
         lease = self.core.shm.lease()
         try:
             json_size = len(body)
@@ -319,17 +367,11 @@ class RestServer:
             result = await self.core.infer(
                 name, version, inputs, outputs, params, request_id, mirror=not placements
             )
-            payload, header_size = await self.core.encode(
+            return await self.core.encode(
                 result, lambda: encode_response(result, binary_outputs, placements)
             )
         finally:
             lease.release()
-        headers = {}
-        content = "application/json"
-        if header_size is not None:
-            headers["Inference-Header-Content-Length"] = str(header_size)
-            content = "application/octet-stream"
-        return web.Response(body=payload, headers=headers, content_type=content)
 
 
 def _load_files(params: dict[str, Any]) -> dict[str, bytes]:
@@ -354,7 +396,7 @@ def _model(request: web.Request) -> tuple[str, str]:
     return request.match_info["model"], request.match_info.get("version", "")
 
 
-async def _read_exactly(request: web.Request, length: int) -> bytearray:
+async def _read_exactly(request: web.BaseRequest, length: int) -> bytearray:
     """A body of a known length, each chunk copied once into its place: aiohttp's ``read``
     gathers chunks into a bytearray and then copies that into ``bytes``, a second copy of
     every tensor of a large request."""
