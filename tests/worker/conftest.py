@@ -7,6 +7,7 @@ The worker runs on a background loop so tests can drive it with tritonclient's o
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
@@ -88,6 +89,8 @@ def settings_for(repo: Path, **overrides: Any) -> WorkerSettings:
         # Many repositories here hold broken models on purpose, to show the rest keep
         # serving; exiting on a failed start is tested on its own (test_lifecycle).
         "exit_on_error": False,
+        # Which HTTP front serves (--http-transport): the suite runs on either one.
+        "http_transport": os.environ.get("POLYSERVE_TEST_HTTP_TRANSPORT", "aiohttp"),
     }
     values.update(overrides)
     return WorkerSettings(**values)
@@ -96,14 +99,33 @@ def settings_for(repo: Path, **overrides: Any) -> WorkerSettings:
 StartWorker = Callable[..., RunningWorker]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``http_fronts`` run once on each HTTP front (--http-transport)."""
+    if "http_front" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "http_fronts"
+    ):
+        metafunc.parametrize("http_front", HTTP_FRONTS)
+
+
+HTTP_FRONTS = ("aiohttp", "httptools")
+
+
 @pytest.fixture
-def start_worker() -> Iterator[StartWorker]:
+def http_front() -> str:
+    """The HTTP front workers start with: aiohttp unless POLYSERVE_TEST_HTTP_TRANSPORT says
+    otherwise (the whole suite runs on either), or both for tests marked ``http_fronts``."""
+    return os.environ.get("POLYSERVE_TEST_HTTP_TRANSPORT", "aiohttp")
+
+
+@pytest.fixture
+def start_worker(http_front: str) -> Iterator[StartWorker]:
     """Start workers on a repository; every one is stopped at teardown."""
     threads: list[WorkerThread] = []
 
     def start(
         repo: Path, extra_backends: Mapping[str, base.Backend] | None = None, **overrides: Any
     ) -> RunningWorker:
+        overrides.setdefault("http_transport", http_front)
         thread = WorkerThread(settings_for(repo, **overrides), extra_backends)
         threads.append(thread)
         return thread.start()

@@ -30,6 +30,9 @@ from tests.worker import models
 from tests.worker.conftest import RunningWorker, StartWorker, in_background
 from tests.worker.test_lifecycle import GATED_CONFIG, GatedBackend, start_process
 
+#: Each test runs on both HTTP fronts (aiohttp, httptools): they answer alike.
+pytestmark = pytest.mark.http_fronts
+
 INFER_BODY = json.dumps(
     {
         "inputs": [

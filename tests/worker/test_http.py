@@ -16,6 +16,9 @@ from tritonclient.utils import InferenceServerException
 from tests.worker import models
 from tests.worker.conftest import RunningWorker, StartWorker
 
+#: Each test runs on both HTTP fronts (aiohttp, httptools): they answer alike.
+pytestmark = pytest.mark.http_fronts
+
 
 @pytest.fixture
 def simple(tmp_path: Path, start_worker: StartWorker) -> RunningWorker:

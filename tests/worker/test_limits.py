@@ -33,6 +33,9 @@ from tests.worker.conftest import RunningWorker, StartWorker
 from tests.worker.test_http import error_of
 from tests.worker.test_lifecycle import start_process
 
+#: Each test runs on both HTTP fronts (aiohttp, httptools): they answer alike.
+pytestmark = pytest.mark.http_fronts
+
 T = TypeVar("T")
 
 STRINGS_CONFIG = """

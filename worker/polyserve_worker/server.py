@@ -38,7 +38,7 @@ from polyserve_worker import dataplane, errors, metrics, mirroring, repository, 
 from polyserve_worker.backends import base
 from polyserve_worker.settings import WorkerSettings
 from polyserve_worker.transport import grpc as grpc_transport
-from polyserve_worker.transport import rest
+from polyserve_worker.transport import http1, rest
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ class Worker:
         # The drain runs in real time whatever clock the batchers are given.
         self._time = clocks.MonotonicClock()
         self._http: tuple[web.AppRunner, web.TCPSite] | None = None
+        self._http1: http1.HttpFront | None = None  # --http-transport httptools
         self._metrics: tuple[web.AppRunner, web.TCPSite] | None = None
         self._grpc: grpc_transport.Front | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -107,13 +108,17 @@ class Worker:
         if s.tls_cert_file is not None and s.tls_key_file is not None:
             certificates = tls.Certificates(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
         http = rest.RestServer(self.core, s.http_max_input_size, s.http_body_timeout_secs)
-        self._http = await self._serve(
-            http.app,
-            s.http_port,
-            s.http_idle_timeout_secs,
-            certificates.ssl_context() if certificates is not None else None,
-        )
-        self.http_port = _port(self._http[1], s.http_port)
+        ssl_context = certificates.ssl_context() if certificates is not None else None
+        if s.http_transport == "httptools":
+            self._http1 = http1.HttpFront(http, s.http_idle_timeout_secs, LINGER_SECS)
+            self.http_port = await self._http1.start(
+                s.host, s.http_port, ssl_context, reuse_port=s.workers > 1 and s.http_port != 0
+            )
+        else:
+            self._http = await self._serve(
+                http.app, s.http_port, s.http_idle_timeout_secs, ssl_context
+            )
+            self.http_port = _port(self._http[1], s.http_port)
         self._grpc = grpc_transport.create_front(
             self.core,
             f"{s.host}:{s.grpc_port}",
@@ -163,9 +168,10 @@ class Worker:
         if self.metrics_ports is not None:
             self.metrics_ports[self.rank] = self.metrics_port
         logger.info(
-            "serving HTTP%s on %d, gRPC on %d (%s%s), metrics on %d",
+            "serving HTTP%s on %d (%s), gRPC on %d (%s%s), metrics on %d",
             "S" if certificates is not None else "",
             self.http_port,
+            s.http_transport,
             self.grpc_port,
             self._grpc.name,
             ", TLS" if certificates is not None else "",
@@ -317,6 +323,8 @@ class Worker:
         self.mirror.halt()  # copies are dropped, never waited for
         if self._http is not None:
             await self._http[1].stop()  # no new connections; the open ones are served
+        if self._http1 is not None:
+            self._http1.stop_accepting()
         grpc_stopped = None
         if self._grpc is not None:
             grpc_stopped = await self._grpc.stop(timeout)
@@ -328,6 +336,8 @@ class Worker:
             task.cancel()
         if self._http is not None:
             await self._within(self._http[0].cleanup(), deadline)
+        if self._http1 is not None:
+            await self._within(self._http1.close(self._tail()), deadline)
         if grpc_stopped is not None:
             await self._within(asyncio.shield(grpc_stopped), deadline)
         if self._metrics is not None:
@@ -351,8 +361,10 @@ class Worker:
         """Whether any open HTTP connection has bytes the server has not read yet: a request
         its client has sent, which closing the connection now would drop."""
         server = self._http[0].server if self._http is not None else None
-        for connection in server.connections if server is not None else ():
-            transport = connection.transport
+        transports = [c.transport for c in server.connections] if server is not None else []
+        if self._http1 is not None:
+            transports = [*self._http1.transports()]
+        for transport in transports:
             sock = transport.get_extra_info("socket") if transport is not None else None
             if sock is not None and _unread_bytes(sock.fileno()):
                 return True
