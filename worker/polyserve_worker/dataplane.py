@@ -118,6 +118,9 @@ class DataPlane:
             None
         )
         self.activity = Activity()
+        #: Each served model's ``_Declared``, by name and version; rebuilt when a reload
+        #: brings a new config (at most one per model name ever loaded).
+        self._declarations: dict[tuple[str, str], _Declared] = {}
 
     # -- health and metadata -------------------------------------------------------------
 
@@ -185,7 +188,7 @@ class DataPlane:
         The decoder gets the request's budget, which checks each input against the model and
         the caps before it is allocated. Bodies over ``OFFLOAD_BYTES`` decode on a thread. A
         refused request counts as a failure of the model, as Triton counts it."""
-        budget = tensors.Budget(self.limits, _input_check(served.config))
+        budget = tensors.Budget(self.limits, self._declared(served).check_input)
         start = time.perf_counter_ns()
         try:
             if size > OFFLOAD_BYTES:
@@ -240,8 +243,9 @@ class DataPlane:
         failure too, as in Triton's nv_inference_request_failure."""
         start = time.perf_counter_ns()
         try:
-            model_inputs, batch_size = _validate_inputs(served.config, inputs)
-            _validate_outputs(served.config, outputs)
+            declared = self._declared(served)
+            model_inputs, batch_size = declared.validate_inputs(inputs)
+            declared.validate_outputs(outputs)
             priority = _int_parameter(params, "priority", 0)
             timeout = _int_parameter(params, "timeout", -1)
             if served.ensemble is not None:
@@ -265,6 +269,14 @@ class DataPlane:
             raise
         served.stats.record_request(True, time.perf_counter_ns() - start)
         return produced
+
+    def _declared(self, served: repository.ServedVersion) -> _Declared:
+        """What ``served``'s config declares, read once per loaded config."""
+        key = (served.name, served.version)
+        declared = self._declarations.get(key)
+        if declared is None or declared.config is not served.config:
+            declared = self._declarations[key] = _Declared(served.config)
+        return declared
 
     async def _run_ensemble(
         self,
@@ -337,22 +349,6 @@ class DataPlane:
             )
 
 
-def _input_check(config: Any) -> tensors.InputCheck:
-    """Checks one input, before its data is decoded, against what ``config`` declares."""
-    declared = {t.name: t for t in config.input}
-
-    def check(name: str, datatype: str, dims: tuple[int, ...]) -> None:
-        tensor = declared.get(name)
-        if tensor is None:
-            raise errors.InvalidArgument(
-                f"model '{config.name}' has no input named {name!r}; "
-                f"its inputs are {', '.join(repr(n) for n in declared)}"
-            )
-        _check_tensor(config, tensor, name, datatype, list(dims))
-
-    return check
-
-
 def _check_tensor(config: Any, tensor: Any, name: str, datatype: str, shape: list[int]) -> None:
     """One input's datatype, shape and batch size against its declaration."""
     expected_type = tensors.wire_datatype(_DATA_TYPES.Name(tensor.data_type))
@@ -388,9 +384,88 @@ def _check_tensor(config: Any, tensor: Any, name: str, datatype: str, shape: lis
         )
 
 
-def _validate_inputs(config: Any, inputs: Mapping[str, Array]) -> tuple[dict[str, Array], int]:
+#: Request signatures a ``_Declared`` remembers as valid; past this many it forgets them all
+#: (one ``clear``, which is safe while a decode on a worker thread checks an input).
+MEMO_SIZE = 256
+
+#: What a request's validation depends on: each input's name, numpy dtype and shape, in order.
+_Signature = tuple[tuple[str, Any, tuple[int, ...]], ...]
+
+
+class _Declared:
+    """The inputs and outputs one model config declares, read once, and the request
+    signatures already found valid against them.
+
+    Validation depends only on the config and each input's name, datatype and shape, so a
+    signature that passed once passes again, and a repeat skips the checks. Only successes
+    are remembered: a refused request is checked in full every time and fails as it would
+    have. A reload brings a new config, hence a new ``_Declared``."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.inputs = {t.name: t for t in config.input}
+        # A set built as before, so that error messages list the outputs in the same order.
+        self.outputs = {t.name for t in config.output}
+        self.reshapes = {
+            t.name: [int(d) for d in t.reshape.shape] for t in config.input if t.HasField("reshape")
+        }
+        self._inputs_checked: dict[tuple[str, str, tuple[int, ...]], None] = {}
+        self._requests_checked: dict[_Signature, int] = {}
+
+    def check_input(self, name: str, datatype: str, dims: tuple[int, ...]) -> None:
+        """One input, before its data is decoded (a ``tensors.InputCheck``)."""
+        key = (name, datatype, dims)
+        if key in self._inputs_checked:
+            return
+        tensor = self.inputs.get(name)
+        if tensor is None:
+            raise errors.InvalidArgument(
+                f"model '{self.config.name}' has no input named {name!r}; "
+                f"its inputs are {', '.join(repr(n) for n in self.inputs)}"
+            )
+        _check_tensor(self.config, tensor, name, datatype, list(dims))
+        _remember(self._inputs_checked, key, None)
+
+    def validate_inputs(self, inputs: Mapping[str, Array]) -> tuple[dict[str, Array], int]:
+        """Check every input; returns the inputs (reshaped where the config says) and the
+        request's batch size."""
+        signature = tuple([(name, array.dtype, array.shape) for name, array in inputs.items()])
+        batch_size = self._requests_checked.get(signature)
+        if batch_size is None:
+            result, batch_size = _validate_inputs(self.config, self.inputs, inputs)
+            _remember(self._requests_checked, signature, batch_size)
+            return result, batch_size
+        if not self.reshapes:
+            return dict(inputs), batch_size
+        return {name: self._reshaped(name, array) for name, array in inputs.items()}, batch_size
+
+    def _reshaped(self, name: str, array: Array) -> Array:
+        target = self.reshapes.get(name)
+        if target is None:
+            return array
+        lead = [array.shape[0]] if self.config.max_batch_size > 0 else []
+        return array.reshape([*lead, *target])
+
+    def validate_outputs(self, outputs: Sequence[str]) -> None:
+        unknown = [o for o in outputs if o not in self.outputs]
+        if unknown:
+            raise errors.InvalidArgument(
+                f"model '{self.config.name}' has no output named "
+                f"{', '.join(repr(u) for u in unknown)}; "
+                f"its outputs are {', '.join(repr(n) for n in self.outputs)}"
+            )
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+
+
+def _validate_inputs(
+    config: Any, declared: Mapping[str, Any], inputs: Mapping[str, Array]
+) -> tuple[dict[str, Array], int]:
     """Check every input against the config; returns the inputs and the request's batch size."""
-    declared = {t.name: t for t in config.input}
     unknown = sorted(set(inputs) - set(declared))
     if unknown:
         raise errors.InvalidArgument(
@@ -425,16 +500,6 @@ def _validate_inputs(config: Any, inputs: Mapping[str, Array]) -> tuple[dict[str
             )
         batch_size = next(iter(sizes.values()))
     return result, batch_size
-
-
-def _validate_outputs(config: Any, outputs: Sequence[str]) -> None:
-    declared = {t.name for t in config.output}
-    unknown = [o for o in outputs if o not in declared]
-    if unknown:
-        raise errors.InvalidArgument(
-            f"model '{config.name}' has no output named {', '.join(repr(u) for u in unknown)}; "
-            f"its outputs are {', '.join(repr(n) for n in declared)}"
-        )
 
 
 def _int_parameter(params: Mapping[str, Any], key: str, default: int) -> int:
