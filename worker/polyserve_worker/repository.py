@@ -342,13 +342,13 @@ class Repository:
     # -- queries -------------------------------------------------------------------------
 
     def entry(self, name: str) -> ModelEntry:
-        check_name(name)
         entry = self._models.get(name)
-        if entry is None:
-            if (self.root / name).is_dir():
-                raise errors.Unavailable(f"model '{name}' is not loaded")
-            raise errors.NotFound(f"unknown model '{name}'")
-        return entry
+        if entry is not None:  # only load() adds names, and it has checked them
+            return entry
+        check_name(name)
+        if (self.root / name).is_dir():
+            raise errors.Unavailable(f"model '{name}' is not loaded")
+        raise errors.NotFound(f"unknown model '{name}'")
 
     def resolve(self, name: str, version: str = "") -> ServedVersion:
         """The ready version a request should go to."""
