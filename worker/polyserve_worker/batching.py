@@ -92,6 +92,13 @@ class Policy:
         )
 
 
+#: What requests that share a batch agree on: (input name, shape less the batch dim, dtype).
+ShapeKey = tuple[tuple[str, tuple[int, ...], str], ...]
+
+#: The policy of a level the config leaves out (one instance: it is looked up per request).
+_NO_QUEUE_POLICY = QueuePolicy()
+
+
 def _queue_policy(message: Any) -> QueuePolicy:
     return QueuePolicy(
         timeout_action="DELAY" if message.timeout_action == 1 else "REJECT",
@@ -101,13 +108,22 @@ def _queue_policy(message: Any) -> QueuePolicy:
     )
 
 
-@dataclass(eq=False)
+def _shape_key(inputs: Mapping[str, Array], batched: bool) -> ShapeKey:
+    """A request's ``ShapeKey``, its inputs in name order."""
+    return tuple(
+        sorted(
+            [(name, a.shape[1:] if batched else a.shape, a.dtype.str) for name, a in inputs.items()]
+        )
+    )
+
+
+@dataclass(eq=False, slots=True)
 class _Pending:
     seq: int
     inputs: Mapping[str, Array]
     outputs: tuple[str, ...]
     batch_size: int
-    shape_key: tuple[tuple[str, tuple[int, ...], str], ...]
+    shape_key: ShapeKey
     level: int
     enqueued: float
     deadline: float | None
@@ -221,7 +237,7 @@ class Batcher:
         if not self._accepting:
             raise errors.Unavailable(f"model '{self.model}' is shutting down")
         level = self._level(priority)
-        policy = self.policy.queue_policies.get(level, QueuePolicy())
+        policy = self.policy.queue_policies.get(level, _NO_QUEUE_POLICY)
         queue = self._queues[level]
         if policy.max_queue_size and self._queued_at(level) >= policy.max_queue_size:
             raise errors.Unavailable(
@@ -238,10 +254,7 @@ class Batcher:
             inputs=inputs,
             outputs=tuple(outputs),
             batch_size=batch_size,
-            shape_key=tuple(
-                (name, tuple(a.shape[1:] if self.policy.max_batch_size else a.shape), a.dtype.str)
-                for name, a in sorted(inputs.items())
-            ),
+            shape_key=_shape_key(inputs, self.policy.max_batch_size > 0),
             level=level,
             enqueued=now,
             deadline=now + timeout / 1e6 if timeout else None,
@@ -328,7 +341,7 @@ class Batcher:
         for level, queue in self._queues.items():
             if not any(p.deadline is not None and p.deadline <= now for p in queue):
                 continue
-            action = self.policy.queue_policies.get(level, QueuePolicy()).timeout_action
+            action = self.policy.queue_policies.get(level, _NO_QUEUE_POLICY).timeout_action
             kept: collections.deque[_Pending] = collections.deque()
             for pending in queue:
                 if pending.deadline is None or pending.deadline > now:
