@@ -15,6 +15,7 @@ the shape exactly.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,22 +79,18 @@ def datatype_of(array: Array) -> str:
 
 
 def element_count(shape: Sequence[int]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
+    return math.prod(shape)
 
 
 def check_shape(name: str, shape: Sequence[int], max_elements: int = 1 << 31) -> tuple[int, ...]:
     """Reject negative dims and shapes whose element count or any dim exceeds ``max_elements``."""
-    dims = tuple(int(d) for d in shape)
-    for dim in dims:
-        if dim < 0:
-            raise errors.InvalidArgument(
-                f"input '{name}': shape {list(dims)} has a negative dimension; "
-                "requests must give concrete sizes (-1 is only for model metadata)"
-            )
-    if any(dim > max_elements for dim in dims) or element_count(dims) > max_elements:
+    dims = tuple(map(int, shape))
+    if min(dims, default=0) < 0:
+        raise errors.InvalidArgument(
+            f"input '{name}': shape {list(dims)} has a negative dimension; "
+            "requests must give concrete sizes (-1 is only for model metadata)"
+        )
+    if max(dims, default=0) > max_elements or element_count(dims) > max_elements:
         raise errors.InvalidArgument(
             f"input '{name}': shape {list(dims)} holds more than {max_elements} elements"
         )
