@@ -376,7 +376,12 @@ def servers(
     ]
     out = [
         ("polyserve native", [*worker, "--grpc-transport", "native"], {}),
-        ("polyserve aio", [*worker, "--grpc-transport", "aio"], {}),
+        # the fronts before the fast ones: grpc.aio (the gRPC default) and aiohttp
+        (
+            "polyserve aio, aiohttp",
+            [*worker, "--grpc-transport", "aio", "--http-transport", "aiohttp"],
+            {},
+        ),
         (
             "polyserve native, 2 processes",
             [*worker, "--grpc-transport", "native", "--workers", "2"],
@@ -539,6 +544,9 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
         "(ONNX Runtime in `model.py`): its native ONNX Runtime backend would be faster and is "
         "not available as a wheel. `us/inf` = CPU time of the server's whole process tree per "
         "inference; `batch` = inferences / executions from each process's metrics. "
+        "`polyserve native`: `--grpc-transport native` and the default HTTP front "
+        "(httptools); `polyserve aio, aiohttp`: grpc.aio (the gRPC default) and the aiohttp "
+        "HTTP front. "
         f"1-min load average at start {meta['load_start']:.2f}, at end {meta['load_end']:.2f}.",
         "",
         "| model | protocol | c | server | infer/s | p50 ms | p95 ms | batch | server CPU "

@@ -89,9 +89,9 @@ def settings_for(repo: Path, **overrides: Any) -> WorkerSettings:
         # Many repositories here hold broken models on purpose, to show the rest keep
         # serving; exiting on a failed start is tested on its own (test_lifecycle).
         "exit_on_error": False,
-        # Which HTTP front serves (--http-transport): the suite runs on either one.
-        "http_transport": os.environ.get("POLYSERVE_TEST_HTTP_TRANSPORT", "aiohttp"),
     }
+    if "POLYSERVE_TEST_HTTP_TRANSPORT" in os.environ:  # the suite runs on either HTTP front
+        values["http_transport"] = os.environ["POLYSERVE_TEST_HTTP_TRANSPORT"]
     values.update(overrides)
     return WorkerSettings(**values)
 
@@ -111,21 +111,23 @@ HTTP_FRONTS = ("aiohttp", "httptools")
 
 
 @pytest.fixture
-def http_front() -> str:
-    """The HTTP front workers start with: aiohttp unless POLYSERVE_TEST_HTTP_TRANSPORT says
-    otherwise (the whole suite runs on either), or both for tests marked ``http_fronts``."""
-    return os.environ.get("POLYSERVE_TEST_HTTP_TRANSPORT", "aiohttp")
+def http_front() -> str | None:
+    """The HTTP front workers start with: the default unless POLYSERVE_TEST_HTTP_TRANSPORT
+    names one (the whole suite runs on either), each in turn for tests marked
+    ``http_fronts``."""
+    return os.environ.get("POLYSERVE_TEST_HTTP_TRANSPORT")
 
 
 @pytest.fixture
-def start_worker(http_front: str) -> Iterator[StartWorker]:
+def start_worker(http_front: str | None) -> Iterator[StartWorker]:
     """Start workers on a repository; every one is stopped at teardown."""
     threads: list[WorkerThread] = []
 
     def start(
         repo: Path, extra_backends: Mapping[str, base.Backend] | None = None, **overrides: Any
     ) -> RunningWorker:
-        overrides.setdefault("http_transport", http_front)
+        if http_front is not None:
+            overrides.setdefault("http_transport", http_front)
         thread = WorkerThread(settings_for(repo, **overrides), extra_backends)
         threads.append(thread)
         return thread.start()

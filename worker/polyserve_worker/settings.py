@@ -195,15 +195,15 @@ class WorkerSettings(BaseSettings):
             "restart. Unset: no mirroring."
         ),
     )
-    http_transport: Literal["aiohttp", "httptools"] = Field(
-        default="aiohttp",
+    http_transport: Literal["httptools", "aiohttp"] = Field(
+        default="httptools",
         description=(
-            "What serves the HTTP port. aiohttp, the default: the mature asyncio server. "
-            "httptools: a lean HTTP/1.1 server of the worker's own on llhttp's parser (PyPI "
-            "httptools, in the worker extra), with the same routes, answers and limits: "
-            "about 40 us less worker CPU per request, which is a fifth of a small model's "
-            "inference. Both close slow clients and bound what a request can allocate the "
-            "same way."
+            "What serves the HTTP port. httptools, the default: the worker's own lean "
+            "HTTP/1.1 server on llhttp's parser (PyPI httptools), about 40 us less worker "
+            "CPU per request than aiohttp, a fifth of a small model's inference. aiohttp: "
+            "the mature asyncio server it replaces. Both serve the same routes with the same "
+            "answers, close slow clients and bound what a request can allocate the same way "
+            "(the worker's tests run on both)."
         ),
     )
     grpc_transport: Literal["auto", "native", "aio"] = Field(

@@ -1,4 +1,4 @@
-"""REST on a lean HTTP/1.1 server: llhttp's parser (PyPI ``httptools``) on an asyncio.Protocol.
+"""REST on a lean HTTP/1.1 server (the default front): llhttp's parser (PyPI ``httptools``).
 
 The aiohttp front spends about 40 us of CPU per request before a handler runs (an empty
 handler under bench/closedloop.py: 41 us per request on aiohttp, 10 on this shape;
