@@ -169,6 +169,9 @@ class Batcher:
         self._finished: dict[int, tuple[_Pending, base.Outputs | BaseException]] = {}
         self.closing_reasons: collections.Counter[str] = collections.Counter()
         self._event_loop: asyncio.AbstractEventLoop | None = None
+        # The batch window's timer (``_wait``) and the time it was set for.
+        self._timer: asyncio.Future[None] | None = None
+        self._timer_until = 0.0
         # Only queue policies with timeouts need the queues scanned on every wake-up.
         self._timeouts = any(
             p.default_timeout_us or p.allow_timeout_override for p in policy.queue_policies.values()
@@ -289,20 +292,23 @@ class Batcher:
     # -- the scheduling loop -------------------------------------------------------------
 
     async def _loop(self) -> None:
-        while True:
-            self._wake.clear()
-            now = self._clock.now()
-            if self._timeouts:
-                self._expire(now)
-            wait_until: float | None = None
-            while self._free and self._has_queued():
-                batch, reason, wait_until = self._form(now)
-                if not batch:
-                    break
-                self._dispatch(batch, reason, now)
-            if self._timeouts:
-                wait_until = self._earliest_deadline(wait_until)
-            await self._wait(wait_until)
+        try:
+            while True:
+                self._wake.clear()
+                now = self._clock.now()
+                if self._timeouts:
+                    self._expire(now)
+                wait_until: float | None = None
+                while self._free and self._has_queued():
+                    batch, reason, wait_until = self._form(now)
+                    if not batch:
+                        break
+                    self._dispatch(batch, reason, now)
+                if self._timeouts:
+                    wait_until = self._earliest_deadline(wait_until)
+                await self._wait(wait_until)
+        finally:
+            self._stop_timer()
 
     def _earliest_deadline(self, until: float | None) -> float | None:
         """``until``, or sooner if a queued request times out before it."""
@@ -312,20 +318,35 @@ class Batcher:
         return min(deadlines) if until is None else min(until, *deadlines)
 
     async def _wait(self, until: float | None) -> None:
+        """Until the batcher is woken, or the clock reaches ``until``.
+
+        The timer for ``until`` wakes the batcher when it fires, and lives on across
+        wake-ups while ``until`` stays the same: it is the oldest request's due time, and
+        every batch-mate that arrives meanwhile wakes the batcher, which used to cost a new
+        sleeper and a wait on two tasks each time."""
         if until is None:
+            self._stop_timer()
             await self._wake.wait()
             return
         delay = until - self._clock.now()
         if delay <= 0:
             await asyncio.sleep(0)
             return
-        waker = asyncio.ensure_future(self._wake.wait())
-        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
-        try:
-            await asyncio.wait({waker, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waker.cancel()
-            sleeper.cancel()
+        if self._timer is None or self._timer.done() or self._timer_until != until:
+            self._stop_timer()
+            self._timer = asyncio.ensure_future(self._clock.sleep(delay))
+            self._timer.add_done_callback(self._timer_fired)
+            self._timer_until = until
+        await self._wake.wait()
+
+    def _timer_fired(self, timer: asyncio.Future[None]) -> None:
+        if not timer.cancelled():
+            self._wake.set()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _loop_exited(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
