@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -179,8 +180,9 @@ def split(
                 "model has no batch dimension"
             )
             return [error for _ in sizes]
-    offsets = np.cumsum([0, *sizes])
+    # Python ints, not numpy's: slicing with them is faster, and this runs once per request.
+    ends = itertools.accumulate(sizes)
     return [
-        {name: array[offsets[i] : offsets[i + 1]] for name, array in produced.items()}
-        for i in range(len(sizes))
+        {name: array[end - size : end] for name, array in produced.items()}
+        for size, end in zip(sizes, ends, strict=True)
     ]
