@@ -222,9 +222,7 @@ class DataPlane:
         served = self.repository.resolve(name, version)
         params = parameters or {}
         produced = await self._submit(served, inputs, outputs, params, log_failures=True)
-        ordered = {t.name: produced[t.name] for t in served.config.output if t.name in produced}
-        for extra in produced.keys() - ordered.keys():
-            ordered[extra] = produced[extra]
+        ordered = self._declared(served).in_output_order(produced)
         if mirror:
             self.mirroring.offer(name, inputs, ordered)
         return InferResult(name, served.version, request_id, ordered)
@@ -406,6 +404,7 @@ class _Declared:
         self.inputs = {t.name: t for t in config.input}
         # A set built as before, so that error messages list the outputs in the same order.
         self.outputs = {t.name for t in config.output}
+        self.output_order = [t.name for t in config.output]
         self.reshapes = {
             t.name: [int(d) for d in t.reshape.shape] for t in config.input if t.HasField("reshape")
         }
@@ -445,6 +444,14 @@ class _Declared:
             return array
         lead = [array.shape[0]] if self.config.max_batch_size > 0 else []
         return array.reshape([*lead, *target])
+
+    def in_output_order(self, produced: Mapping[str, Array]) -> dict[str, Array]:
+        """``produced`` in the config's order of outputs, any it does not declare last."""
+        ordered = {name: produced[name] for name in self.output_order if name in produced}
+        if len(ordered) != len(produced):
+            for extra in produced.keys() - ordered.keys():
+                ordered[extra] = produced[extra]
+        return ordered
 
     def validate_outputs(self, outputs: Sequence[str]) -> None:
         unknown = [o for o in outputs if o not in self.outputs]
