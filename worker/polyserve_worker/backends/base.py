@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import logging
+import queue
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -29,6 +32,9 @@ from polyserve_worker.tensors import Array
 logger = logging.getLogger(__name__)
 
 Outputs = dict[str, Array]
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,105 @@ class Backend(Protocol):
     ) -> ModelInstance: ...
 
 
+class InstanceThread(concurrent.futures.Executor):
+    """The one thread an instance runs its blocking calls on, in the order they come.
+
+    An executor, so a backend's own set-up calls (``loop.run_in_executor``) run on the
+    thread its batches run on; ``call`` is the per-batch path, which hands the outcome
+    straight to an asyncio future: ``run_in_executor`` on a ThreadPoolExecutor costs a
+    concurrent future, an asyncio future chained to it and the callbacks between them,
+    about 10 us of CPU per batch more.
+
+    The thread is a daemon: an instance still running a batch when the process exits is
+    not waited for (instances are closed, and their threads joined, on every orderly
+    stop)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._shut_down = False
+
+    def call(
+        self, loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: Any
+    ) -> asyncio.Future[T]:
+        """``fn(*args)`` on the thread; its result or exception comes back on ``loop``."""
+        future: asyncio.Future[T] = loop.create_future()
+
+        def job() -> None:
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                _hand_over(loop, future, None, exc)
+            else:
+                _hand_over(loop, future, result, None)
+
+        self._put(job)
+        return future
+
+    def submit(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def job() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        self._put(job)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Run what was submitted, then end the thread (``cancel_futures`` is not offered:
+        an instance has nothing queued when it closes)."""
+        with self._lock:
+            if not self._shut_down:
+                self._shut_down = True
+                self._jobs.put(None)
+        if wait and self._thread is not None:
+            self._thread.join()
+
+    def _put(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._shut_down:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+                self._thread.start()
+            self._jobs.put(job)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+
+def _hand_over(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[T],
+    result: T | None,
+    error: BaseException | None,
+) -> None:
+    """From the instance thread: settle ``future`` on its loop (if that still runs)."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+def _settle(future: asyncio.Future[T], result: T | None, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(cast(T, result))
+
+
 class BlockingInstance(ABC):
     """Base for frameworks whose inference call blocks (it runs off the event loop)."""
 
@@ -87,9 +192,7 @@ class BlockingInstance(ABC):
         # One thread per instance: an instance runs one batch at a time, and N instances
         # run N batches at once (the frameworks release the GIL while computing).
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"instance-{model_name}"
-        )
+        self._executor = InstanceThread(f"instance-{model_name}")
 
     @abstractmethod
     def run(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> Outputs:
@@ -103,7 +206,7 @@ class BlockingInstance(ABC):
     ) -> ExecuteResult:
         if self._loop is None:  # cached: get_running_loop() is a syscall on Python 3.11
             self._loop = asyncio.get_running_loop()
-        return await self._loop.run_in_executor(self._executor, self._execute, requests, outputs)
+        return await self._executor.call(self._loop, self._execute, requests, outputs)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
