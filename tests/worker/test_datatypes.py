@@ -10,6 +10,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from polyserve_worker import errors, tensors
 from tests.worker import models
 from tests.worker.conftest import RunningWorker, StartWorker
 
@@ -81,3 +82,23 @@ def test_autocompleted_config_reports_every_type(typed: RunningWorker) -> None:
         meta = http.get_model_metadata(f"id_{datatype.lower()}")
         assert meta["inputs"][0]["datatype"] == datatype
         assert meta["inputs"][0]["shape"] == [-1, -1]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "datatype"),
+    [
+        *((sample.dtype, datatype) for datatype, sample in SAMPLES.items()),
+        (np.dtype("=f4"), "FP32"),
+        (np.dtype("S3"), "BYTES"),
+        (np.dtype("U2"), "BYTES"),
+        (np.dtype(np.intc), "INT32"),
+    ],
+)
+def test_an_array_is_named_by_its_datatype(dtype: np.dtype, datatype: str) -> None:
+    assert tensors.datatype_of(np.zeros(2, dtype=dtype)) == datatype
+
+
+@pytest.mark.parametrize("dtype", [np.dtype(">f4"), np.dtype(np.complex64), np.dtype("M8[s]")])
+def test_an_array_with_no_protocol_datatype_is_a_server_error(dtype: np.dtype) -> None:
+    with pytest.raises(errors.ServerError, match="has no Open Inference Protocol datatype"):
+        tensors.datatype_of(np.zeros(2, dtype=dtype))

@@ -65,9 +65,17 @@ def wire_datatype(config_type: str) -> str:
         raise errors.InvalidArgument(f"unknown data type {config_type!r}") from None
 
 
+#: numpy dtype -> OIP datatype, for the common case: one lookup instead of a comparison
+#: with each dtype in turn (a dtype missing here takes the long way, with the same answer).
+_DATATYPES: dict[np.dtype[Any], str] = {dtype: name for name, dtype in DTYPES.items()}
+
+
 def datatype_of(array: Array) -> str:
     """The OIP datatype of a numpy array."""
     dtype = array.dtype
+    known = _DATATYPES.get(dtype)
+    if known is not None:
+        return known
     if dtype == BF16:
         return "BF16"
     if dtype.kind in "OSU":
