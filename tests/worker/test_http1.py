@@ -262,6 +262,18 @@ def test_a_malformed_request_is_400_and_the_connection_closes(lean: RunningWorke
     assert b"malformed HTTP request" in answer
 
 
+def test_a_protocol_upgrade_is_answered_without_it_and_the_connection_closes(
+    lean: RunningWorker,
+) -> None:
+    with _connect(lean) as sock:
+        sock.sendall(
+            b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+            b"Upgrade: h2c\r\n\r\n"
+        )
+        answer = closed_within(sock, 10)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"live": true}')
+
+
 def test_http_1_0_keeps_the_connection_only_when_asked(lean: RunningWorker) -> None:
     with _connect(lean) as sock:
         sock.sendall(b"GET /v2/health/live HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")

@@ -418,6 +418,10 @@ class Connection(asyncio.Protocol):
                     return
         finally:
             self.busy = False
+        if self._closing:  # the connection ends after its last answer (an upgrade asked)
+            if self.transport is not None and not self._discarding:
+                self.transport.close()
+            return
         self._idle_since = None if self._headers_done else self.loop.time()
         if self._paused and self.transport is not None and not self._closing:
             self._paused = False
