@@ -287,6 +287,17 @@ class Settings(BaseSettings):
         ge=0,
         description="The worker's --exit-timeout-secs: how long requests in flight may finish.",
     )
+    worker_grpc_transport: Literal["aio", "native"] = Field(
+        default="aio",
+        description=(
+            "What serves every worker pod's gRPC port. aio: grpc.aio, which drains "
+            "gracefully (GOAWAY first). native: HTTP/2 in Rust threads (the worker's "
+            "--grpc-transport auto: native, or grpc.aio for a model with spec.tls), about 3x "
+            "the gRPC throughput of aio for small models, but a client that keeps its "
+            "connection through a rollout may get one UNAVAILABLE at the end of the old pod's "
+            "drain: choose it where clients retry UNAVAILABLE."
+        ),
+    )
     termination_grace_seconds: int = Field(
         default=45,
         ge=0,

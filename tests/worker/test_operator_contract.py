@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from polyserve_operator import api, render, settings, validating
@@ -133,3 +134,26 @@ def test_a_rendered_inference_ensemble_serves_its_members_in_one_worker(
     _replay(objects, tmp_path)
     worker = start_worker(tmp_path / "models")
     _scale(worker.http, "six", 6.0, name="X")
+
+
+def test_the_native_grpc_setting_reaches_a_real_worker_which_serves_grpc_on_it(
+    tmp_path: Path, start_worker: StartWorker
+) -> None:
+    """Settings.worker_grpc_transport=native renders --grpc-transport auto: a worker started
+    with the rendered arguments serves gRPC on the native front (grpc.aio under TLS)."""
+    artifact = tmp_path / "store" / "scale.onnx"
+    models.scale(artifact, 2.0)
+    native = settings.Settings(worker_grpc_transport="native")
+    objects = render.objects(render.model_workload(_model("scale", artifact)), native)
+    parsed = worker_settings.parse(_replay(objects, tmp_path))
+    assert parsed.grpc_transport == "auto"
+    worker = start_worker(tmp_path / "models", grpc_transport=parsed.grpc_transport)
+    assert worker.worker.grpc_transport == "native"
+    client = grpcclient.InferenceServerClient(worker.grpc)
+    tensor = grpcclient.InferInput("INPUT0", [2, 4], "FP32")
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    tensor.set_data_from_numpy(x)
+    result = client.infer("scale", [tensor])
+    np.testing.assert_allclose(result.as_numpy("OUTPUT0"), x * 2.0)
+    default = render.objects(render.model_workload(_model("scale", artifact)), CFG)
+    assert worker_settings.parse(_replay(default, tmp_path / "default")).grpc_transport == "aio"

@@ -33,5 +33,6 @@
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_DEFAULT_SHM_SIZE" $settings "defaultShmSize") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_PRE_STOP_SECONDS" $settings "preStopSeconds") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_WORKER_EXIT_TIMEOUT_SECONDS" $settings "workerExitTimeoutSeconds") }}
+{{- include "polyserve.env" (list "POLYSERVE_OPERATOR_WORKER_GRPC_TRANSPORT" $settings "workerGrpcTransport") }}
 {{- include "polyserve.env" (list "POLYSERVE_OPERATOR_TERMINATION_GRACE_SECONDS" $settings "terminationGraceSeconds") }}
 {{- end }}

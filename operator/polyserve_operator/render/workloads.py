@@ -284,6 +284,8 @@ def worker_settings_for(w: Workload, cfg: settings.Settings) -> dict[str, Any]:
         # message: status shows it within seconds, not after the startup probe's 10 minutes.
         "exit_on_error": True,
         "exit_timeout_secs": cfg.worker_exit_timeout_seconds,
+        # native where it can serve (auto: grpc.aio under TLS, which native lacks)
+        **({"grpc_transport": "auto"} if cfg.worker_grpc_transport == "native" else {}),
     }
 
 
