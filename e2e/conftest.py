@@ -168,9 +168,10 @@ def _listening(port: int) -> bool:
     return True
 
 
-def operator_settings(kubeconfig: Path, webhook_port: int) -> settings.Settings:
+def operator_settings(kubeconfig: Path, webhook_port: int, **overrides: Any) -> settings.Settings:
     """Fast status refreshes and drains; the webhook over plain HTTP on 127.0.0.1, unmanaged
-    (the sandbox runs no admission webhooks: tests post AdmissionReviews themselves)."""
+    (the sandbox runs no admission webhooks: tests post AdmissionReviews themselves);
+    ``overrides``: other settings of the test's own."""
     return settings.Settings(
         kubeconfig=kubeconfig,
         status_interval_seconds=0.5,
@@ -185,6 +186,7 @@ def operator_settings(kubeconfig: Path, webhook_port: int) -> settings.Settings:
             insecure=True,
             managed_configuration=None,
         ),
+        **overrides,
     )
 
 
@@ -208,12 +210,12 @@ def as_operator(kubeconfig: Path) -> Path:
 
 
 @contextlib.contextmanager
-def running_operator(kubeconfig: Path) -> Iterator[Operator]:
+def running_operator(kubeconfig: Path, **overrides: Any) -> Iterator[Operator]:
     """The real operator in this process, for as long as the context lasts, as its own
-    user (``as_operator``)."""
+    user (``as_operator``), with ``overrides`` of its settings."""
     kubeconfig = as_operator(kubeconfig)
     port = free_port()
-    cfg = operator_settings(kubeconfig, port)
+    cfg = operator_settings(kubeconfig, port, **overrides)
     client = k8s.connect(kubeconfig, cfg.field_manager)
     registry = handlers.build(cfg, client)
     with KopfRunner(["run", "-A", "--standalone"], registry=registry, timeout=60) as runner:
