@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 
 from e2e.conftest import (
     Cluster,
@@ -21,10 +20,10 @@ from e2e.conftest import (
     wait_for,
     wait_ready,
 )
-from polyserve_operator import api, k8s
+from e2e.test_models import X, _infer_grpc, _model
+from polyserve_operator import k8s
 
 NS = "fronts"
-X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
 
 def _threads(pid: int) -> set[str]:
@@ -46,25 +45,9 @@ def test_the_native_grpc_setting_serves_every_pod_on_the_native_front(tmp_path: 
         cluster = Cluster(kubeconfig, client, sandbox=folder, artifacts=built)
         client.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
         with running_operator(kubeconfig, worker_grpc_transport="native"):
-            client.apply(
-                {
-                    "apiVersion": api.API_VERSION,
-                    "kind": "InferenceModel",
-                    "metadata": {"name": "double", "namespace": NS},
-                    "spec": {
-                        "modelFormat": {"name": "onnx"},
-                        "artifact": {"uri": built["double"].as_uri()},
-                        "hardware": {"pool": "xeon", "backend": "onnxruntime"},
-                        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-                    },
-                }
-            )
+            client.apply(_model(cluster, NS, "double", "double"))
             wait_ready(cluster, "InferenceModel", NS, "double")
-            grpc = grpcclient.InferenceServerClient(cluster.service_address(NS, "double", "grpc"))
-            tensor = grpcclient.InferInput("INPUT0", list(X.shape), "FP32")
-            tensor.set_data_from_numpy(X)
-            result = grpc.infer("double", [tensor]).as_numpy("OUTPUT0")
-            grpc.close()
+            result = _infer_grpc(cluster.service_address(NS, "double", "grpc"), "double")
             np.testing.assert_allclose(result, 2 * X)
             (pid,) = wait_for("the worker's process", lambda: pod_processes(cluster, NS, "double"))
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

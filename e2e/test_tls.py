@@ -13,6 +13,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from gevent import ssl as gevent_ssl
 
+from e2e import test_models
 from e2e.conftest import Cluster, Operator, wait_for, wait_ready
 from polyserve_operator import api
 from tests import certificates
@@ -40,23 +41,7 @@ def _secret(
 
 def _model(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     """A small model (x2) serving TLS with the Secret ``NAME-tls``."""
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": "InferenceModel",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "modelFormat": {"name": "onnx"},
-            "artifact": {"uri": cluster.artifacts["double"].as_uri()},
-            "hardware": {"pool": "xeon", "backend": "onnxruntime"},
-            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-            "config": {
-                "max_batch_size": 8,
-                "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
-                "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
-            },
-            "tls": {"secretName": f"{name}-tls"},
-        },
-    }
+    return test_models._model(cluster, namespace, name, "double", tls={"secretName": f"{name}-tls"})
 
 
 def test_a_model_with_spec_tls_is_probed_over_https_and_serves_tls_through_its_service(
